@@ -1,0 +1,203 @@
+"""Configuration as data: YAML files validated into typed pydantic objects, read once at the edge.
+
+Every section forbids unknown keys, so a typo such as `hiden_size` is an error that names the
+key path and the file instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from nmtkit.errors import NMTKitError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Where the parallel text is, and which pairs `prepare` keeps."""
+
+    train_src: Path
+    train_tgt: Path
+    valid_src: Path
+    valid_tgt: Path
+    test_src: Path | None = None
+    test_tgt: Path | None = None
+    out_dir: Path = Path("data-bin/default")
+    max_len: int = Field(128, ge=1, description="longest kept pair, in subword tokens")
+    max_len_ratio: float = Field(3.0, gt=1.0, description="drop pairs whose length ratio exceeds it")
+
+
+class VocabConfig(_Section):
+    """Subword vocabulary, learned with sentencepiece on the training data."""
+
+    type: Literal["bpe", "unigram", "char", "word"] = "bpe"
+    size: int = Field(8000, ge=8)
+    joint: bool = True
+    character_coverage: float = Field(1.0, gt=0.0, le=1.0)
+    max_sentences: int = Field(1_000_000, ge=1, description="sample at most this many lines")
+
+
+class RNNConfig(_Section):
+    """The classic attentional encoder-decoder (Bahdanau et al. 2015; Luong et al. 2015)."""
+
+    type: Literal["rnn"] = "rnn"
+    cell: Literal["lstm", "gru"] = "lstm"
+    embed_size: int = Field(256, ge=1)
+    hidden_size: int = Field(512, ge=1)
+    encoder_layers: int = Field(2, ge=1)
+    decoder_layers: int = Field(2, ge=1)
+    bidirectional: bool = True
+    bridge: Literal["concat", "sum", "mean"] = "concat"
+    attention: Literal["none", "dot", "general", "additive"] = "general"
+    input_feeding: bool = True
+    reverse_source: bool = False
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    share_embeddings: bool = False
+    tie_output: bool = False
+
+
+class TransformerConfig(_Section):
+    """The Transformer (Vaswani et al. 2017)."""
+
+    type: Literal["transformer"] = "transformer"
+    d_model: int = Field(256, ge=8)
+    heads: int = Field(4, ge=1)
+    ff_size: int = Field(1024, ge=1)
+    encoder_layers: int = Field(3, ge=1)
+    decoder_layers: int = Field(3, ge=1)
+    norm: Literal["pre", "post"] = "pre"
+    positional: Literal["sinusoidal", "learned", "none"] = "sinusoidal"
+    max_positions: int = Field(1024, ge=1)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    attention_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    activation_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    share_embeddings: bool = False
+    tie_output: bool = True
+
+
+ModelConfig = Annotated[RNNConfig | TransformerConfig, Field(discriminator="type")]
+
+
+class EarlyStoppingConfig(_Section):
+    metric: Literal["bleu", "loss", "ppl"] = "bleu"
+    patience: int = Field(0, ge=0, description="validations without improvement; 0 = never stop")
+
+
+class TrainingConfig(_Section):
+    out_dir: Path = Path("runs/default")
+    seed: int = 1234
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    max_tokens: int = Field(4096, ge=1, description="target+source tokens per batch")
+    max_epochs: int = Field(10, ge=1)
+    max_steps: int = Field(0, ge=0, description="stop after this many updates; 0 = no limit")
+    max_minutes: float = Field(0.0, ge=0.0, description="stop after this wall time; 0 = no limit")
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: float = Field(1e-3, gt=0.0)
+    betas: tuple[float, float] = (0.9, 0.98)
+    weight_decay: float = Field(0.0, ge=0.0)
+    schedule: Literal["constant", "noam", "cosine", "plateau"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    min_lr: float = Field(0.0, ge=0.0)
+    plateau_factor: float = Field(0.5, gt=0.0, lt=1.0)
+    plateau_patience: int = Field(2, ge=0)
+    clip_norm: float = Field(1.0, ge=0.0, description="0 = no clipping")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    update_freq: int = Field(1, ge=1, description="batches accumulated per update")
+    teacher_forcing_ratio: float = Field(1.0, ge=0.0, le=1.0)
+    max_bad_steps: int = Field(5, ge=1, description="stop after this many non-finite losses in a row")
+    valid_every: int = Field(0, ge=0, description="validate every N updates; 0 = each epoch")
+    valid_bleu: bool = True
+    valid_max_sentences: int = Field(0, ge=0, description="BLEU on the first N; 0 = all")
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    keep_best: int = Field(1, ge=1)
+    keep_last: int = Field(1, ge=1)
+    log_every: int = Field(50, ge=1)
+    num_threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch's default")
+
+
+class DecodingConfig(_Section):
+    beam: int = Field(1, ge=1)
+    length_penalty: float = Field(1.0, ge=0.0, description="GNMT alpha; 0 = none")
+    max_len_a: float = Field(1.5, ge=0.0)
+    max_len_b: int = Field(10, ge=0)
+    batch_tokens: int = Field(4096, ge=1)
+
+
+class Config(_Section):
+    data: DataConfig
+    vocab: VocabConfig = VocabConfig()
+    model: ModelConfig = RNNConfig()
+    training: TrainingConfig = TrainingConfig()
+    decoding: DecodingConfig = DecodingConfig()
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return json.loads(self.model_dump_json())
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+        # drop the union tag pydantic inserts ("model.rnn.hidden_size" -> "model.hidden_size")
+        loc = loc.replace("model.rnn.", "model.").replace("model.transformer.", "model.")
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{loc}: {msg}")
+    return f"{source}: invalid config: " + "; ".join(lines)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `key.path=value` strings (values parsed as YAML) to a raw config dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise NMTKitError(f"--set {item!r}: expected KEY.PATH=VALUE")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = raw
+        for p in parts[:-1]:
+            child = node.get(p)
+            if child is None:
+                child = node[p] = {}
+            if not isinstance(child, dict):
+                raise NMTKitError(f"--set {key}: {p} is not a section")
+            node = child
+        node[parts[-1]] = _parse_value(value)
+    return raw
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "<config>") -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise NMTKitError(_format_error(err, source)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config; relative data paths are resolved against the current directory."""
+    path = Path(path)
+    if not path.is_file():
+        raise NMTKitError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise NMTKitError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise NMTKitError(f"{path}: the top level must be a mapping of sections")
+    raw = apply_overrides(raw, overrides or [])
+    return config_from_dict(raw, str(path))
