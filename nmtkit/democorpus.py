@@ -66,7 +66,10 @@ def _korean_group(n: int) -> str:
 
 
 def number_to_korean(n: int) -> str:
-    """Sino-Korean words, spaced by 만 units as Korean orthography does: 345678 -> 삼십사만 오천육백칠십팔."""
+    """Sino-Korean words, spaced by 만 units as Korean spelling does.
+
+    345678 -> 삼십사만 오천육백칠십팔
+    """
     if not 0 <= n <= MAX_NUMBER:
         raise ValueError(f"number out of range 0..{MAX_NUMBER}: {n}")
     if n == 0:
