@@ -1,0 +1,34 @@
+"""Scores of translations against references, computed by sacreBLEU (never re-implemented)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sacrebleu
+
+
+@dataclass
+class Scores:
+    bleu: float
+    chrf: float
+    bleu_signature: str
+    chrf_signature: str
+
+    def __str__(self) -> str:
+        return (
+            f"BLEU = {self.bleu:.2f}  ({self.bleu_signature})\n"
+            f"chrF = {self.chrf:.2f}  ({self.chrf_signature})"
+        )
+
+
+def bleu_score(hypotheses: list[str], references: list[str]) -> float:
+    return sacrebleu.corpus_bleu(hypotheses, [references]).score
+
+
+def score(hypotheses: list[str], references: list[str], tokenize: str | None = None) -> Scores:
+    """Corpus BLEU and chrF with their sacreBLEU signatures (tokenize=None: sacreBLEU's 13a)."""
+    bleu = sacrebleu.metrics.BLEU(tokenize=tokenize) if tokenize else sacrebleu.metrics.BLEU()
+    chrf = sacrebleu.metrics.CHRF()
+    b = bleu.corpus_score(hypotheses, [references])
+    c = chrf.corpus_score(hypotheses, [references])
+    return Scores(b.score, c.score, str(bleu.get_signature()), str(chrf.get_signature()))

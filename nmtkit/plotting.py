@@ -1,0 +1,90 @@
+"""Pictures: attention heatmaps and training curves (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import font_manager  # noqa: E402
+
+_FONTS_READY = False
+
+
+def _fonts() -> list[str]:
+    """DejaVu Sans for Latin, falling back per glyph to NanumGothic for Hangul."""
+    global _FONTS_READY
+    families = ["DejaVu Sans"]
+    try:
+        fonts = importlib.resources.files("koreanize_matplotlib") / "fonts" / "NanumGothic.ttf"
+        if not _FONTS_READY:
+            font_manager.fontManager.addfont(str(fonts))
+            _FONTS_READY = True
+        families.append("NanumGothic")
+    except (ModuleNotFoundError, FileNotFoundError):
+        pass
+    return families
+
+
+def _save(fig: Any, out: Path) -> Path:
+    """Write to a temp file beside `out`, then rename: never a half-written picture."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".tmp-{os.getpid()}-{out.name}")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight", format=out.suffix.lstrip(".") or "png")
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out
+
+
+def plot_attention(
+    attention: list[list[float]],
+    source_tokens: list[str],
+    target_tokens: list[str],
+    out: Path,
+    title: str = "",
+) -> Path:
+    """Heatmap: target tokens down the side, source tokens along the top."""
+    with plt.rc_context({"font.family": _fonts()}):
+        rows, cols = len(target_tokens), len(source_tokens)
+        fig, ax = plt.subplots(figsize=(max(4, 0.5 * cols + 2), max(3, 0.45 * rows + 1.5)))
+        data = [row[:cols] for row in attention[:rows]]
+        im = ax.imshow(data, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+        ax.set_xticks(range(cols), labels=source_tokens, rotation=60, ha="right")
+        ax.set_yticks(range(rows), labels=target_tokens)
+        ax.set_xlabel("source")
+        ax.set_ylabel("target")
+        if title:
+            ax.set_title(title)
+        fig.colorbar(im, ax=ax, fraction=0.04)
+        return _save(fig, out)
+
+
+def plot_curves(rows: list[dict[str, Any]], out: Path, title: str = "") -> Path:
+    """Training and validation loss against updates, and validation BLEU when present."""
+    train = [r for r in rows if r.get("type") == "train" and r.get("loss") is not None]
+    valid = [r for r in rows if r.get("type") == "valid"]
+    bleu = [r for r in valid if r.get("bleu") is not None]
+    ncols = 2 if bleu else 1
+    fig, axes = plt.subplots(1, ncols, figsize=(6 * ncols, 4), squeeze=False)
+    ax = axes[0][0]
+    ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss", alpha=0.8)
+    ax.plot([r["step"] for r in valid], [r["loss"] for r in valid], "o-", label="valid loss")
+    ax.set_xlabel("update")
+    ax.set_ylabel("loss per token")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    if bleu:
+        ax = axes[0][1]
+        ax.plot([r["step"] for r in bleu], [r["bleu"] for r in bleu], "o-", color="C2")
+        ax.set_xlabel("update")
+        ax.set_ylabel("valid BLEU")
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, out)

@@ -1,0 +1,463 @@
+"""Reading, preparing, memory-mapped splits, token-bucketed batching and collation."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nmtkit.config import DataConfig, VocabConfig
+from nmtkit.data import (
+    RATIO_MIN_TOKENS,
+    BinarizedCorpus,
+    PreparedData,
+    TokenBatchSampler,
+    collate,
+    collate_source,
+    drop_reason,
+    prepare,
+    read_parallel,
+)
+from nmtkit.errors import NMTKitError
+from nmtkit.vocabulary import BOS_ID, EOS_ID, PAD_ID
+
+SRC_WORDS = ["kalo", "mibe", "dufa", "gonek", "lemi", "fabado", "kid", "mala", "bega", "hilo"]
+TGT_WORDS = ["TUR", "PASO", "WEX", "ZORI", "QUA", "VEMIT", "SOX", "ROP", "TEN", "WUVA"]
+
+
+def synth_pairs(n: int, seed: int) -> tuple[list[str], list[str]]:
+    """Word-for-word 'translations' of 1-6 words: lengths of the two sides stay close."""
+    rng = random.Random(seed)
+    src, tgt = [], []
+    for _ in range(n):
+        idx = [rng.randrange(len(SRC_WORDS)) for _ in range(rng.randint(1, 6))]
+        src.append(" ".join(SRC_WORDS[i] for i in idx))
+        tgt.append(" ".join(TGT_WORDS[i] for i in reversed(idx)))
+    return src, tgt
+
+
+def write(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+# special train pairs, each dropped for one reason (words are >= 1 token each, so 50 words are
+# > max_len=40 tokens, and 1 word vs 30 words is a ratio far above 3)
+TRAIN_EXTRA_SRC = ["", "kalo mibe", " ".join(["kalo"] * 50), "kid"]
+TRAIN_EXTRA_TGT = ["TUR", "   ", " ".join(["TUR"] * 50), " ".join(["SOX"] * 30)]
+VALID_EXTRA_SRC = ["", " ".join(["hilo"] * 50)]  # the long pair is kept in valid
+VALID_EXTRA_TGT = ["WUVA", " ".join(["WUVA"] * 50)]
+
+
+def make_config(tmp_path: Path, *, test: bool = True, **data_kw) -> DataConfig:
+    src, tgt = synth_pairs(300, seed=1)
+    vsrc, vtgt = synth_pairs(20, seed=2)
+    tsrc, ttgt = synth_pairs(10, seed=3)
+    raw = tmp_path / "raw"
+    raw.mkdir(exist_ok=True)
+    files = {
+        "train_src": write(raw / "train.src", src + TRAIN_EXTRA_SRC),
+        "train_tgt": write(raw / "train.tgt", tgt + TRAIN_EXTRA_TGT),
+        "valid_src": write(raw / "valid.src", VALID_EXTRA_SRC + vsrc),
+        "valid_tgt": write(raw / "valid.tgt", VALID_EXTRA_TGT + vtgt),
+    }
+    if test:
+        files["test_src"] = write(raw / "test.src", tsrc)
+        files["test_tgt"] = write(raw / "test.tgt", ttgt)
+    kw = {"out_dir": tmp_path / "bin", "max_len": 40, "max_len_ratio": 3.0, **data_kw}
+    return DataConfig(**files, **kw)
+
+
+VOCAB = VocabConfig(type="bpe", size=60, joint=True)
+
+
+@pytest.fixture(scope="module")
+def prepared(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[DataConfig, PreparedData, list[str]]:
+    tmp = tmp_path_factory.mktemp("prep")
+    cfg = make_config(tmp)
+    logs: list[str] = []
+    return cfg, prepare(cfg, VOCAB, log=logs.append), logs
+
+
+# ---------------------------------------------------------------------------------------------
+# read_parallel
+
+
+def test_read_parallel_strips_lines(tmp_path: Path) -> None:
+    (tmp_path / "a").write_bytes("\ufeffhello  \r\n  world\n\n".encode())
+    (tmp_path / "b").write_bytes(b"x\ny\nz")  # no final newline
+    src, tgt = read_parallel(tmp_path / "a", tmp_path / "b")
+    assert src == ["hello", "world", ""]
+    assert tgt == ["x", "y", "z"]
+
+
+def test_read_parallel_missing_file(tmp_path: Path) -> None:
+    write(tmp_path / "a", ["x"])
+    with pytest.raises(NMTKitError, match=r"not found: .*missing\.tgt"):
+        read_parallel(tmp_path / "a", tmp_path / "missing.tgt")
+
+
+def test_read_parallel_unequal_lines(tmp_path: Path) -> None:
+    a = write(tmp_path / "a.src", ["1", "2", "3"])
+    b = write(tmp_path / "b.tgt", ["1", "2"])
+    with pytest.raises(NMTKitError) as err:
+        read_parallel(a, b)
+    assert str(err.value) == f"{a} has 3 lines but {b} has 2 lines"
+
+
+def test_read_parallel_bad_utf8(tmp_path: Path) -> None:
+    a = write(tmp_path / "a.src", ["1", "2", "3", "4"])
+    b = tmp_path / "b.tgt"
+    b.write_bytes(b"ok\nfine\nbad \xff\xfe here\nok\n")
+    with pytest.raises(NMTKitError) as err:
+        read_parallel(a, b)
+    assert str(err.value) == f"{b}: line 3 is not valid UTF-8"
+
+
+# ---------------------------------------------------------------------------------------------
+# filtering rules
+
+
+def test_drop_reason() -> None:
+    assert drop_reason(0, 5, 40, 3.0, train=True) == "empty"
+    assert drop_reason(5, 0, 40, 3.0, train=False) == "empty"
+    assert drop_reason(41, 20, 40, 3.0, train=True) == "too_long"
+    assert drop_reason(20, 41, 40, 3.0, train=True) == "too_long"
+    assert drop_reason(41, 20, 40, 3.0, train=False) is None  # valid/test are never length-filtered
+    assert drop_reason(3, 10, 40, 3.0, train=True) == "ratio"
+    assert drop_reason(10, 3, 40, 3.0, train=False) is None
+    assert drop_reason(4, 12, 40, 3.0, train=True) is None  # exactly the ratio is kept
+    # short pairs are exempt from the ratio rule
+    assert drop_reason(1, RATIO_MIN_TOKENS - 1, 40, 3.0, train=True) is None
+    assert drop_reason(1, RATIO_MIN_TOKENS, 40, 3.0, train=True) == "ratio"
+
+
+# ---------------------------------------------------------------------------------------------
+# prepare
+
+
+def test_prepare_counts_and_logs(prepared) -> None:
+    _, data, logs = prepared
+    rep = data.report
+    assert rep.kept == {"train": 300, "valid": 21, "test": 10}
+    assert rep.dropped_empty == {"train": 2, "valid": 1, "test": 0}
+    assert rep.dropped_too_long == {"train": 1, "valid": 0, "test": 0}
+    assert rep.dropped_ratio == {"train": 1, "valid": 0, "test": 0}
+    split_logs = [line for line in logs if line.startswith("prepare: train:")]
+    assert len(split_logs) == 1
+    assert "kept 300" in split_logs[0] and "2 empty" in split_logs[0]
+    assert any(line.startswith("prepare: valid:") for line in logs)
+    assert any(line.startswith("prepare: test:") for line in logs)
+
+
+def test_prepare_folder_contents(prepared) -> None:
+    cfg, data, _ = prepared
+    names = {p.name for p in Path(cfg.out_dir).iterdir()}
+    assert "spm.model" in names and "src.model" not in names and "meta.json" in names
+    assert "valid.src.txt" in names and "test.tgt.txt" in names and "train.src.txt" not in names
+    assert not any(n.startswith(".") for n in names)  # no leftover temp files
+    assert not [p for p in Path(cfg.out_dir).parent.iterdir() if p.name.startswith(".bin")]
+    assert data.src_tokenizer is data.tgt_tokenizer  # joint vocabulary
+
+
+def test_memmap_round_trip(prepared) -> None:
+    cfg, data, _ = prepared
+    src, tgt = read_parallel(cfg.train_src, cfg.train_tgt)
+    tok = data.src_tokenizer
+    expected = [
+        (tok.encode(s), tok.encode(t))
+        for s, t in zip(src, tgt, strict=True)
+        if drop_reason(len(tok.encode(s)), len(tok.encode(t)), 40, 3.0, train=True) is None
+    ]
+    corpus = data.split("train")
+    assert len(corpus) == len(expected) == 300
+    for i, (s, t) in enumerate(expected):
+        got_s, got_t = corpus[i]
+        assert got_s.dtype == np.int32
+        assert got_s.tolist() == s and got_t.tolist() == t
+    assert corpus.src_lengths.tolist() == [len(s) for s, _ in expected]
+    assert corpus.tgt_lengths.tolist() == [len(t) for _, t in expected]
+    assert isinstance(corpus._ids["src"], np.memmap)
+    assert corpus.raw_text("src") is None
+    with pytest.raises(IndexError):
+        corpus[300]
+
+
+def test_valid_keeps_raw_text(prepared) -> None:
+    cfg, data, _ = prepared
+    src, tgt = read_parallel(cfg.valid_src, cfg.valid_tgt)
+    valid = data.split("valid")
+    assert valid.raw_text("src") == src[1:]  # only the empty pair is gone, the long one stays
+    assert valid.raw_text("tgt") == tgt[1:]
+    assert data.tgt_tokenizer.decode(valid[0][1].tolist()) == tgt[1]
+    assert len(valid[0][0]) >= 50  # longer than max_len, still kept
+
+
+def test_load_and_missing_split(prepared, tmp_path: Path) -> None:
+    cfg, data, _ = prepared
+    again = PreparedData.load(cfg.out_dir)
+    assert again.meta == data.meta
+    assert again.split("test")[0][0].tolist() == data.split("test")[0][0].tolist()
+    with pytest.raises(NMTKitError, match="no 'dev' split"):
+        data.split("dev")
+    with pytest.raises(NMTKitError, match="not a prepared data folder"):
+        PreparedData.load(tmp_path)
+
+
+def test_prepare_without_test_split(tmp_path: Path) -> None:
+    data = prepare(make_config(tmp_path, test=False), VOCAB, log=lambda _: None)
+    assert data.split_names() == ["train", "valid"]
+    with pytest.raises(NMTKitError, match="no 'test' split"):
+        data.split("test")
+
+
+def test_test_src_without_tgt(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path)
+    cfg.test_tgt = None
+    with pytest.raises(NMTKitError, match="data.test_src is set but data.test_tgt is not"):
+        prepare(cfg, VOCAB, log=lambda _: None)
+
+
+def test_prepare_reuses_and_redoes(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path)
+    logs: list[str] = []
+    prepare(cfg, VOCAB, log=logs.append)
+    meta_path = Path(cfg.out_dir) / "meta.json"
+    first = meta_path.stat().st_mtime_ns
+    assert not any("reusing" in line for line in logs)
+
+    logs.clear()
+    prepare(cfg, VOCAB, log=logs.append)
+    assert any("reusing" in line for line in logs)
+    assert meta_path.stat().st_mtime_ns == first
+
+    # same size, different content: the fingerprint must notice
+    text = Path(cfg.train_src).read_text(encoding="utf-8")
+    Path(cfg.train_src).write_text(text.replace("kalo", "kolo", 1), encoding="utf-8")
+    logs.clear()
+    data = prepare(cfg, VOCAB, log=logs.append)
+    assert not any("reusing" in line for line in logs)
+    assert meta_path.stat().st_mtime_ns != first
+    assert data.split("train")[0][0].tolist() == data.src_tokenizer.encode(
+        text.split("\n")[0].replace("kalo", "kolo", 1)
+    )
+
+    # a config change redoes it too
+    logs.clear()
+    cfg.max_len = 39
+    prepare(cfg, VOCAB, log=logs.append)
+    assert not any("reusing" in line for line in logs)
+    assert json.loads(meta_path.read_text())["config"]["data"]["max_len"] == 39
+
+
+def test_separate_vocabularies(tmp_path: Path) -> None:
+    vocab = VocabConfig(type="bpe", size=50, joint=False)
+    data = prepare(make_config(tmp_path), vocab, log=lambda _: None)
+    names = {p.name for p in Path(data.dir).iterdir()}
+    assert {"src.model", "tgt.model"} <= names and "spm.model" not in names
+    assert data.src_tokenizer is not data.tgt_tokenizer
+    src_pieces, tgt_pieces = set(data.src_tokenizer.vocab()), set(data.tgt_tokenizer.vocab())
+    assert not any(c.isupper() for p in src_pieces for c in p)  # source text is lower case
+    assert any(c.isupper() for p in tgt_pieces for c in p)
+    assert PreparedData.load(data.dir).tgt_tokenizer.vocab() == data.tgt_tokenizer.vocab()
+
+
+def test_failed_prepare_keeps_the_old_folder(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path)
+    prepare(cfg, VOCAB, log=lambda _: None)
+    before = (Path(cfg.out_dir) / "meta.json").read_text()
+    write(Path(cfg.valid_tgt), ["only one line"])
+    with pytest.raises(NMTKitError, match="has 22 lines but .* has 1 lines"):
+        prepare(cfg, VOCAB, log=lambda _: None)
+    with pytest.raises(NMTKitError, match="vocab.size"):
+        prepare(make_config(tmp_path), VocabConfig(size=8), log=lambda _: None)
+    assert (Path(cfg.out_dir) / "meta.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", "raw"]  # no temp folders left
+
+
+def test_refuses_to_replace_a_foreign_folder(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path)
+    Path(cfg.out_dir).mkdir()
+    (Path(cfg.out_dir) / "notes.txt").write_text("mine")
+    with pytest.raises(NMTKitError, match="data.out_dir"):
+        prepare(cfg, VOCAB, log=lambda _: None)
+    assert (Path(cfg.out_dir) / "notes.txt").read_text() == "mine"
+
+
+def test_missing_input_file(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path)
+    Path(cfg.valid_src).unlink()
+    with pytest.raises(NMTKitError, match=r"not found: .*valid\.src"):
+        prepare(cfg, VOCAB, log=lambda _: None)
+    assert not Path(cfg.out_dir).exists()
+
+
+def test_binarized_corpus_empty_split(tmp_path: Path) -> None:
+    for side in ("src", "tgt"):
+        (tmp_path / f"x.{side}.bin").write_bytes(b"")
+        (tmp_path / f"x.{side}.idx").write_bytes(np.zeros(1, dtype=np.int64).tobytes())
+    corpus = BinarizedCorpus(tmp_path, "x")
+    assert len(corpus) == 0 and corpus.src_lengths.shape == (0,)
+
+
+# ---------------------------------------------------------------------------------------------
+# TokenBatchSampler
+
+
+def lengths(n: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    src = rng.integers(1, 30, size=n)
+    tgt = rng.integers(1, 30, size=n)
+    src[:3] = [150, 2, 5]  # one example alone costs more than max_tokens
+    return src, tgt
+
+
+def cost(batch: list[int], src: np.ndarray, tgt: np.ndarray) -> int:
+    return len(batch) * max(int(src[batch].max()) + 1, int(tgt[batch].max()) + 1)
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_batches_respect_max_tokens_and_cover_everything(shuffle: bool) -> None:
+    src, tgt = lengths()
+    sampler = TokenBatchSampler(src, tgt, max_tokens=100, shuffle=shuffle, seed=1)
+    batches = list(sampler)
+    assert len(batches) == len(sampler)
+    for b in batches:
+        assert cost(b, src, tgt) <= 100 or len(b) == 1
+    assert [0] in batches  # the oversize example forms its own batch
+    assert sorted(i for b in batches for i in b) == list(range(len(src)))
+    assert sum(len(b) for b in batches) / len(batches) > 3  # bucketing actually packs
+
+
+def test_shuffle_is_deterministic_per_epoch() -> None:
+    src, tgt = lengths()
+    a = TokenBatchSampler(src, tgt, 100, shuffle=True, seed=7)
+    b = TokenBatchSampler(src, tgt, 100, shuffle=True, seed=7)
+    a.set_epoch(3)
+    b.set_epoch(3)
+    assert list(a) == list(b)
+    epoch3 = list(a)
+    a.set_epoch(4)
+    assert list(a) != epoch3
+    c = TokenBatchSampler(src, tgt, 100, shuffle=True, seed=8)
+    c.set_epoch(3)
+    assert list(c) != epoch3
+
+
+def test_no_shuffle_is_sorted_and_fixed() -> None:
+    src, tgt = lengths()
+    s = TokenBatchSampler(src, tgt, 100, shuffle=False, seed=0)
+    first = list(s)
+    s.set_epoch(2)
+    assert list(s) == first
+    flat = [i for b in first for i in b]
+    costs = np.maximum(src, tgt)[flat]
+    assert (np.diff(costs) >= 0).all()
+
+
+@pytest.mark.parametrize("num_shards", [2, 3, 4])
+def test_shards_equal_disjoint_and_covering(num_shards: int) -> None:
+    src, tgt = lengths()
+    full = list(TokenBatchSampler(src, tgt, 100, shuffle=True, seed=5))
+    shards = [
+        list(
+            TokenBatchSampler(
+                src, tgt, 100, shuffle=True, seed=5, num_shards=num_shards, shard_id=k
+            )
+        )
+        for k in range(num_shards)
+    ]
+    per_shard = -(-len(full) // num_shards)
+    assert [len(s) for s in shards] == [per_shard] * num_shards
+    padded = full + full[: per_shard * num_shards - len(full)]
+    # shard k takes batches k, k + num_shards, ... of the (padded) global list
+    for k, shard in enumerate(shards):
+        assert shard == padded[k::num_shards]
+    seen = [i for shard in shards for b in shard for i in b]
+    assert set(seen) == set(range(len(src)))
+    # apart from the padding repeats, no example is in two shards
+    n_pad = per_shard * num_shards - len(full)
+    assert len(seen) - len(src) == sum(len(b) for b in full[:n_pad])
+
+
+def test_tiny_corpus_still_feeds_every_shard() -> None:
+    shards = [
+        list(TokenBatchSampler([3], [4], 100, True, 0, num_shards=3, shard_id=k)) for k in range(3)
+    ]
+    assert shards == [[[0]], [[0]], [[0]]]
+
+
+def test_resume_yields_exactly_the_remaining_batches() -> None:
+    src, tgt = lengths()
+    s = TokenBatchSampler(src, tgt, 100, shuffle=True, seed=3, num_shards=2, shard_id=1)
+    s.set_epoch(5)
+    full = list(s)
+    s.set_epoch(6)
+    s.set_epoch(5)  # a new epoch starts at 0
+    it = iter(s)
+    consumed = [next(it) for _ in range(4)]
+    assert consumed == full[:4]
+    state = s.state_dict()
+    assert state == {"epoch": 5, "position": 4}
+
+    r = TokenBatchSampler(src, tgt, 100, shuffle=True, seed=3, num_shards=2, shard_id=1)
+    r.load_state_dict(json.loads(json.dumps(state)))
+    r.set_epoch(5)  # the trainer's loop calls this again: it must not restart the epoch
+    assert list(r) == full[4:]
+    assert r.state_dict() == {"epoch": 5, "position": len(full)}
+    assert list(r) == full  # after a finished pass, the next pass replays the epoch
+
+    done = TokenBatchSampler(src, tgt, 100, shuffle=True, seed=3, num_shards=2, shard_id=1)
+    done.load_state_dict({"epoch": 5, "position": len(full)})
+    assert list(done) == []  # that epoch was already finished when saved
+
+
+def test_sampler_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError):
+        TokenBatchSampler([1, 2], [1], 10, False, 0)
+    with pytest.raises(ValueError):
+        TokenBatchSampler([1], [1], 10, False, 0, num_shards=2, shard_id=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# collate
+
+
+def test_collate_shapes_and_markers() -> None:
+    examples = [
+        (np.array([5, 6, 7], dtype=np.int32), np.array([8, 9], dtype=np.int32)),
+        (np.array([10], dtype=np.int32), np.array([11, 12, 13, 14], dtype=np.int32)),
+    ]
+    batch = collate(examples, [4, 9])
+    assert batch.indices == [4, 9]
+    assert batch.src.dtype == torch.long and batch.src.shape == (2, 4)
+    assert batch.src.tolist() == [[5, 6, 7, EOS_ID], [10, EOS_ID, PAD_ID, PAD_ID]]
+    assert batch.src_lengths.tolist() == [4, 2]
+    assert batch.tgt_in.shape == batch.tgt_out.shape == (2, 5)
+    assert batch.tgt_in.tolist() == [[BOS_ID, 8, 9, PAD_ID, PAD_ID], [BOS_ID, 11, 12, 13, 14]]
+    assert batch.tgt_out.tolist() == [[8, 9, EOS_ID, PAD_ID, PAD_ID], [11, 12, 13, 14, EOS_ID]]
+    assert batch.n_tgt_tokens == 3 + 5
+    moved = batch.to("cpu")
+    assert torch.equal(moved.tgt_out, batch.tgt_out) and moved.indices == [4, 9]
+
+
+def test_collate_source_appends_eos() -> None:
+    src, lengths_ = collate_source([[7, 8], [], [9]])
+    assert src.tolist() == [[7, 8, EOS_ID], [EOS_ID, PAD_ID, PAD_ID], [9, EOS_ID, PAD_ID]]
+    assert lengths_.tolist() == [3, 1, 2]
+
+
+def test_sampler_costs_match_collated_tensors(prepared) -> None:
+    _, data, _ = prepared
+    corpus = data.split("train")
+    sampler = TokenBatchSampler(corpus.src_lengths, corpus.tgt_lengths, 120, True, 0)
+    for idx in sampler:
+        batch = collate([corpus[i] for i in idx], idx)
+        padded = len(idx) * max(batch.src.shape[1], batch.tgt_out.shape[1])
+        assert padded <= 120 or len(idx) == 1

@@ -1,0 +1,130 @@
+"""Sentencepiece training and the Tokenizer wrapper."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from nmtkit.config import VocabConfig
+from nmtkit.errors import NMTKitError
+from nmtkit.vocabulary import (
+    BOS,
+    BOS_ID,
+    EOS,
+    EOS_ID,
+    PAD,
+    PAD_ID,
+    UNK,
+    UNK_ID,
+    Tokenizer,
+    train_sentencepiece,
+)
+
+WORDS = ["kalo", "mibe", "dufa", "gonek", "lemi", "fabado", "kid", "mala", "bega", "hilo"]
+
+
+def write_corpus(path: Path, n: int = 300, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 8))) for _ in range(n)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory: pytest.TempPathFactory) -> Tokenizer:
+    d = tmp_path_factory.mktemp("vocab")
+    model = train_sentencepiece([write_corpus(d / "c.txt")], d / "m", VocabConfig(size=40))
+    return Tokenizer(model)
+
+
+def test_special_ids_are_fixed(tok: Tokenizer) -> None:
+    assert (PAD_ID, UNK_ID, BOS_ID, EOS_ID) == (0, 1, 2, 3)
+    assert tok.vocab()[:4] == [PAD, UNK, BOS, EOS]
+    assert len(tok) == 40 == len(tok.vocab())
+
+
+def test_encode_decode_round_trip(tok: Tokenizer) -> None:
+    text = "kalo mibe fabado"
+    ids = tok.encode(text)
+    assert ids and BOS_ID not in ids and EOS_ID not in ids  # no specials added
+    assert tok.decode(ids) == text
+    assert tok.encode_batch([text, "hilo", ""]) == [ids, tok.encode("hilo"), []]
+    assert "".join(tok.pieces(ids)).replace("\u2581", " ").strip() == text
+
+
+def test_decode_drops_specials_and_stops_at_eos(tok: Tokenizer) -> None:
+    ids = tok.encode("kalo mibe")
+    tail = tok.encode("hilo")
+    assert tok.decode([BOS_ID, *ids, EOS_ID, *tail, PAD_ID]) == "kalo mibe"
+    assert tok.decode([BOS_ID, *ids, PAD_ID, PAD_ID]) == "kalo mibe"
+    assert tok.decode([EOS_ID, *ids]) == ""
+
+
+def test_unknown_characters_map_to_unk(tok: Tokenizer) -> None:
+    assert UNK_ID in tok.encode("zzz")
+
+
+def test_bytes_round_trip(tok: Tokenizer) -> None:
+    copy = Tokenizer.from_bytes(tok.to_bytes())
+    assert copy.vocab() == tok.vocab()
+    assert copy.encode("gonek lemi") == tok.encode("gonek lemi")
+
+
+def test_bad_bytes_and_missing_model(tmp_path: Path) -> None:
+    with pytest.raises(NMTKitError, match="not a sentencepiece model"):
+        Tokenizer.from_bytes(b"garbage")
+    missing = tmp_path / "nope.model"
+    with pytest.raises(NMTKitError, match="nope.model"):
+        Tokenizer(missing)
+    junk = tmp_path / "junk.model"
+    junk.write_text("hello")
+    with pytest.raises(NMTKitError, match="junk.model"):
+        Tokenizer(junk)
+
+
+def test_training_leaves_only_the_model_files(tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path / "c.txt")
+    out = tmp_path / "out"
+    model = train_sentencepiece([corpus], out / "spm", VocabConfig(type="unigram", size=30))
+    assert model == out / "spm.model"
+    assert sorted(p.name for p in out.iterdir()) == ["spm.model", "spm.vocab"]
+
+
+def test_too_large_vocab_falls_back_to_soft_limit(tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path / "c.txt")
+    model = train_sentencepiece([corpus], tmp_path / "m", VocabConfig(type="word", size=5000))
+    tok = Tokenizer(model)
+    assert 4 + len(WORDS) <= len(tok) < 5000
+    assert tok.decode(tok.encode("gonek kid")) == "gonek kid"
+
+
+def test_impossible_vocab_raises_user_error(tmp_path: Path) -> None:
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("abcdefghijklmnopqrstuvwxyz\n" * 20, encoding="utf-8")
+    with pytest.raises(NMTKitError, match="vocab.size") as err:
+        train_sentencepiece([corpus], tmp_path / "m", VocabConfig(size=8))
+    assert "c.txt" in str(err.value)
+    assert not list(tmp_path.glob("m.*")) and not list(tmp_path.glob(".spm-*"))
+
+
+def test_missing_training_file(tmp_path: Path) -> None:
+    with pytest.raises(NMTKitError, match="absent.txt"):
+        train_sentencepiece([tmp_path / "absent.txt"], tmp_path / "m", VocabConfig(size=40))
+
+
+def test_max_sentences_samples_the_input(tmp_path: Path) -> None:
+    # 1000 distinct one-word lines: a word vocabulary learns exactly the sampled words
+    syll = ["ka", "lo", "mi", "be", "du", "fa", "go", "ne", "ri", "su"]
+    words = [a + b + c for a in syll for b in syll for c in syll]
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(words) + "\n", encoding="utf-8")
+
+    def size(max_sentences: int) -> int:
+        cfg = VocabConfig(type="word", size=5000, max_sentences=max_sentences)
+        return len(Tokenizer(train_sentencepiece([corpus], tmp_path / f"m{max_sentences}", cfg)))
+
+    assert size(10**6) == 4 + 1000
+    assert size(300) == 4 + 300  # sampled by sentencepiece
+    assert size(20) == 4 + 20  # below sentencepiece's minimum sample: sampled by us
