@@ -1,0 +1,396 @@
+"""The Transformer (Vaswani et al. 2017): encoder and decoder built from attention alone.
+
+    x      = dropout(embedding(tokens) * sqrt(d_model) + positions)
+    encoder layer:  self-attention over the source, then a position-wise feed-forward network
+    decoder layer:  masked self-attention over the target prefix, attention over the encoder
+                    memory (cross-attention), then a feed-forward network
+
+Every sublayer sits in a residual connection with a layer norm before it (`pre`) or after it
+(`post`).
+
+Search feeds the decoder one token at a time. Rather than re-running the whole prefix at every
+step, the decoder keeps each layer's self-attention keys and values of the tokens so far (the
+key/value cache) and computes the cross-attention keys and values of the source once per
+sentence; both live in `TransformerState`. Training (`forward`) runs the very same code on the
+whole target at once, with a causal mask in place of the cache.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nmtkit.config import TransformerConfig
+from nmtkit.decoders import Decoder, DecoderState
+from nmtkit.encoders import EncoderOutput
+from nmtkit.errors import NMTKitError
+from nmtkit.model import Seq2Seq, _check_sharing, _embedding
+from nmtkit.vocabulary import PAD_ID
+
+KeyValue = tuple[Tensor, Tensor]  # attention keys and values, each (batch, heads, len, head_dim)
+
+
+def sinusoids(length: int, d_model: int) -> Tensor:
+    """PE(p, 2i) = sin(p / 10000^(2i / d_model)), PE(p, 2i + 1) = cos(same): (length, d_model).
+
+    Each pair of dimensions turns at its own frequency, so moving k positions is the same linear
+    map wherever it starts, which lets attention learn relative offsets."""
+    position = torch.arange(length, dtype=torch.float32).unsqueeze(1)  # (length, 1)
+    inv_freq = torch.exp(torch.arange(0, d_model, 2) * (-math.log(10000.0) / d_model))
+    angles = position * inv_freq  # (length, ceil(d_model / 2))
+    table = torch.empty(length, d_model)
+    table[:, 0::2] = torch.sin(angles)
+    table[:, 1::2] = torch.cos(angles[:, : d_model // 2])  # an odd d_model has one cosine fewer
+    return table
+
+
+class PositionalEncoding(nn.Module):
+    """Adds a vector per position to the token embeddings, since attention itself ignores order.
+
+        sinusoidal  the fixed `sinusoids` table: a buffer, rebuilt on construction, never saved
+        learned     a trained table of `max_positions` vectors
+        none        nothing: the encoder sees a bag of tokens, the decoder only its causal mask
+    """
+
+    def __init__(self, kind: str, d_model: int, max_positions: int) -> None:
+        super().__init__()
+        self.max_positions = max_positions
+        if kind == "learned":
+            # N(0, 1), the scale of the sinusoids and of the scaled token embeddings
+            self.table = nn.Parameter(torch.randn(max_positions, d_model))
+        else:
+            table = sinusoids(max_positions, d_model) if kind == "sinusoidal" else None
+            self.register_buffer("table", table, persistent=False)
+
+    def forward(self, x: Tensor, start: int = 0) -> Tensor:
+        """x (batch, len, d_model) holds positions start .. start + len - 1 (start > 0 in
+        search, where each step feeds the next position)."""
+        if self.table is None:
+            return x
+        end = start + x.size(1)
+        if end > self.max_positions:
+            raise NMTKitError(
+                f"a sequence of {end} tokens is longer than model.max_positions "
+                f"({self.max_positions}): raise it, or keep sentences shorter (data.max_len)"
+            )
+        return x + self.table[start:end]
+
+
+class MultiHeadAttention(nn.Module):
+    """What self- and cross-attention share: `heads` attentions side by side, each on its own
+    d_model / heads slice of the projected queries, keys and values, then concatenated and mixed
+    by an output projection.
+
+        attention(q, k, v) = softmax(q k^T / sqrt(head_dim)) v
+    """
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.heads = cfg.heads
+        self.dropout = cfg.attention_dropout
+        self.out_proj = nn.Linear(cfg.d_model, cfg.d_model)
+
+    def split_heads(self, x: Tensor) -> Tensor:
+        batch, length, d_model = x.shape
+        x = x.view(batch, length, self.heads, d_model // self.heads)
+        return x.transpose(1, 2)  # (batch, heads, len, head_dim)
+
+    def merge_heads(self, context: Tensor) -> Tensor:
+        batch, heads, length, head_dim = context.shape
+        context = context.transpose(1, 2).reshape(batch, length, heads * head_dim)
+        return self.out_proj(context)  # (batch, len, d_model)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        """q (batch, heads, q_len, head_dim); k, v (batch, heads, k_len, head_dim); mask
+        broadcasts to (batch, heads, q_len, k_len), True where a query may look at a key."""
+        dropout_p = self.dropout if self.training else 0.0
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        return self.merge_heads(context)
+
+
+class SelfAttention(MultiHeadAttention):
+    """Each position attends to positions of its own sequence. Queries, keys and values come
+    from one fused projection: one matrix multiply instead of three."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__(cfg)
+        self.qkv_proj = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+
+    def forward(
+        self, x: Tensor, mask: Tensor | None, past: KeyValue | None = None
+    ) -> tuple[Tensor, KeyValue]:
+        """x (batch, len, d_model). `past` holds the keys and values of the positions before x
+        (the decoder's cache); they are returned extended with x's own."""
+        q, k, v = (self.split_heads(t) for t in self.qkv_proj(x).chunk(3, dim=-1))
+        if past is not None:
+            k = torch.cat([past[0], k], dim=2)  # (batch, heads, past_len + len, head_dim)
+            v = torch.cat([past[1], v], dim=2)
+        return self.attend(q, k, v, mask), (k, v)
+
+
+class CrossAttention(MultiHeadAttention):
+    """The decoder's positions attend to the encoder memory. Keys and values depend only on the
+    source, so `memory_kv` computes them once per sentence (fused, as in self-attention)."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__(cfg)
+        self.q_proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.kv_proj = nn.Linear(cfg.d_model, 2 * cfg.d_model)
+
+    def memory_kv(self, memory: Tensor) -> KeyValue:
+        k, v = self.kv_proj(memory).chunk(2, dim=-1)
+        return self.split_heads(k), self.split_heads(v)  # each (batch, heads, src_len, head_dim)
+
+    def forward(
+        self, x: Tensor, memory_kv: KeyValue, src_mask: Tensor, need_weights: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """x (batch, tgt_len, d_model); src_mask (batch, src_len), True at real tokens. With
+        `need_weights` also returns the weights (batch, heads, tgt_len, src_len)."""
+        q = self.split_heads(self.q_proj(x))  # (batch, heads, tgt_len, head_dim)
+        k, v = memory_kv
+        mask = src_mask[:, None, None, :]  # (batch, 1, 1, src_len): padding is never attended
+        if not need_weights:
+            return self.attend(q, k, v, mask), None
+        # SDPA cannot return its weights, so when they are wanted compute the same thing by hand
+        scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (batch, heads, tgt_len, src_len)
+        weights = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+        context = F.dropout(weights, self.dropout, self.training) @ v
+        return self.merge_heads(context), weights
+
+
+class FeedForward(nn.Module):
+    """Position-wise: the same two-layer ReLU network applied to every position on its own."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.up = nn.Linear(cfg.d_model, cfg.ff_size)
+        self.down = nn.Linear(cfg.ff_size, cfg.d_model)
+        self.dropout = nn.Dropout(cfg.activation_dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        hidden = self.dropout(F.relu(self.up(x)))  # (batch, len, ff_size)
+        return self.down(hidden)
+
+
+class Residual(nn.Module):
+    """The residual connection around a sublayer f, with dropout on f's output and layer norm:
+
+        pre   x + dropout(f(LN(x)))   trains stably without warm-up; the residual stream is left
+                                      unnormalised, so the encoder and decoder end with an LN
+        post  LN(x + dropout(f(x)))   the original Transformer
+
+    Split in two so that f may return more than its output (weights, a cache):
+    `y = f(residual.before(x)); x = residual.after(x, y)`.
+    """
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.pre_norm = cfg.norm == "pre"
+        self.norm = nn.LayerNorm(cfg.d_model)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def before(self, x: Tensor) -> Tensor:
+        return self.norm(x) if self.pre_norm else x
+
+    def after(self, x: Tensor, y: Tensor) -> Tensor:
+        x = x + self.dropout(y)
+        return x if self.pre_norm else self.norm(x)
+
+
+class EncoderLayer(nn.Module):
+    """Self-attention over the source, then the feed-forward network."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.self_attn = SelfAttention(cfg)
+        self.self_attn_residual = Residual(cfg)
+        self.ff = FeedForward(cfg)
+        self.ff_residual = Residual(cfg)
+
+    def forward(self, x: Tensor, key_mask: Tensor) -> Tensor:
+        """x (batch, src_len, d_model); key_mask (batch, 1, 1, src_len), True at real tokens."""
+        y, _ = self.self_attn(self.self_attn_residual.before(x), key_mask)
+        x = self.self_attn_residual.after(x, y)
+        return self.ff_residual.after(x, self.ff(self.ff_residual.before(x)))
+
+
+class DecoderLayer(nn.Module):
+    """Masked self-attention over the target prefix, attention over the source, feed-forward."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.self_attn = SelfAttention(cfg)
+        self.self_attn_residual = Residual(cfg)
+        self.cross_attn = CrossAttention(cfg)
+        self.cross_attn_residual = Residual(cfg)
+        self.ff = FeedForward(cfg)
+        self.ff_residual = Residual(cfg)
+
+    def forward(
+        self,
+        x: Tensor,
+        past: KeyValue | None,
+        causal_mask: Tensor | None,
+        memory_kv: KeyValue,
+        src_mask: Tensor,
+        need_weights: bool,
+    ) -> tuple[Tensor, KeyValue, Tensor | None]:
+        """x (batch, new_len, d_model): the target positions that follow `past`'s. Returns the
+        new x, the self-attention keys/values including the new positions, and the
+        cross-attention weights (batch, heads, new_len, src_len) if asked for."""
+        y, kv = self.self_attn(self.self_attn_residual.before(x), causal_mask, past)
+        x = self.self_attn_residual.after(x, y)
+        y, weights = self.cross_attn(
+            self.cross_attn_residual.before(x), memory_kv, src_mask, need_weights
+        )
+        x = self.cross_attn_residual.after(x, y)
+        x = self.ff_residual.after(x, self.ff(self.ff_residual.before(x)))
+        return x, kv, weights
+
+
+class TransformerEncoder(nn.Module):
+    """Token embeddings plus positions, then a stack of encoder layers."""
+
+    def __init__(self, embedding: nn.Embedding, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.embedding = embedding  # shared with the decoder when model.share_embeddings
+        self.scale = math.sqrt(cfg.d_model)
+        self.positions = PositionalEncoding(cfg.positional, cfg.d_model, cfg.max_positions)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
+        self.final_norm = nn.LayerNorm(cfg.d_model) if cfg.norm == "pre" else nn.Identity()
+        self.output_size = cfg.d_model
+
+    def forward(self, src: Tensor, src_lengths: Tensor) -> EncoderOutput:
+        """src (batch, src_len) padded with PAD_ID; the mask comes from the padding itself, so
+        src_lengths is not needed."""
+        src_mask = src != PAD_ID  # (batch, src_len)
+        x = self.dropout(self.positions(self.embedding(src) * self.scale))  # (batch, src_len, d)
+        key_mask = src_mask[:, None, None, :]  # (batch, 1, 1, src_len): no one attends to padding
+        for layer in self.layers:
+            x = layer(x, key_mask)
+        return EncoderOutput(self.final_norm(x), src_mask)
+
+
+class TransformerDecoder(Decoder):
+    """Token embeddings plus positions, then a stack of decoder layers.
+
+    The attention returned, (batch, tgt_len, src_len) by `forward` and (batch, src_len) by
+    `step`, is the last layer's cross-attention averaged over its heads. Set `keep_all_attention`
+    to also get, after each call, every layer's per-head weights in `last_cross_attention`: one
+    (batch, heads, new_len, src_len) tensor per layer. That makes every layer compute its weights
+    by hand instead of with the fused kernel, so it is off unless someone wants to look.
+    """
+
+    def __init__(self, embedding: nn.Embedding, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.embedding = embedding  # shared with the generator when model.tie_output
+        self.scale = math.sqrt(cfg.d_model)
+        self.positions = PositionalEncoding(cfg.positional, cfg.d_model, cfg.max_positions)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
+        self.final_norm = nn.LayerNorm(cfg.d_model) if cfg.norm == "pre" else nn.Identity()
+        self.output_size = cfg.d_model
+        self.keep_all_attention = False
+        self.last_cross_attention: list[Tensor] = []
+
+    def init_state(self, enc: EncoderOutput) -> TransformerState:
+        cross_kv = [layer.cross_attn.memory_kv(enc.memory) for layer in self.layers]
+        return TransformerState(position=0, self_kv=[], cross_kv=cross_kv, src_mask=enc.src_mask)
+
+    def forward(self, tgt_in: Tensor, enc: EncoderOutput) -> tuple[Tensor, Tensor]:
+        """Teacher forcing: all gold previous tokens tgt_in (batch, tgt_len) in one pass.
+        Returns output (batch, tgt_len, d_model) and attention (batch, tgt_len, src_len)."""
+        out, attention, _ = self._run(tgt_in, self.init_state(enc))
+        return out, attention
+
+    def step(
+        self, prev_tokens: Tensor, state: TransformerState
+    ) -> tuple[Tensor, Tensor, TransformerState]:
+        """One new position: prev_tokens (batch,) -> output (batch, d_model), attention
+        (batch, src_len), and the state with this position's keys/values cached."""
+        out, attention, state = self._run(prev_tokens.unsqueeze(1), state)
+        return out.squeeze(1), attention.squeeze(1), state
+
+    def _run(
+        self, tokens: Tensor, state: TransformerState
+    ) -> tuple[Tensor, Tensor, TransformerState]:
+        """Feed tokens (batch, new_len) that follow the state's prefix of `state.position`."""
+        start, new_len = state.position, tokens.size(1)
+        x = self.embedding(tokens) * self.scale
+        x = self.dropout(self.positions(x, start))  # (batch, new_len, d_model)
+        # New token i, at position start + i, may see positions 0 .. start + i. A single new token
+        # (a search step) may see the whole cache, so it needs no mask. Target padding needs none
+        # either: it comes after the real tokens, which never look ahead.
+        causal_mask = None
+        if new_len > 1:
+            causal_mask = torch.ones(
+                new_len, start + new_len, dtype=torch.bool, device=tokens.device
+            ).tril(diagonal=start)  # (new_len, start + new_len)
+        self_kv, weights = [], []
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            past = state.self_kv[i] if state.self_kv else None
+            need_weights = self.keep_all_attention or i == last
+            x, kv, layer_weights = layer(
+                x, past, causal_mask, state.cross_kv[i], state.src_mask, need_weights
+            )
+            self_kv.append(kv)
+            weights.append(layer_weights)
+        if self.keep_all_attention:
+            self.last_cross_attention = [w.detach() for w in weights]
+        state = TransformerState(start + new_len, self_kv, state.cross_kv, state.src_mask)
+        return self.final_norm(x), weights[-1].mean(dim=1), state
+
+
+@dataclass
+class TransformerState(DecoderState):
+    """What a search step needs, per decoder layer: the self-attention keys/values of every
+    target position so far (the cache, one position longer after each step) and the
+    cross-attention keys/values of the source (computed once per sentence)."""
+
+    position: int  # target tokens fed so far: the position of the next one
+    self_kv: list[KeyValue]  # per layer, each (batch, heads, position, head_dim); [] at the start
+    cross_kv: list[KeyValue]  # per layer, each (batch, heads, src_len, head_dim)
+    src_mask: Tensor  # (batch, src_len)
+
+    def select(self, index: Tensor) -> TransformerState:
+        def rows(kv: KeyValue) -> KeyValue:
+            return kv[0].index_select(0, index), kv[1].index_select(0, index)
+
+        return TransformerState(
+            position=self.position,
+            self_kv=[rows(kv) for kv in self.self_kv],
+            cross_kv=[rows(kv) for kv in self.cross_kv],
+            src_mask=self.src_mask.index_select(0, index),
+        )
+
+
+def build_transformer(cfg: TransformerConfig, src_vocab: int, tgt_vocab: int) -> Seq2Seq:
+    if cfg.d_model % cfg.heads:
+        raise NMTKitError(
+            f"model.heads ({cfg.heads}) must divide model.d_model ({cfg.d_model}): "
+            "each head gets an equal slice"
+        )
+    _check_sharing(cfg, src_vocab, tgt_vocab, cfg.d_model, cfg.d_model)
+    src_embed = _embedding(src_vocab, cfg.d_model)
+    tgt_embed = src_embed if cfg.share_embeddings else _embedding(tgt_vocab, cfg.d_model)
+    model = Seq2Seq(
+        TransformerEncoder(src_embed, cfg), TransformerDecoder(tgt_embed, cfg), tgt_vocab
+    )
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            # N(0, 1 / d_model): after the sqrt(d_model) scaling, about the size of the positions
+            nn.init.normal_(module.weight, std=cfg.d_model**-0.5)
+            with torch.no_grad():
+                module.weight[PAD_ID].zero_()
+    if cfg.tie_output:
+        model.generator.weight = tgt_embed.weight  # one tensor: the embedding scores the output
+    return model

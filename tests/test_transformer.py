@@ -1,0 +1,228 @@
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_model, save_model
+
+from nmtkit.config import TransformerConfig
+from nmtkit.errors import NMTKitError
+from nmtkit.model import Seq2Seq
+from nmtkit.transformer import build_transformer
+from nmtkit.vocabulary import BOS_ID, EOS_ID, PAD_ID
+
+VOCAB = 24
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads; on a busy machine, waiting for them dominates."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_model(seed: int = 0, **overrides) -> Seq2Seq:
+    """A tiny Transformer in eval mode (no dropout), deterministic per seed."""
+    torch.manual_seed(seed)
+    settings = dict(d_model=32, heads=4, ff_size=64, encoder_layers=2, decoder_layers=2)
+    cfg = TransformerConfig(**(settings | overrides))
+    return build_transformer(cfg, VOCAB, VOCAB).eval()
+
+
+def pad(sentences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists -> (batch, max_len) padded with PAD_ID, and the lengths."""
+    lengths = torch.tensor([len(s) for s in sentences])
+    batch = torch.full((len(sentences), int(lengths.max())), PAD_ID)
+    for i, s in enumerate(sentences):
+        batch[i, : len(s)] = torch.tensor(s)
+    return batch, lengths
+
+
+def random_batch(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """src (4, 7) and tgt_in (4, 6) with sentences of different lengths, so both are padded."""
+    g = torch.Generator().manual_seed(seed)
+    src = [torch.randint(4, VOCAB, (n,), generator=g).tolist() + [EOS_ID] for n in (6, 3, 4, 1)]
+    tgt = [[BOS_ID] + torch.randint(4, VOCAB, (n,), generator=g).tolist() for n in (5, 2, 3, 4)]
+    src_batch, src_lengths = pad(src)
+    tgt_in, _ = pad(tgt)
+    return src_batch, src_lengths, tgt_in
+
+
+def test_decoder_is_causal() -> None:
+    model = make_model()
+    src, src_lengths, tgt_in = random_batch()
+    changed = tgt_in.clone()
+    changed[:, 3:] = (changed[:, 3:] + 1) % VOCAB  # rewrite the future from position 3 on
+    with torch.no_grad():
+        before, _ = model(src, src_lengths, tgt_in)
+        after, _ = model(src, src_lengths, changed)
+    torch.testing.assert_close(after[:, :3], before[:, :3], atol=1e-6, rtol=0)
+    assert not torch.allclose(after[:, 3:], before[:, 3:], atol=1e-3)  # the change is visible
+
+
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_padding_does_not_change_outputs(norm: str) -> None:
+    model = make_model(norm=norm)
+    src, src_lengths, tgt_in = random_batch()
+    tgt_lengths = (tgt_in != PAD_ID).sum(dim=1)
+    with torch.no_grad():
+        batched, batched_attention = model(src, src_lengths, tgt_in)
+        for i in range(src.size(0)):
+            s, t = int(src_lengths[i]), int(tgt_lengths[i])
+            alone, alone_attention = model(src[i : i + 1, :s], src_lengths[i : i + 1], tgt_in[i : i + 1, :t])
+            torch.testing.assert_close(batched[i, :t], alone[0], atol=1e-5, rtol=0)
+            torch.testing.assert_close(batched_attention[i, :t, :s], alone_attention[0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("positional", ["sinusoidal", "learned", "none"])
+def test_cached_steps_equal_full_recomputation(positional: str) -> None:
+    model = make_model(positional=positional)
+    src, src_lengths, tgt_in = random_batch()
+    reorder = torch.tensor([2, 0, 0, 3])  # as beam search does: reorder and duplicate rows
+    with torch.no_grad():
+        full, full_attention = model(src, src_lengths, tgt_in)
+        state = model.init_state(model.encode(src, src_lengths))
+        rows = torch.arange(src.size(0))
+        for t in range(tgt_in.size(1)):
+            if t == 3:
+                state = state.select(reorder)
+                rows = rows[reorder]
+            log_probs, attention, state = model.step(tgt_in[rows, t], state)
+            torch.testing.assert_close(log_probs, full[rows, t], atol=1e-5, rtol=0)
+            torch.testing.assert_close(attention, full_attention[rows, t], atol=1e-5, rtol=0)
+            # the cache grows by one position per step: the prefix is not recomputed
+            assert state.position == t + 1
+            assert all(k.size(2) == t + 1 for k, _ in state.self_kv)
+
+
+def test_tied_and_shared_weights_survive_safetensors(tmp_path) -> None:
+    model = make_model(share_embeddings=True, tie_output=True)
+    embedding = model.decoder.embedding
+    assert model.encoder.embedding is embedding
+    assert model.generator.weight is embedding.weight
+    assert model.generator.weight.data_ptr() == model.encoder.embedding.weight.data_ptr()
+
+    path = tmp_path / "model.safetensors"
+    save_model(model, str(path))
+    loaded = make_model(seed=1, share_embeddings=True, tie_output=True)  # different weights
+    load_model(loaded, str(path))
+    assert loaded.generator.weight is loaded.decoder.embedding.weight
+    assert loaded.encoder.embedding is loaded.decoder.embedding
+    src, src_lengths, tgt_in = random_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(src, src_lengths, tgt_in)[0], model(src, src_lengths, tgt_in)[0])
+
+
+def test_untied_weights_are_separate() -> None:
+    model = make_model(share_embeddings=False, tie_output=False)
+    assert model.encoder.embedding is not model.decoder.embedding
+    assert model.generator.weight.data_ptr() != model.decoder.embedding.weight.data_ptr()
+
+
+def test_overfits_a_few_pairs() -> None:
+    # the task: copy the source in reverse, shifted by one token id
+    g = torch.Generator().manual_seed(0)
+    sources = [torch.randint(4, VOCAB - 1, (n,), generator=g).tolist() for n in (3, 4, 5, 6, 4, 5)]
+    targets = [[token + 1 for token in reversed(s)] for s in sources]
+    src, src_lengths = pad([s + [EOS_ID] for s in sources])
+    tgt_in, _ = pad([[BOS_ID] + t for t in targets])
+    tgt_out, _ = pad([t + [EOS_ID] for t in targets])
+
+    model = make_model(encoder_layers=1, decoder_layers=1, dropout=0.0).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(300):
+        log_probs, _ = model(src, src_lengths, tgt_in)
+        loss = F.nll_loss(log_probs.transpose(1, 2), tgt_out, ignore_index=PAD_ID)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if loss.item() < 0.01:
+            break
+
+    model.eval()
+    with torch.no_grad():
+        state = model.init_state(model.encode(src, src_lengths))
+        prev = torch.full((src.size(0),), BOS_ID)
+        outputs = []
+        for _ in range(tgt_out.size(1)):
+            log_probs, _, state = model.step(prev, state)
+            prev = log_probs.argmax(dim=-1)
+            outputs.append(prev)
+    decoded = torch.stack(outputs, dim=1).tolist()
+    for hypothesis, target in zip(decoded, targets, strict=True):
+        assert hypothesis[: hypothesis.index(EOS_ID)] == target
+
+
+@pytest.mark.parametrize(
+    "norm, positional, sharing",
+    list(itertools.product(["pre", "post"], ["sinusoidal", "learned", "none"], ["none", "tied", "shared"])),
+)
+def test_shapes_for_every_option(norm: str, positional: str, sharing: str) -> None:
+    model = make_model(
+        norm=norm,
+        positional=positional,
+        tie_output=sharing != "none",
+        share_embeddings=sharing == "shared",
+        encoder_layers=1,
+        decoder_layers=1,
+    )
+    src, src_lengths, tgt_in = random_batch()
+    batch, src_len, tgt_len = src.size(0), src.size(1), tgt_in.size(1)
+    with torch.no_grad():
+        log_probs, attention = model(src, src_lengths, tgt_in)
+        assert log_probs.shape == (batch, tgt_len, VOCAB)
+        assert attention.shape == (batch, tgt_len, src_len)
+        state = model.init_state(model.encode(src, src_lengths))
+        log_probs, attention, state = model.step(tgt_in[:, 0], state)
+        assert log_probs.shape == (batch, VOCAB)
+        assert attention.shape == (batch, src_len)
+
+
+@pytest.mark.parametrize("positional", ["learned", "sinusoidal"])
+def test_too_long_input_is_an_error(positional: str) -> None:
+    model = make_model(positional=positional, max_positions=8)
+    src, src_lengths = pad([[5] * 8 + [EOS_ID]])
+    with pytest.raises(NMTKitError, match="max_positions"):
+        model.encode(src, src_lengths)
+    # in search, the step that reaches position max_positions fails the same way
+    src, src_lengths = pad([[5, EOS_ID]])
+    state = model.init_state(model.encode(src, src_lengths))
+    with torch.no_grad():
+        for _ in range(8):
+            _, _, state = model.step(torch.tensor([5]), state)
+        with pytest.raises(NMTKitError, match="max_positions"):
+            model.step(torch.tensor([5]), state)
+
+
+def test_no_positions_have_no_length_limit() -> None:
+    model = make_model(positional="none", max_positions=8)
+    src, src_lengths = pad([[5] * 20 + [EOS_ID]])
+    assert model.encode(src, src_lengths).memory.shape == (1, 21, 32)
+
+
+def test_heads_must_divide_d_model() -> None:
+    with pytest.raises(NMTKitError, match="model.heads"):
+        make_model(d_model=30, heads=4)
+
+
+def test_cross_attention_is_a_distribution_over_real_tokens() -> None:
+    model = make_model()
+    model.decoder.keep_all_attention = True
+    src, src_lengths, tgt_in = random_batch()
+    padding = (src == PAD_ID)[:, None, :]  # (batch, 1, src_len)
+    with torch.no_grad():
+        _, attention = model(src, src_lengths, tgt_in)  # (batch, tgt_len, src_len)
+    per_layer = model.decoder.last_cross_attention
+    assert [w.shape for w in per_layer] == [(4, 4, tgt_in.size(1), src.size(1))] * 2
+    torch.testing.assert_close(attention, per_layer[-1].mean(dim=1))  # the heads' average
+    for weights in [attention, *(w.flatten(1, 2) for w in per_layer)]:
+        torch.testing.assert_close(weights.sum(dim=-1), torch.ones(weights.shape[:-1]))
+        assert (weights.masked_select(padding.expand_as(weights)) == 0).all()
+
+    state = model.init_state(model.encode(src, src_lengths))
+    with torch.no_grad():
+        _, attention, _ = model.step(tgt_in[:, 0], state)  # (batch, src_len)
+    torch.testing.assert_close(attention.sum(dim=-1), torch.ones(src.size(0)))
+    assert (attention[src == PAD_ID] == 0).all()
