@@ -7,7 +7,7 @@
     a_t = softmax(score) over real source positions (padding gets exactly zero weight)
     c_t = sum_s a_t(s) h_s                       the context vector
 
-The Transformer's multi-head attention lives in `transformer_layers.py`.
+The Transformer's multi-head attention lives in `transformer.py`.
 """
 
 from __future__ import annotations

@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("demo", help="generate the numbers corpus, train, translate, score, plot")
     sp.add_argument("--model", choices=["rnn", "transformer"], default="rnn")
-    sp.add_argument("--direction", choices=["en-ko", "ko-en"], default="en-ko")
+    sp.add_argument("--direction", choices=["ko-en", "en-ko"], default="ko-en")
     sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     sp.set_defaults(fn=cmd_demo)
     return p

@@ -115,6 +115,9 @@ class TrainingConfig(_Section):
     max_bad_steps: int = Field(5, ge=1, description="stop after this many non-finite losses in a row")
     valid_every: int = Field(0, ge=0, description="validate every N updates; 0 = each epoch")
     valid_bleu: bool = True
+    bleu_tokenize: Literal["13a", "intl", "char", "zh", "none"] = Field(
+        "13a", description="sacreBLEU tokenizer; `char` for targets written without spaces"
+    )
     valid_max_sentences: int = Field(0, ge=0, description="BLEU on the first N; 0 = all")
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     keep_best: int = Field(1, ge=1)

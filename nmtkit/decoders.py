@@ -29,6 +29,7 @@ class Decoder(nn.Module):
     """What search needs from a decoder; both model families implement it."""
 
     output_size: int
+    max_steps: int | None = None  # longest target the decoder can handle (position tables)
 
     def init_state(self, enc: EncoderOutput) -> DecoderState:
         raise NotImplementedError

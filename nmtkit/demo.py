@@ -17,7 +17,7 @@ from nmtkit.translator import Translator
 CONFIGS = {"rnn": Path("configs/demo.yaml"), "transformer": Path("configs/demo-transformer.yaml")}
 
 
-def run_demo(model: str = "rnn", direction: str = "en-ko", overrides: list[str] | None = None) -> float:
+def run_demo(model: str = "rnn", direction: str = "ko-en", overrides: list[str] | None = None) -> float:
     """Returns the test BLEU."""
     config_path = CONFIGS[model]
     if not config_path.is_file():
@@ -33,8 +33,11 @@ def run_demo(model: str = "rnn", direction: str = "en-ko", overrides: list[str] 
         for side, lang in (("src", src), ("tgt", tgt))
     }
     suffix = f"{model}-{direction}"
+    # Korean is written with few spaces (1-2 words per number): BLEU over characters there
+    tokenize = "char" if tgt == "ko" else "13a"
     cfg = load_config(config_path, [*sorted(paths), f"data.out_dir=demo-data/bin-{direction}",
-                                    f"training.out_dir=runs/demo-{suffix}", *(overrides or [])])
+                                    f"training.out_dir=runs/demo-{suffix}",
+                                    f"training.bleu_tokenize={tokenize}", *(overrides or [])])
     assert files  # the corpus exists before training reads it
     run_dir = Path(cfg.training.out_dir)
     if run_dir.exists():
@@ -49,7 +52,7 @@ def run_demo(model: str = "rnn", direction: str = "en-ko", overrides: list[str] 
     for s, h, r in list(zip(src_lines, hyps, ref_lines, strict=True))[:5]:
         mark = "ok " if h == r else "ERR"
         print(f"  [{mark}] {s}\n        -> {h}")
-    scores = score(hyps, ref_lines)
+    scores = score(hyps, ref_lines, cfg.training.bleu_tokenize)
     exact = sum(h == r for h, r in zip(hyps, ref_lines, strict=True)) / len(ref_lines)
     print(f"\ntest set ({len(src_lines)} sentences): exact match {exact:.1%}")
     print(scores)

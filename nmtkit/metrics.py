@@ -21,8 +21,8 @@ class Scores:
         )
 
 
-def bleu_score(hypotheses: list[str], references: list[str]) -> float:
-    return sacrebleu.corpus_bleu(hypotheses, [references]).score
+def bleu_score(hypotheses: list[str], references: list[str], tokenize: str = "13a") -> float:
+    return sacrebleu.corpus_bleu(hypotheses, [references], tokenize=tokenize).score
 
 
 def score(hypotheses: list[str], references: list[str], tokenize: str | None = None) -> Scores:

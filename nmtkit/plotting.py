@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.resources
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any
@@ -20,14 +20,16 @@ def _fonts() -> list[str]:
     """DejaVu Sans for Latin, falling back per glyph to NanumGothic for Hangul."""
     global _FONTS_READY
     families = ["DejaVu Sans"]
-    try:
-        fonts = importlib.resources.files("koreanize_matplotlib") / "fonts" / "NanumGothic.ttf"
+    # find the font file without importing the package (its import changes global settings)
+    spec = importlib.util.find_spec("koreanize_matplotlib")
+    if spec is None or not spec.submodule_search_locations:
+        return families
+    font = Path(list(spec.submodule_search_locations)[0]) / "fonts" / "NanumGothic.ttf"
+    if font.is_file():
         if not _FONTS_READY:
-            font_manager.fontManager.addfont(str(fonts))
+            font_manager.fontManager.addfont(str(font))
             _FONTS_READY = True
         families.append("NanumGothic")
-    except (ModuleNotFoundError, FileNotFoundError):
-        pass
     return families
 
 

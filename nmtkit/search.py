@@ -28,6 +28,13 @@ def max_lengths(src_lengths: Tensor, max_len_a: float, max_len_b: int) -> Tensor
     return (src_lengths.float() * max_len_a + max_len_b).long().clamp(min=1)
 
 
+def length_limits(model: Seq2Seq, src_lengths: Tensor, max_len_a: float, max_len_b: int) -> Tensor:
+    """max_lengths, capped where the decoder has a fixed number of positions."""
+    limits = max_lengths(src_lengths, max_len_a, max_len_b)
+    cap = model.decoder.max_steps
+    return limits if cap is None else limits.clamp(max=cap - 1)
+
+
 @torch.inference_mode()
 def greedy_search(
     model: Seq2Seq,
@@ -41,7 +48,7 @@ def greedy_search(
     batch = src.size(0)
     enc = model.encode(src, src_lengths)
     state = model.init_state(enc)
-    limits = max_lengths(src_lengths, max_len_a, max_len_b)  # (batch,)
+    limits = length_limits(model, src_lengths, max_len_a, max_len_b)  # (batch,)
     active = torch.arange(batch, device=src.device)  # original index of each active row
     prev = torch.full((batch,), BOS_ID, dtype=torch.long, device=src.device)
     tokens: list[list[int]] = [[] for _ in range(batch)]

@@ -323,7 +323,7 @@ class Trainer:
                                         dcfg.max_len_a, dcfg.max_len_b)
             for i, hyp in zip(indices, results, strict=True):
                 hyps[i] = self.data.tgt_tokenizer.decode(hyp.tokens)
-        return bleu_score(hyps, refs)
+        return bleu_score(hyps, refs, self.tcfg.bleu_tokenize)
 
     def _autocast(self):
         enabled = self.tcfg.precision == "bf16"

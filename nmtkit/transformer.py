@@ -260,6 +260,7 @@ class TransformerEncoder(nn.Module):
         self.embedding = embedding  # shared with the decoder when model.share_embeddings
         self.scale = math.sqrt(cfg.d_model)
         self.positions = PositionalEncoding(cfg.positional, cfg.d_model, cfg.max_positions)
+        self.max_steps = cfg.max_positions if cfg.positional != "none" else None
         self.dropout = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
         self.final_norm = nn.LayerNorm(cfg.d_model) if cfg.norm == "pre" else nn.Identity()

@@ -1,0 +1,59 @@
+import json
+
+import pytest
+import torch
+
+from nmtkit.checkpoint import load_checkpoint
+from nmtkit.errors import NMTKitError
+from nmtkit.training import train
+from nmtkit.translator import Translator
+
+
+@pytest.fixture
+def trained_run(tiny_config):
+    return train(tiny_config), tiny_config
+
+
+def test_round_trip_gives_identical_translations(trained_run) -> None:
+    run_dir, cfg = trained_run
+    sources = (cfg.data.test_src.read_text(encoding="utf-8").splitlines())[:12]
+    a = Translator.load(run_dir / "last")
+    first = a.translate(sources)
+    b = Translator.load(run_dir / "last")
+    assert b.translate(sources) == first
+    for (name, p), q in zip(a.model.state_dict().items(), b.model.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name
+    ckpt = run_dir / "last"
+    info = json.loads((ckpt / "checkpoint.json").read_text())
+    assert info["config"]["model"]["hidden_size"] == 32
+    vocab = json.loads((ckpt / "vocab.json").read_text())
+    assert vocab["src"][:4] == ["<pad>", "<unk>", "<s>", "</s>"]
+
+
+def test_checkpoint_holds_no_pickle(trained_run) -> None:
+    run_dir, _ = trained_run
+    names = {p.name for p in (run_dir / "last").iterdir()}
+    assert names == {"model.safetensors", "checkpoint.json", "src.spm.model", "tgt.spm.model",
+                     "vocab.json", "training.safetensors", "training.json"}
+    for p in (run_dir / "last").iterdir():
+        assert not p.read_bytes().startswith(b"\x80"), f"{p.name} looks like a pickle"
+
+
+def test_corrupted_and_missing_files_give_clear_errors(trained_run, tmp_path) -> None:
+    import shutil
+
+    run_dir, _ = trained_run
+    broken = tmp_path / "broken"
+    shutil.copytree(run_dir / "last", broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # truncated
+    with pytest.raises(NMTKitError, match="model.safetensors"):
+        load_checkpoint(broken)
+    (broken / "checkpoint.json").write_text("{not json")
+    with pytest.raises(NMTKitError, match="checkpoint.json"):
+        load_checkpoint(broken)
+    (broken / "checkpoint.json").unlink()
+    with pytest.raises(NMTKitError, match="checkpoint.json"):
+        load_checkpoint(broken)
+    with pytest.raises(NMTKitError, match="not found"):
+        load_checkpoint(tmp_path / "nowhere")
