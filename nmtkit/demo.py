@@ -56,7 +56,7 @@ def run_demo(model: str = "rnn", direction: str = "ko-en", overrides: list[str] 
     exact = sum(h == r for h, r in zip(hyps, ref_lines, strict=True)) / len(ref_lines)
     print(f"\ntest set ({len(src_lines)} sentences): exact match {exact:.1%}")
     print(scores)
-    sentence = src_lines[0]
+    sentence = max(src_lines[:20], key=len)  # a long one shows the reordering best
     (details,) = translator.translate([sentence], return_details=True)
     if details.attention is not None:
         out = plot_attention(details.attention, details.source_tokens,
