@@ -72,6 +72,13 @@ def commit_folder(tmp: Path, final: Path) -> None:
     _fsync_dir(final.parent)
 
 
+def remove_folder(path: Path) -> None:
+    """Rename out of sight first, then delete: a crash mid-delete leaves only a temp folder."""
+    doomed = path.with_name(f"{TMP_PREFIX}del-{path.name}")
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
 def save_checkpoint(
     path: Path,
     model: Seq2Seq,
@@ -197,3 +204,25 @@ def optimizer_from_tensors(tensors: dict[str, torch.Tensor], meta: dict) -> dict
     for idx, values in meta.get("scalars", {}).items():
         state.setdefault(int(idx), {}).update(values)
     return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def average_checkpoints(paths: list[Path], out: Path) -> Path:
+    """Write the element-wise mean of the weights of several checkpoints of one architecture."""
+    if not paths:
+        raise NMTKitError("nmtkit average: give at least one checkpoint")
+    ckpts = [load_checkpoint(p) for p in paths]
+    first = ckpts[0]
+    for c in ckpts[1:]:
+        if c.config.model != first.config.model:
+            raise NMTKitError(f"{c.path}: a different model architecture than {first.path} "
+                              "(model sections differ); only the same architecture can be averaged")
+        if c.src_tokenizer.vocab() != first.src_tokenizer.vocab() or \
+                c.tgt_tokenizer.vocab() != first.tgt_tokenizer.vocab():
+            raise NMTKitError(f"{c.path}: a different vocabulary than {first.path}")
+    states = [c.model.state_dict() for c in ckpts]
+    mean = {k: torch.stack([s[k].float() for s in states]).mean(0).to(v.dtype)
+            for k, v in states[0].items()}
+    first.model.load_state_dict(mean)
+    info = {"step": first.info.get("step"), "averaged_from": [str(p) for p in paths]}
+    return save_checkpoint(out, first.model, first.config, first.src_tokenizer,
+                           first.tgt_tokenizer, info)

@@ -112,6 +112,13 @@ def cmd_plot_curves(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
+def cmd_average(args: argparse.Namespace) -> None:
+    from nmtkit.checkpoint import average_checkpoints
+
+    out = average_checkpoints([Path(p) for p in args.checkpoints], Path(args.out))
+    print(f"averaged {len(args.checkpoints)} checkpoints into {out}")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from nmtkit.demo import run_demo
 
@@ -165,6 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("run_dir")
     sp.add_argument("--out", default=None, help="PNG file (default RUN_DIR/curves.png)")
     sp.set_defaults(fn=cmd_plot_curves)
+
+    sp = sub.add_parser("average", help="average the weights of several checkpoints")
+    sp.add_argument("checkpoints", nargs="+", help="checkpoint folders of one architecture")
+    sp.add_argument("--out", required=True, help="folder of the averaged checkpoint")
+    sp.set_defaults(fn=cmd_average)
 
     sp = sub.add_parser("demo", help="generate the numbers corpus, train, translate, score, plot")
     sp.add_argument("--model", choices=["rnn", "transformer"], default="rnn")

@@ -1,26 +1,101 @@
 """Search: turn a trained model into output sentences, using only the decoder's step interface.
 
-Every search runs all sentences of a batch in one tensor pass per step; a sentence that has
-produced EOS (or reached its length limit) leaves the active set, so the work per step shrinks.
+    greedy_search   the most probable token at each step
+    beam_search     the k most probable prefixes at each step, with a length penalty and n-best
+    sample          a random token at each step (temperature, top-k, top-p), seeded
+    EnsembleModel   several models that decode as one: every search above runs it unchanged
+
+Every search runs all sentences of a batch, and all their beams, in one tensor pass per step.
+A sentence that has finished leaves the active set (its rows are dropped from the state with
+`select`), so the work per step shrinks. The bookkeeping per step is tensor operations whose
+cost does not grow with the number of beams in Python; lists are built once, at the end.
+
+Lengths, counted in target tokens without EOS: a sentence of src_len tokens may produce at most
+`max_len_a * src_len + max_len_b` (at its limit only EOS is allowed), and with `min_len` no EOS
+before that many tokens (the benchmark uses min_len = limit to force a fixed output length).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from nmtkit.decoders import DecoderState
+from nmtkit.encoders import EncoderOutput
 from nmtkit.model import Seq2Seq
-from nmtkit.vocabulary import BOS_ID, EOS_ID
+from nmtkit.vocabulary import BOS_ID, EOS_ID, PAD_ID
+
+NEG_INF = float("-inf")
 
 
 @dataclass
 class Hypothesis:
     tokens: list[int]  # target ids without BOS/EOS
-    score: float  # sum of log-probabilities (length-penalised for beam search)
+    score: float  # what search ranks by: log_prob, divided by the length penalty in beam search
     attention: Tensor | None = None  # (len(tokens) + 1, src_len): rows include the EOS step
-    nbest: list[Hypothesis] = field(default_factory=list)
+    nbest: list[Hypothesis] = field(default_factory=list)  # beam/samples: best first, self first
+    log_prob: float = 0.0  # sum of the model's log-probabilities of tokens + EOS
+
+
+# ---- ensembles: a model made of models ----
+
+
+@dataclass
+class EnsembleState(DecoderState):
+    states: list[DecoderState]  # one per member, each with the same batch rows
+
+    def select(self, index: Tensor) -> EnsembleState:
+        return EnsembleState([state.select(index) for state in self.states])
+
+
+class EnsembleModel(nn.Module):
+    """Members with the same vocabularies decode together, with Seq2Seq's encode/init_state/step.
+
+    Each step returns the log of the members' mean probability (a mixture):
+
+        log p(y) = log(1/n * sum_i p_i(y)) = logsumexp_i(log p_i(y)) - log n
+
+    It is a distribution as it stands, and a token any member finds likely keeps some mass. (The
+    other common choice, the mean of log-probabilities, is a geometric mean that must be
+    renormalised and lets one confident member veto a token.) An ensemble of one returns its
+    member's log-probabilities exactly. The attention is the members' mean.
+    """
+
+    def __init__(self, models: list[Seq2Seq]) -> None:
+        super().__init__()
+        self.models = nn.ModuleList(models)
+
+    @property
+    def max_steps(self) -> int | None:
+        caps = [m.decoder.max_steps for m in self.models if m.decoder.max_steps is not None]
+        return min(caps) if caps else None
+
+    def encode(self, src: Tensor, src_lengths: Tensor) -> list[EncoderOutput]:
+        return [m.encode(src, src_lengths) for m in self.models]
+
+    def init_state(self, encs: list[EncoderOutput]) -> EnsembleState:
+        return EnsembleState([m.init_state(enc) for m, enc in zip(self.models, encs, strict=True)])
+
+    def step(self, prev_tokens: Tensor, state: EnsembleState) -> tuple[Tensor, Tensor | None, EnsembleState]:
+        outputs = [m.step(prev_tokens, s) for m, s in zip(self.models, state.states, strict=True)]
+        new_state = EnsembleState([s for _, _, s in outputs])
+        if len(outputs) == 1:
+            return outputs[0][0], outputs[0][1], new_state
+        log_probs = torch.stack([lp for lp, _, _ in outputs])  # (members, batch, vocab)
+        log_probs = torch.logsumexp(log_probs, dim=0) - math.log(len(outputs))
+        attentions = [a for _, a, _ in outputs if a is not None]
+        attention = torch.stack(attentions).mean(dim=0) if attentions else None
+        return log_probs, attention, new_state
+
+
+StepModel = Seq2Seq | EnsembleModel  # anything with encode / init_state / step
+
+
+# ---- what every search shares ----
 
 
 def max_lengths(src_lengths: Tensor, max_len_a: float, max_len_b: int) -> Tensor:
@@ -28,54 +103,270 @@ def max_lengths(src_lengths: Tensor, max_len_a: float, max_len_b: int) -> Tensor
     return (src_lengths.float() * max_len_a + max_len_b).long().clamp(min=1)
 
 
-def length_limits(model: Seq2Seq, src_lengths: Tensor, max_len_a: float, max_len_b: int) -> Tensor:
+def length_limits(model: StepModel, src_lengths: Tensor, max_len_a: float, max_len_b: int) -> Tensor:
     """max_lengths, capped where the decoder has a fixed number of positions."""
     limits = max_lengths(src_lengths, max_len_a, max_len_b)
-    cap = model.decoder.max_steps
+    cap = model.max_steps if isinstance(model, EnsembleModel) else model.decoder.max_steps
     return limits if cap is None else limits.clamp(max=cap - 1)
+
+
+def length_penalty(steps: int | Tensor, alpha: float) -> float | Tensor:
+    """GNMT's lp = ((5 + |Y|) / 6)^alpha, |Y| counting the tokens and EOS; alpha = 0: lp = 1.
+
+    Log-probabilities only fall as a hypothesis grows, so without a penalty beam search prefers
+    short outputs; dividing by lp evens that out (Wu et al. 2016)."""
+    return ((5.0 + steps) / 6.0) ** alpha
+
+
+def _length_rules(log_probs: Tensor, t: int, limits: Tensor, min_len: int) -> None:
+    """In place, for step t (t tokens so far) of rows with these limits (rows,): no EOS before
+    min_len tokens; only EOS once a row has reached its limit (with its own log-probability)."""
+    eos = log_probs[:, EOS_ID].clone()
+    if t < min_len:
+        log_probs[:, EOS_ID] = NEG_INF
+    at_limit = limits <= t  # (rows,)
+    if bool(at_limit.any()):
+        log_probs.masked_fill_(at_limit.unsqueeze(1), NEG_INF)
+        log_probs[:, EOS_ID] = torch.where(at_limit, eos, log_probs[:, EOS_ID])
+
+
+# ---- one path per sentence: greedy search and sampling ----
+
+
+def _one_path(
+    model: StepModel,
+    src: Tensor,
+    src_lengths: Tensor,
+    pick: Callable[[Tensor], Tensor],
+    max_len_a: float,
+    max_len_b: int,
+    min_len: int,
+    return_attention: bool,
+    copies: int = 1,
+) -> list[list[Hypothesis]]:
+    """The loop greedy search and sampling share: each step, `pick` turns log_probs (rows, vocab)
+    into one token per row; a row's score is the model's log-probability of what was picked.
+    `copies` rows per sentence (independent samples) share one encoder pass."""
+    batch = src.size(0)
+    enc = model.encode(src, src_lengths)
+    sentence = torch.arange(batch, device=src.device).repeat_interleave(copies)  # (rows,)
+    state = model.init_state(enc).select(sentence) if copies > 1 else model.init_state(enc)
+    limits = length_limits(model, src_lengths, max_len_a, max_len_b).index_select(0, sentence)
+    rows, max_steps = sentence.size(0), int(limits.max()) + 1  # + 1: the EOS step
+    tokens = src.new_full((rows, max_steps), PAD_ID)  # what each row picked, EOS included
+    log_prob = torch.zeros(rows, device=src.device)
+    steps = torch.zeros(rows, dtype=torch.long, device=src.device)  # tokens + EOS per row
+    attention: Tensor | None = None  # (rows, max_steps, src_len), filled when asked for
+    active = torch.arange(rows, device=src.device)  # which rows are still decoding
+    prev = torch.full((rows,), BOS_ID, dtype=torch.long, device=src.device)
+    for t in range(max_steps):
+        log_probs, attn, state = model.step(prev, state)  # (active, vocab)
+        _length_rules(log_probs, t, limits.index_select(0, active), min_len)
+        best = pick(log_probs)  # (active,)
+        tokens[active, t] = best
+        log_prob[active] += log_probs.gather(1, best.unsqueeze(1)).squeeze(1)
+        steps[active] = t + 1
+        if return_attention and attn is not None:
+            if attention is None:
+                attention = attn.new_zeros(rows, max_steps, attn.size(-1), dtype=torch.float)
+            attention[active, t] = attn.float()
+        done = best == EOS_ID
+        if bool(done.all()):
+            break
+        if bool(done.any()):  # finished rows leave: the state shrinks to the active rows
+            keep = (~done).nonzero().squeeze(1)
+            active, state, best = active[keep], state.select(keep), best[keep]
+        prev = best
+    # one conversion to Python at the end, not one per step
+    hyps = [
+        Hypothesis(tokens=ids[: n - 1], score=lp, log_prob=lp,
+                   attention=None if attention is None else attention[i, :n].cpu())
+        for i, (ids, lp, n) in enumerate(zip(tokens.tolist(), log_prob.tolist(), steps.tolist(),
+                                            strict=True))
+    ]
+    return [hyps[i * copies : (i + 1) * copies] for i in range(batch)]
 
 
 @torch.inference_mode()
 def greedy_search(
-    model: Seq2Seq,
+    model: StepModel,
     src: Tensor,
     src_lengths: Tensor,
     max_len_a: float = 1.5,
     max_len_b: int = 10,
     return_attention: bool = False,
+    min_len: int = 0,
 ) -> list[Hypothesis]:
     """Pick the most probable token at each step. src (batch, src_len) -> one hypothesis each."""
-    batch = src.size(0)
-    enc = model.encode(src, src_lengths)
-    state = model.init_state(enc)
+    results = _one_path(model, src, src_lengths, lambda log_probs: log_probs.argmax(dim=-1),
+                        max_len_a, max_len_b, min_len, return_attention)
+    return [hyps[0] for hyps in results]
+
+
+def _sampler(temperature: float, top_k: int, top_p: float,
+             generator: torch.Generator | None) -> Callable[[Tensor], Tensor]:
+    """log_probs (rows, vocab) -> one sampled token per row."""
+
+    def pick(log_probs: Tensor) -> Tensor:
+        logits = log_probs / temperature  # < 1 sharpens the distribution, > 1 flattens it
+        if 0 < top_k < logits.size(-1):  # keep the k most probable tokens
+            kth = logits.topk(top_k, dim=-1).values[:, -1:]  # (rows, 1)
+            logits = logits.masked_fill(logits < kth, NEG_INF)
+        if top_p < 1.0:  # keep the fewest most probable tokens whose mass reaches p (nucleus)
+            sorted_logits, order = logits.sort(dim=-1, descending=True)
+            probs = sorted_logits.softmax(dim=-1)
+            mass_before = probs.cumsum(dim=-1) - probs  # mass of the tokens ranked above each
+            sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, NEG_INF)  # keeps the first
+            logits = torch.full_like(logits, NEG_INF).scatter(1, order, sorted_logits)
+        probs = logits.softmax(dim=-1)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+    return pick
+
+
+@torch.inference_mode()
+def sample(
+    model: StepModel,
+    src: Tensor,
+    src_lengths: Tensor,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+    num_samples: int = 1,
+    max_len_a: float = 1.5,
+    max_len_b: int = 10,
+    return_attention: bool = False,
+    min_len: int = 0,
+) -> list[Hypothesis]:
+    """Draw each token at random from the model's distribution, reshaped by temperature, top_k
+    (0 = all tokens) and top_p (1 = all). With num_samples > 1, each hypothesis's nbest holds
+    that many independent samples, most probable first. Scores are the model's log-probability
+    of the sample (before temperature and filtering). The same generator state gives the same
+    samples."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    pick = _sampler(temperature, top_k, top_p, generator)
+    results = _one_path(model, src, src_lengths, pick, max_len_a, max_len_b, min_len,
+                        return_attention, copies=num_samples)
+    out = []
+    for samples in results:
+        ranked = sorted(samples, key=lambda h: h.score, reverse=True)
+        best = ranked[0]
+        out.append(Hypothesis(best.tokens, best.score, best.attention,
+                              ranked if num_samples > 1 else [], best.log_prob))
+    return out
+
+
+# ---- beam search ----
+
+
+@torch.inference_mode()
+def beam_search(
+    model: StepModel,
+    src: Tensor,
+    src_lengths: Tensor,
+    beam_size: int = 5,
+    length_penalty_alpha: float = 1.0,
+    max_len_a: float = 1.5,
+    max_len_b: int = 10,
+    nbest: int = 1,
+    return_attention: bool = False,
+    min_len: int = 0,
+) -> list[Hypothesis]:
+    """Keep the beam_size most probable prefixes of every sentence at each step.
+
+    Each step scores every (beam, next token) pair by the prefix's log-probability plus the
+    token's, and takes the 2k best per sentence: those ending in EOS among the first k become
+    finished hypotheses, and the k best that do not end continue. A sentence is done once k
+    hypotheses have finished (or at its length limit), and leaves the batch. Finished
+    hypotheses are ranked by log_prob / length_penalty(len + 1); the best is returned, with
+    the `nbest` best (distinct, best first) in its .nbest. With beam_size 1 this is greedy search.
+    """
+    if not 1 <= nbest <= beam_size:
+        raise ValueError(f"nbest must be between 1 and the beam size ({beam_size}), got {nbest}")
+    k, batch, device = beam_size, src.size(0), src.device
+    enc = model.encode(src, src_lengths)  # once per sentence, not once per beam
     limits = length_limits(model, src_lengths, max_len_a, max_len_b)  # (batch,)
-    active = torch.arange(batch, device=src.device)  # original index of each active row
-    prev = torch.full((batch,), BOS_ID, dtype=torch.long, device=src.device)
-    tokens: list[list[int]] = [[] for _ in range(batch)]
-    scores = [0.0] * batch
-    attentions: list[list[Tensor]] = [[] for _ in range(batch)]
+    # row r of the state is beam r % k of sentence r // k: each sentence's state, k times
+    state = model.init_state(enc).select(torch.arange(batch, device=device).repeat_interleave(k))
+    # the k beams start identical; only the first may expand at step 0, or all k would be copies
+    beam_scores = torch.full((batch, k), NEG_INF, device=device)  # (sentences, k) log-probs
+    beam_scores[:, 0] = 0.0
+    active = torch.arange(batch, device=device)  # the original index of each active sentence
+    prefixes = torch.empty(batch * k, 0, dtype=torch.long, device=device)  # (rows, t)
+    prefix_attention: Tensor | None = None  # (rows, t, src_len), when asked for
+    n_finished = torch.zeros(batch, dtype=torch.long, device=device)
+    # per step: (sentence, log_prob, tokens (n, t), attention (n, t + 1, src_len) or None)
+    finished: list[tuple[Tensor, Tensor, Tensor, Tensor | None]] = []
+    prev = torch.full((batch * k,), BOS_ID, dtype=torch.long, device=device)
     for t in range(int(limits.max()) + 1):
-        log_probs, attention, state = model.step(prev, state)  # (active, vocab)
-        force_eos = limits.index_select(0, active) <= t  # out of length budget: end here
-        log_probs[force_eos] = float("-inf")
-        log_probs[force_eos, EOS_ID] = 0.0
-        best_lp, best = log_probs.max(dim=-1)  # (active,)
-        done = best == EOS_ID
-        for row, (i, tok, lp) in enumerate(zip(active.tolist(), best.tolist(), best_lp.tolist(),
-                                                strict=True)):
-            scores[i] += lp
-            if tok != EOS_ID:
-                tokens[i].append(tok)
-            if return_attention and attention is not None:
-                attentions[i].append(attention[row].float().cpu())
+        log_probs, attn, state = model.step(prev, state)  # (n * k, vocab)
+        n, vocab = active.size(0), log_probs.size(-1)
+        sentence_limits = limits.index_select(0, active)  # (n,)
+        _length_rules(log_probs, t, sentence_limits.repeat_interleave(k), min_len)
+        # Candidates are (beam, next token) pairs scored as whole prefixes. We need the 2k best
+        # per sentence (even if k of them end in EOS, k remain to continue), and no beam can
+        # place more than its own 2k best tokens among them: shortlist those first.
+        width = min(2 * k, vocab)
+        short_lp, short_tokens = log_probs.topk(width, dim=1)  # (n * k, width)
+        candidates = (beam_scores.unsqueeze(2) + short_lp.view(n, k, width)).view(n, k * width)
+        # a stable sort: on ties the lower beam, then the likelier token, wins (as argmax would)
+        top_scores, top = candidates.sort(dim=1, descending=True, stable=True)
+        top_scores, top = top_scores[:, : 2 * k], top[:, : 2 * k]  # (n, 2k), best first
+        top_tokens = short_tokens.view(n, k * width).gather(1, top)
+        parents = top // width + torch.arange(n, device=device).unsqueeze(1) * k  # state rows
+        if attn is not None and return_attention:
+            step_attention = attn.float().unsqueeze(1)  # (n * k, 1, src_len)
+            prefix_attention = (step_attention if prefix_attention is None
+                                else torch.cat([prefix_attention, step_attention], dim=1))
+        is_eos = (top_tokens == EOS_ID) & top_scores.isfinite()
+        # EOS among the k best finishes a hypothesis (one further down lost to k live beams)
+        ends = is_eos[:, :k]
+        if bool(ends.any()):
+            s, j = ends.nonzero(as_tuple=True)
+            rows = parents[s, j]
+            finished.append((
+                active[s], top_scores[s, j], prefixes[rows],
+                None if prefix_attention is None else prefix_attention[rows],
+            ))
+            n_finished[active] += ends.sum(dim=1)
+        # the next beams: the k best candidates that do not end (EOS ones are moved last)
+        order = torch.arange(2 * k, device=device) + is_eos * (2 * k)  # (n, 2k)
+        keep_beams = order.topk(k, dim=1, largest=False).indices  # (n, k), best first
+        beam_scores = top_scores.gather(1, keep_beams)
+        rows = parents.gather(1, keep_beams)  # (n, k)
+        prev = top_tokens.gather(1, keep_beams)  # (n, k)
+        # done sentences leave: k hypotheses have finished, or the limit is reached
+        done = (n_finished.index_select(0, active) >= k) | (sentence_limits <= t)
         if bool(done.all()):
             break
-        keep = (~done).nonzero().squeeze(1)
-        if len(keep) < len(active):
-            active, state = active.index_select(0, keep), state.select(keep)
-            best = best.index_select(0, keep)
-        prev = best
-    return [
-        Hypothesis(tokens[i], scores[i], torch.stack(attentions[i]) if attentions[i] else None)
-        for i in range(batch)
-    ]
+        if bool(done.any()):
+            keep = (~done).nonzero().squeeze(1)
+            active, beam_scores, rows, prev = active[keep], beam_scores[keep], rows[keep], prev[keep]
+        rows, prev = rows.view(-1), prev.view(-1)  # (n' * k,)
+        # reorder (and shrink) everything per row to the surviving beams: one select per step
+        state = state.select(rows)
+        prefixes = torch.cat([prefixes.index_select(0, rows), prev.unsqueeze(1)], dim=1)
+        if prefix_attention is not None:
+            prefix_attention = prefix_attention.index_select(0, rows)
+    return _rank_finished(finished, batch, length_penalty_alpha, nbest)
+
+
+def _rank_finished(
+    finished: list[tuple[Tensor, Tensor, Tensor, Tensor | None]], batch: int, alpha: float, nbest: int
+) -> list[Hypothesis]:
+    """Finished hypotheses, collected step by step -> per sentence the best, with its n-best."""
+    per_sentence: list[list[Hypothesis]] = [[] for _ in range(batch)]
+    for sentences, log_probs, tokens, attention in finished:
+        lp = length_penalty(tokens.size(1) + 1, alpha)  # + 1: the EOS step
+        for i, (s, log_prob, ids) in enumerate(zip(sentences.tolist(), log_probs.tolist(),
+                                                   tokens.tolist(), strict=True)):
+            att = None if attention is None else attention[i].cpu()
+            per_sentence[s].append(Hypothesis(ids, log_prob / lp, att, [], log_prob))
+    results = []
+    for hyps in per_sentence:
+        ranked = sorted(hyps, key=lambda h: h.score, reverse=True)[:nbest]
+        best = ranked[0]
+        results.append(Hypothesis(best.tokens, best.score, best.attention, ranked, best.log_prob))
+    return results

@@ -31,6 +31,7 @@ from nmtkit.checkpoint import (
     optimizer_to_tensors,
     read_json,
     read_tensors,
+    remove_folder,
     save_checkpoint,
 )
 from nmtkit.config import Config
@@ -239,7 +240,7 @@ class Trainer:
         keep |= {f"{CKPT_PREFIX}{int(step):08d}" for _, step in self.state.best}
         for p in ckpts:
             if p.name not in keep:
-                shutil.rmtree(p, ignore_errors=True)
+                remove_folder(p)
 
     def _update_best(self, result: EvalResult) -> bool:
         """Record this evaluation; True if it is the best so far."""

@@ -57,3 +57,37 @@ def test_corrupted_and_missing_files_give_clear_errors(trained_run, tmp_path) ->
         load_checkpoint(broken)
     with pytest.raises(NMTKitError, match="not found"):
         load_checkpoint(tmp_path / "nowhere")
+
+
+def test_average_gives_mean_of_weights(tiny_config, tmp_path) -> None:
+    from safetensors.torch import load_file
+
+    from nmtkit.checkpoint import average_checkpoints
+    from nmtkit.training import list_checkpoints
+
+    cfg = tiny_config.model_copy(update={"training": tiny_config.training.model_copy(
+        update={"valid_every": 3, "max_steps": 6, "keep_last": 5, "valid_bleu": False})})
+    run = train(cfg)
+    a, b = list_checkpoints(run)[-2:]
+    out = average_checkpoints([a, b], tmp_path / "avg")
+    wa, wb, wm = (load_file(str(p / "model.safetensors")) for p in (a, b, out))
+    assert wm.keys() == wa.keys()
+    for k in wa:
+        assert torch.allclose(wm[k], (wa[k] + wb[k]) / 2, atol=1e-7), k
+    assert not torch.equal(wa["generator.weight"], wb["generator.weight"])
+    Translator.load(out).translate(["삼십"])  # a usable checkpoint
+
+
+def test_average_refuses_different_architectures(tiny_config, tmp_path) -> None:
+    from nmtkit.checkpoint import average_checkpoints
+
+    base = tiny_config.training.model_copy(update={"max_steps": 1, "valid_bleu": False})
+    a = train(tiny_config.model_copy(update={"training": base.model_copy(
+        update={"out_dir": tmp_path / "a"})}))
+    other = tiny_config.model_copy(update={
+        "model": tiny_config.model.model_copy(update={"hidden_size": 24}),
+        "training": base.model_copy(update={"out_dir": tmp_path / "b"})})
+    b = train(other)
+    with pytest.raises(NMTKitError, match="architecture"):
+        average_checkpoints([a / "last", b / "last"], tmp_path / "avg")
+    assert not (tmp_path / "avg").exists()

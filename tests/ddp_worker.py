@@ -1,0 +1,19 @@
+"""Run under torchrun by test_distributed.py: train, then each rank saves the weights it holds."""
+
+import json
+import sys
+from pathlib import Path
+
+import torch.distributed as dist
+from safetensors.torch import save_file
+
+from nmtkit.config import config_from_dict
+from nmtkit.training import Trainer
+
+if __name__ == "__main__":
+    cfg = config_from_dict(json.loads(Path(sys.argv[1]).read_text()))
+    trainer = Trainer(cfg)
+    trainer.train()
+    weights = {k: v.detach().clone().contiguous() for k, v in trainer.model.state_dict().items()}
+    save_file(weights, str(Path(sys.argv[2]) / f"rank{trainer.rank}.safetensors"))
+    dist.destroy_process_group()
