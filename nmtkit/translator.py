@@ -1,20 +1,32 @@
-"""The Python API: load a checkpoint once, translate lists of sentences.
+"""The Python API: load a checkpoint (or several, as an ensemble) once, translate lists of sentences.
 
     from nmtkit import Translator
     t = Translator.load("runs/demo/best")
-    t.translate(["four thousand seventy-one"])   # -> ["사천칠십일"]
+    t.translate(["four thousand seventy-one"])             # -> ["사천칠십일"]
+    t.translate(["..."], beam=5)                           # beam search
+    t.translate(["..."], beam=5, nbest=3, return_details=True)[0].nbest   # 3 best, with scores
+    t.translate(["..."], sample=True, top_p=0.9, seed=1)   # sampling
+    Translator.load(["runs/a/best", "runs/b/best"])        # an ensemble
+    Translator.load("runs/demo/best", quantize="int8")     # int8 linear layers (CPU)
+
+Inputs are grouped into batches of similar length (at most `batch_tokens` source tokens each,
+padding included), so little work is spent on padding; results come back in input order.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from nmtkit.checkpoint import Checkpoint, load_checkpoint
 from nmtkit.data import collate_source
-from nmtkit.search import Hypothesis, greedy_search
+from nmtkit.errors import NMTKitError
+from nmtkit.model import Seq2Seq
+from nmtkit.search import EnsembleModel, Hypothesis, beam_search, greedy_search, sample
 
 
 @dataclass
@@ -22,22 +34,44 @@ class Translation:
     text: str
     tokens: list[str]  # target subword pieces
     source_tokens: list[str]  # source subword pieces (+ </s>), the attention's columns
-    score: float
+    score: float  # the search's score: log-probability (length-penalised in beam search)
     attention: list[list[float]] | None  # (target tokens + </s>) x (source tokens + </s>)
+    nbest: list[Translation] = field(default_factory=list)  # with nbest > 1: best first, self first
 
 
 class Translator:
-    def __init__(self, checkpoint: Checkpoint, device: str | torch.device = "cpu") -> None:
-        self.ckpt = checkpoint
-        self.model = checkpoint.model.to(device).eval()
+    def __init__(
+        self,
+        checkpoints: Checkpoint | Sequence[Checkpoint],
+        device: str | torch.device = "cpu",
+        quantize: str | None = None,
+    ) -> None:
+        ckpts = [checkpoints] if isinstance(checkpoints, Checkpoint) else list(checkpoints)
+        if not ckpts:
+            raise NMTKitError("no checkpoint given")
+        _check_same_vocabularies(ckpts)
         self.device = torch.device(device)
-        self.src_tok = checkpoint.src_tokenizer
-        self.tgt_tok = checkpoint.tgt_tokenizer
-        self.decoding = checkpoint.config.decoding
+        models = [ckpt.model.to(self.device).eval() for ckpt in ckpts]
+        if quantize is not None:
+            models = [_quantized(m, quantize, self.device) for m in models]
+        self.ckpt = ckpts[0]
+        self.checkpoints = ckpts
+        # one checkpoint decodes as itself; several through the ensemble wrapper
+        self.model: Seq2Seq | EnsembleModel = models[0] if len(models) == 1 else EnsembleModel(models)
+        self.src_tok = self.ckpt.src_tokenizer
+        self.tgt_tok = self.ckpt.tgt_tokenizer
+        self.decoding = self.ckpt.config.decoding  # defaults: the first checkpoint's config
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Translator:
-        return cls(load_checkpoint(path, device), device)
+    def load(
+        cls,
+        path: str | Path | Sequence[str | Path],
+        device: str | torch.device = "cpu",
+        quantize: str | None = None,
+    ) -> Translator:
+        """One checkpoint folder, or a list of them to decode as an ensemble."""
+        paths = [path] if isinstance(path, str | Path) else list(path)
+        return cls([load_checkpoint(p, device) for p in paths], device, quantize)
 
     def _batches(self, ids: list[list[int]], batch_tokens: int) -> list[list[int]]:
         """Indices of non-empty inputs grouped by similar length, each group within batch_tokens."""
@@ -62,33 +96,121 @@ class Translator:
         sentences: list[str],
         batch_tokens: int | None = None,
         return_details: bool = False,
+        *,
+        attention: bool = True,
+        beam: int | None = None,
+        nbest: int = 1,
+        length_penalty: float | None = None,
+        sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | torch.Generator | None = None,
+        max_len_a: float | None = None,
+        max_len_b: int | None = None,
     ) -> list[str] | list[Translation]:
-        """Translate in input order; an empty (or blank) sentence gives an empty translation."""
-        batch_tokens = batch_tokens or self.decoding.batch_tokens
+        """Translate in input order; an empty (or blank) sentence gives an empty translation.
+
+        beam, length_penalty, max_len_a/b and batch_tokens default to the checkpoint's decoding
+        config. beam 1 is greedy search. With sample=True each token is drawn at random
+        (temperature, top_k, top_p) from a generator seeded by `seed` (an int, or a
+        torch.Generator to continue across calls); nbest then draws that many samples.
+        Returns strings, or with return_details a Translation per sentence (tokens, score,
+        attention unless attention=False, and the n-best list when nbest > 1)."""
+        d = self.decoding
+        beam = beam or d.beam
+        _check_options(beam, nbest, sample, temperature, top_k, top_p)
+        search = self._search_function(
+            beam, nbest, d.length_penalty if length_penalty is None else length_penalty,
+            sample, temperature, top_k, top_p, seed,
+            d.max_len_a if max_len_a is None else max_len_a,
+            d.max_len_b if max_len_b is None else max_len_b,
+            return_details and attention,
+        )
         ids = [self.src_tok.encode(s) if s.strip() else [] for s in sentences]
         hyps: list[Hypothesis | None] = [None] * len(sentences)
-        for indices in self._batches(ids, batch_tokens):
+        for indices in self._batches(ids, batch_tokens or d.batch_tokens):
             src, lengths = collate_source([ids[i] for i in indices])
-            results = greedy_search(
-                self.model, src.to(self.device), lengths.to(self.device),
-                self.decoding.max_len_a, self.decoding.max_len_b, return_attention=return_details,
-            )
-            for i, hyp in zip(indices, results, strict=True):
+            for i, hyp in zip(indices, search(src.to(self.device), lengths.to(self.device)), strict=True):
                 hyps[i] = hyp
         if not return_details:
             return [self.tgt_tok.decode(h.tokens) if h else "" for h in hyps]
-        return [self._details(ids[i], h) for i, h in enumerate(hyps)]
+        return [self._details(ids[i], h, nbest) for i, h in enumerate(hyps)]
 
-    def _details(self, src_ids: list[int], hyp: Hypothesis | None) -> Translation:
-        if hyp is None:
-            return Translation("", [], [], 0.0, None)
-        attention = None
-        if hyp.attention is not None:
-            attention = hyp.attention[:, : len(src_ids) + 1].tolist()
-        return Translation(
-            text=self.tgt_tok.decode(hyp.tokens),
-            tokens=self.tgt_tok.pieces(hyp.tokens),
-            source_tokens=self.src_tok.pieces(src_ids) + ["</s>"],
-            score=hyp.score,
-            attention=attention,
-        )
+    def _search_function(
+        self, beam: int, nbest: int, alpha: float, do_sample: bool, temperature: float, top_k: int,
+        top_p: float, seed: int | torch.Generator | None, max_len_a: float, max_len_b: int,
+        with_attention: bool,
+    ) -> Callable[[Tensor, Tensor], list[Hypothesis]]:
+        """(src, src_lengths) -> one hypothesis per sentence, with every search option bound."""
+        model = self.model
+        limits = {"max_len_a": max_len_a, "max_len_b": max_len_b, "return_attention": with_attention}
+        if do_sample:
+            if isinstance(seed, torch.Generator):
+                generator = seed
+            else:
+                generator = torch.Generator(self.device)
+                if seed is None:
+                    generator.seed()  # a fresh random seed
+                else:
+                    generator.manual_seed(seed)
+            return lambda src, lengths: sample(
+                model, src, lengths, temperature, top_k, top_p, generator, nbest, **limits)
+        if beam == 1:
+            return lambda src, lengths: greedy_search(model, src, lengths, **limits)
+        return lambda src, lengths: beam_search(model, src, lengths, beam, alpha, nbest=nbest, **limits)
+
+    def _details(self, src_ids: list[int], hyp: Hypothesis | None, nbest: int) -> Translation:
+        source_tokens = self.src_tok.pieces(src_ids) + ["</s>"]
+        if hyp is None:  # an empty input: empty output, and n empty alternatives
+            empty = Translation("", [], source_tokens[-1:], 0.0, None)
+            return Translation("", [], source_tokens[-1:], 0.0, None, [empty] * nbest if nbest > 1 else [])
+
+        def one(h: Hypothesis) -> Translation:
+            attention = None if h.attention is None else h.attention[:, : len(src_ids) + 1].tolist()
+            return Translation(
+                text=self.tgt_tok.decode(h.tokens),
+                tokens=self.tgt_tok.pieces(h.tokens),
+                source_tokens=source_tokens,
+                score=h.score,
+                attention=attention,
+            )
+
+        best = one(hyp)
+        if nbest > 1:
+            best.nbest = [one(h) for h in hyp.nbest[:nbest]]
+        return best
+
+
+def _check_options(beam: int, nbest: int, do_sample: bool, temperature: float, top_k: int,
+                   top_p: float) -> None:
+    if beam < 1 or nbest < 1:
+        raise NMTKitError(f"beam ({beam}) and nbest ({nbest}) must be at least 1")
+    if not do_sample and nbest > beam:
+        raise NMTKitError(f"nbest ({nbest}) cannot exceed the beam size ({beam}): raise --beam")
+    if temperature <= 0 or top_k < 0 or not 0 < top_p <= 1:
+        raise NMTKitError(f"sampling needs temperature > 0, top_k >= 0 and 0 < top_p <= 1 "
+                          f"(got {temperature}, {top_k}, {top_p})")
+
+
+def _check_same_vocabularies(ckpts: list[Checkpoint]) -> None:
+    """An ensemble averages distributions token by token: every member needs the same ids."""
+    first = ckpts[0]
+    for other in ckpts[1:]:
+        for side, a, b in (("source", first.src_tokenizer, other.src_tokenizer),
+                           ("target", first.tgt_tokenizer, other.tgt_tokenizer)):
+            if a.vocab() != b.vocab():
+                raise NMTKitError(
+                    f"cannot ensemble {first.path} and {other.path}: their {side} vocabularies "
+                    "differ (ensemble members must share the same sentencepiece models)"
+                )
+
+
+def _quantized(model: Seq2Seq, kind: str, device: torch.device) -> Seq2Seq:
+    from nmtkit.quantize import QUANTIZE_CHOICES, quantize_int8
+
+    if kind not in QUANTIZE_CHOICES:
+        raise NMTKitError(f"unknown quantization {kind!r} (choose from {', '.join(QUANTIZE_CHOICES)})")
+    if device.type != "cpu":
+        raise NMTKitError(f"int8 quantization runs on the CPU only (device is {device})")
+    return quantize_int8(model)

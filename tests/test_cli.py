@@ -72,3 +72,33 @@ def test_train_translate_evaluate_plot(tiny_config, tmp_path, capsys) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["plot-curves", str(run)]) == 0
     assert (run / "curves.png").stat().st_size > 1000
+
+
+def test_plot_attention_for_a_transformer_layer_and_head(tiny_config, tmp_path, capsys) -> None:
+    from nmtkit.cli import transformer_attention
+    from nmtkit.config import TransformerConfig
+    from nmtkit.training import train
+    from nmtkit.translator import Translator
+
+    cfg = tiny_config.model_copy(update={
+        "model": TransformerConfig(d_model=32, heads=2, ff_size=64, encoder_layers=1, decoder_layers=2),
+        "training": tiny_config.training.model_copy(update={"max_steps": 2, "valid_bleu": False})})
+    ckpt = train(cfg) / "last"
+    png = tmp_path / "t.png"
+    assert main(["plot-attention", "--checkpoint", str(ckpt), "--sentence", "삼십", "--out", str(png),
+                 "--layer", "0", "--head", "1"]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert main(["plot-attention", "--checkpoint", str(ckpt), "--sentence", "삼십", "--out", str(png),
+                 "--layer", "5"]) == 2
+    assert "--layer 5" in capsys.readouterr().err
+    t = Translator.load(ckpt)
+    (r,) = t.translate(["삼십 사"], return_details=True)
+    heads = [transformer_attention(t, "삼십 사", r.tokens, 1, h) for h in (0, 1)]
+    mean = transformer_attention(t, "삼십 사", r.tokens, 1, None)
+    for i, row in enumerate(mean):
+        for j, v in enumerate(row):
+            assert abs(v - (heads[0][i][j] + heads[1][i][j]) / 2) < 1e-5
+        assert abs(sum(row) - 1) < 1e-5
+    # the last layer's head-mean is what search returns as the attention alignment
+    for a, b in zip(mean, r.attention, strict=False):
+        assert max(abs(x - y) for x, y in zip(a, b, strict=False)) < 1e-4

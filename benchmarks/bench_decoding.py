@@ -1,0 +1,251 @@
+"""Decoding speed on CPU: nmtkit beside Hugging Face transformers and CTranslate2.
+
+All systems decode the same shape of Transformer (by default configs/multi30k-transformer.yaml:
+d_model 256, 4 heads, ff 1024, 3+3 layers, joint vocabulary of 8000, tied embeddings) with
+random weights, on the same random source sentences, for the same number of decoder steps:
+
+    nmtkit        build_model(config), greedy_search / beam_search (and --quantize int8)
+    transformers  a MarianMTModel built offline from a MarianConfig of that shape, generate()
+    ctranslate2   that Marian model converted with CTranslate2's converter (float32 and int8)
+
+Output length is forced so that no system wins by stopping early: every sentence takes exactly
+--steps decoder steps (EOS suppressed before, and the last step forced). Translations are not
+compared (the weights are random); shapes and output lengths are. Every system gets the same
+number of threads; systems alternate within each repeat and the table shows medians.
+
+    /work/peers-venv/bin/python benchmarks/bench_decoding.py   # peers installed there, see README
+
+A peer that is not installed is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # nmtkit from this checkout
+
+from nmtkit.config import TransformerConfig  # noqa: E402
+from nmtkit.data import collate_source  # noqa: E402
+from nmtkit.model import build_model  # noqa: E402
+from nmtkit.quantize import quantize_int8  # noqa: E402
+from nmtkit.search import beam_search, greedy_search  # noqa: E402
+
+Decode = Callable[[list[list[int]], int], list[int]]  # (sentences, beam) -> output lengths
+
+
+def model_shape(path: str, vocab: int | None) -> tuple[TransformerConfig, int]:
+    """The Transformer config and joint vocabulary size, from the YAML config if it exists."""
+    raw: dict = {}
+    if Path(path).is_file():
+        import yaml
+
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    defaults = {"d_model": 256, "heads": 4, "ff_size": 1024, "encoder_layers": 3, "decoder_layers": 3,
+                "norm": "pre", "share_embeddings": True, "tie_output": True}
+    model = {**defaults, **raw.get("model", {}), "dropout": 0.0, "type": "transformer"}
+    return TransformerConfig(**model), vocab or raw.get("vocab", {}).get("size", 8000)
+
+
+# ---- nmtkit ----
+
+
+def nmtkit_decoder(cfg: TransformerConfig, vocab: int, steps: int, int8: bool) -> Decode:
+    torch.manual_seed(0)
+    model = build_model(cfg, vocab, vocab).eval()
+    if int8:
+        model = quantize_int8(model)
+
+    def decode(sentences: list[list[int]], beam: int) -> list[int]:
+        src, lengths = collate_source(sentences)  # appends EOS
+        # steps - 1 tokens, then EOS: `steps` decoder steps, as for the peers
+        limits = {"max_len_a": 0.0, "max_len_b": steps - 1, "min_len": steps - 1}
+        if beam == 1:
+            hyps = greedy_search(model, src, lengths, **limits)
+        else:
+            hyps = beam_search(model, src, lengths, beam, 1.0, **limits)
+        return [len(h.tokens) + 1 for h in hyps]  # + EOS
+
+    return decode
+
+
+# ---- Hugging Face transformers ----
+
+
+def marian_model(cfg: TransformerConfig, vocab: int):
+    from transformers import MarianConfig, MarianMTModel
+
+    config = MarianConfig(
+        vocab_size=vocab, d_model=cfg.d_model, encoder_layers=cfg.encoder_layers,
+        decoder_layers=cfg.decoder_layers, encoder_attention_heads=cfg.heads,
+        decoder_attention_heads=cfg.heads, encoder_ffn_dim=cfg.ff_size, decoder_ffn_dim=cfg.ff_size,
+        activation_function="relu", dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+        max_position_embeddings=512, scale_embedding=True, share_encoder_decoder_embeddings=True,
+        tie_word_embeddings=True, pad_token_id=vocab - 1, eos_token_id=0,
+        decoder_start_token_id=vocab - 1, forced_eos_token_id=0,
+    )
+    torch.manual_seed(0)
+    return MarianMTModel(config).eval()
+
+
+def hf_decoder(model, steps: int) -> Decode:
+    pad = model.config.pad_token_id
+
+    def decode(sentences: list[list[int]], beam: int) -> list[int]:
+        width = max(len(s) for s in sentences) + 1
+        ids = torch.full((len(sentences), width), pad)
+        for i, s in enumerate(sentences):
+            ids[i, : len(s) + 1] = torch.tensor(s + [0])  # + </s> (id 0 in Marian)
+        with torch.inference_mode():
+            out = model.generate(
+                input_ids=ids, attention_mask=ids != pad, num_beams=beam, do_sample=False,
+                # + 1: HF counts the decoder start token; the last step is forced to </s>
+                min_length=steps + 1, max_length=steps + 1, length_penalty=1.0, early_stopping=False,
+            )
+        return [out.size(1) - 1] * len(sentences)  # all rows share the forced length
+
+    return decode
+
+
+# ---- CTranslate2 ----
+
+
+def ct2_models(marian, vocab: int, folder: Path) -> tuple[dict[str, Path], list[str]]:
+    """Save the Marian model with the tokenizer files CTranslate2's converter reads, convert it
+    once per compute type; returns the converted folders and the vocabulary (id -> token)."""
+    import ctranslate2
+    import sentencepiece as spm
+
+    hf_dir = folder / "marian"
+    marian.save_pretrained(hf_dir)
+    # any sentencepiece model will do: the converter only needs the tokenizer to load
+    words = [f"w{i} x{i % 7} y{i % 13}" for i in range(2000)]
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(words), model_prefix=str(hf_dir / "spm"),
+                                   vocab_size=64, minloglevel=2)
+    for name in ("source.spm", "target.spm"):
+        (hf_dir / name).write_bytes((hf_dir / "spm.model").read_bytes())
+    tokens = ["</s>", "<unk>"] + [f"t{i}" for i in range(2, vocab - 1)] + ["<pad>"]
+    (hf_dir / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+    (hf_dir / "tokenizer_config.json").write_text(json.dumps(
+        {"source_lang": "en", "target_lang": "de", "model_max_length": 512}))
+    out = {}
+    for kind in ("float32", "int8"):
+        out[kind] = folder / f"ct2-{kind}"
+        converter = ctranslate2.converters.TransformersConverter(str(hf_dir))
+        converter.convert(str(out[kind]), quantization=kind, force=True)
+    return out, tokens
+
+
+def ct2_decoder(path: Path, compute_type: str, tokens: list[str], steps: int, threads: int) -> Decode:
+    import ctranslate2
+
+    translator = ctranslate2.Translator(str(path), device="cpu", compute_type=compute_type,
+                                        intra_threads=threads, inter_threads=1)
+
+    def decode(sentences: list[list[int]], beam: int) -> list[int]:
+        # the converted config has add_source_eos=false: append </s> as Marian training did
+        source = [[tokens[i] for i in s] + ["</s>"] for s in sentences]
+        results = translator.translate_batch(
+            source, beam_size=beam, max_batch_size=len(source), length_penalty=1.0,
+            min_decoding_length=steps, max_decoding_length=steps,
+        )
+        return [len(r.hypotheses[0]) for r in results]
+
+    return decode
+
+
+# ---- measuring ----
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default="configs/multi30k-transformer.yaml")
+    p.add_argument("--vocab", type=int, default=None, help="joint vocabulary (default: the config's)")
+    p.add_argument("--sentences", type=int, default=64, help="sentences per batch of the big batch")
+    p.add_argument("--batch1-sentences", type=int, default=8, help="sentences timed one at a time")
+    p.add_argument("--src-len", type=int, default=13, help="mean source length in subword tokens")
+    p.add_argument("--steps", type=int, default=40, help="decoder steps (target tokens) per sentence")
+    p.add_argument("--beams", default="1,5")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    cfg, vocab = model_shape(args.config, args.vocab)
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(args.src_len - 3, args.src_len + 4, (args.sentences,), generator=gen)
+    sentences = [torch.randint(4, vocab - 1, (int(n),), generator=gen).tolist() for n in lengths]
+
+    systems: dict[str, Decode] = {
+        "nmtkit fp32": nmtkit_decoder(cfg, vocab, args.steps, int8=False),
+        "nmtkit int8": nmtkit_decoder(cfg, vocab, args.steps, int8=True),
+    }
+    tmp = tempfile.TemporaryDirectory()
+    try:
+        marian = marian_model(cfg, vocab)
+        systems["transformers fp32"] = hf_decoder(marian, args.steps)
+        try:
+            paths, tokens = ct2_models(marian, vocab, Path(tmp.name))
+            for kind in ("float32", "int8"):
+                name = f"ctranslate2 {'fp32' if kind == 'float32' else kind}"
+                systems[name] = ct2_decoder(paths[kind], kind, tokens, args.steps, args.threads)
+        except ImportError as err:
+            print(f"skipping ctranslate2: {err}")
+    except ImportError as err:
+        print(f"skipping transformers and ctranslate2 (its converter needs transformers): {err}")
+
+    beams = [int(b) for b in args.beams.split(",")]
+    settings = [(beam, batch) for beam in beams for batch in (1, args.sentences)]
+    times: dict[tuple[str, int, int], list[float]] = {}
+
+    def run(name: str, beam: int, batch: int) -> float:
+        decode = systems[name]
+        group = sentences if batch > 1 else sentences[: args.batch1_sentences]
+        start = time.perf_counter()
+        if batch > 1:
+            out_lengths = decode(group, beam)
+        else:
+            out_lengths = [n for s in group for n in decode([s], beam)]
+        elapsed = time.perf_counter() - start
+        assert out_lengths == [args.steps] * len(group), (name, out_lengths)
+        return elapsed
+
+    for name in systems:  # warm-up: first calls allocate and pick kernels
+        run(name, max(beams), 2)
+    for repeat in range(args.repeats):
+        for beam, batch in settings:
+            order = list(systems)
+            shift = repeat % len(order)  # alternate who goes first
+            for name in order[shift:] + order[:shift]:
+                times.setdefault((name, beam, batch), []).append(run(name, beam, batch))
+
+    print(f"\nTransformer d_model {cfg.d_model}, {cfg.heads} heads, ff {cfg.ff_size}, "
+          f"{cfg.encoder_layers}+{cfg.decoder_layers} layers, vocab {vocab}, {cfg.norm}-norm; "
+          f"{args.threads} threads; {args.steps} decoder steps per sentence; source mean "
+          f"{sum(len(s) for s in sentences) / len(sentences):.1f} tokens; median of {args.repeats}\n")
+    print(f"| {'system':<18} | beam | batch | sentences/s | target tokens/s | vs transformers | "
+          "vs ctranslate2 same dtype |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for beam, batch in settings:
+        n = args.sentences if batch > 1 else args.batch1_sentences
+        speed = {name: n / statistics.median(times[(name, beam, batch)]) for name in systems}
+        for name in systems:
+            hf = speed.get("transformers fp32")
+            dtype = name.split()[-1]
+            ct2 = speed.get(f"ctranslate2 {dtype}")
+            vs_hf = f"{speed[name] / hf:.2f}x" if hf and not name.startswith("transformers") else ""
+            vs_ct2 = f"{speed[name] / ct2:.2f}x" if ct2 and name.startswith("nmtkit") else ""
+            print(f"| {name:<18} | {beam} | {batch} | {speed[name]:.1f} | "
+                  f"{speed[name] * args.steps:.0f} | {vs_hf} | {vs_ct2} |")
+    tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
