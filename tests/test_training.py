@@ -1,4 +1,5 @@
 import json
+import math
 import subprocess
 import sys
 
@@ -83,3 +84,20 @@ def test_non_finite_loss_stops_with_clear_message(tiny_config, tmp_path, monkeyp
     with pytest.raises(NMTKitError, match="max_bad_steps"):
         train(_with(tiny_config, out_dir=tmp_path / "n", max_bad_steps=3))
     assert not list_checkpoints(tmp_path / "n")
+
+
+@pytest.mark.parametrize("model_type", ["rnn", "transformer"])
+def test_bf16_training_keeps_fp32_checkpoints(tiny_config, tmp_path, model_type) -> None:
+    from nmtkit.config import TransformerConfig
+
+    cfg = _with(tiny_config, out_dir=tmp_path / "b", max_steps=4, precision="bf16",
+                label_smoothing=0.1)
+    if model_type == "transformer":
+        cfg = cfg.model_copy(update={"model": TransformerConfig(
+            d_model=32, heads=2, ff_size=64, encoder_layers=1, decoder_layers=1)})
+    run = train(cfg)
+    losses = _losses(run)
+    assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
+    weights = _weights(run / "last")
+    assert {v.dtype for v in weights.values()} == {torch.float32}
+    assert any(r["type"] == "valid" and r["bleu"] is not None for r in load_log(run))
