@@ -409,8 +409,9 @@ class Trainer:
 
     def _validate_and_save(self) -> None:
         self.last_saved_step = self.state.step
+        start = time.monotonic()
         result = self.evaluate()
-        self._report_eval(result)
+        self._report_eval(result, time.monotonic() - start)
         improved = self._update_best(result)
         path = self._save(result)
         if improved and path is not None:
@@ -420,11 +421,11 @@ class Trainer:
             self.state.stopped = (f"early stopping: valid {es.metric} did not improve for "
                                   f"{es.patience} evaluations")
 
-    def _report_eval(self, r: EvalResult) -> None:
+    def _report_eval(self, r: EvalResult, seconds: float) -> None:
         bleu = "" if r.bleu is None else f", BLEU {r.bleu:.2f}"
         self.log(f"[valid] update {self.state.step}, epoch {self.state.epoch}: "
-                 f"loss {r.loss:.4f}, ppl {r.ppl:.2f}{bleu}")
-        self.record("valid", loss=r.loss, ppl=r.ppl, bleu=r.bleu,
+                 f"loss {r.loss:.4f}, ppl {r.ppl:.2f}{bleu} ({seconds:.1f} s)")
+        self.record("valid", loss=r.loss, ppl=r.ppl, bleu=r.bleu, valid_s=seconds,
                     elapsed_s=self.state.train_seconds)
 
     def _update(self, group: list[list[int]]) -> tuple[float, float, int]:
