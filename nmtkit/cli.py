@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import queue
 import sys
 import threading
@@ -41,7 +42,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     cfg = load_config(args.config, args.set)
     run_dir = train(cfg, resume=args.resume)
-    print(f"checkpoints in {run_dir} (best: {run_dir / 'best'}, last: {run_dir / 'last'})")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
+        print(f"checkpoints in {run_dir} (best: {run_dir / 'best'}, last: {run_dir / 'last'})")
 
 
 def _read_ahead(stream: TextIO, lines: queue.Queue) -> None:
@@ -96,6 +98,7 @@ def _jsonl(translation: Translation) -> dict[str, object]:
 
 
 def cmd_translate(args: argparse.Namespace) -> None:
+    import io
     import json
 
     import torch
@@ -116,6 +119,8 @@ def cmd_translate(args: argparse.Namespace) -> None:
         if not Path(args.input).is_file():
             raise NMTKitError(f"file not found: {args.input}")
         stream: TextIO = open(args.input, encoding="utf-8")  # noqa: SIM115
+    elif hasattr(sys.stdin, "buffer"):  # strict UTF-8 (not the locale's escapes for bad bytes)
+        stream = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8")
     else:
         stream = sys.stdin
     out = sys.stdout
@@ -138,7 +143,7 @@ def cmd_translate(args: argparse.Namespace) -> None:
     except UnicodeDecodeError:
         raise NMTKitError(f"{args.input or 'standard input'}: not valid UTF-8") from None
     finally:
-        if stream is not sys.stdin:
+        if args.input:
             stream.close()
 
 
@@ -271,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     with_search(sp)
     sp.add_argument("--nbest", type=int, default=1,
                     help="output the N best (beam) or N samples per input line")
-    sp.add_argument("--sample", action="store_true", help="sample instead of beam search")
+    sp.add_argument("--sample", action="store_true", help="sample each token (instead of --beam)")
     sp.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     sp.add_argument("--top-k", type=int, default=0, help="sample from the k likeliest (0: all)")
     sp.add_argument("--top-p", type=float, default=1.0, help="sample from the nucleus of mass p")

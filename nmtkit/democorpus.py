@@ -83,12 +83,13 @@ def number_to_korean(n: int) -> str:
     return " ".join(parts)
 
 
-def sample_numbers(count: int, rng: random.Random, exclude: set[int]) -> list[int]:
-    """Numbers with a uniform number of digits (1..6), so short numbers are not vanishingly rare."""
+def sample_numbers(count: int, rng: random.Random, exclude: set[int], min_digits: int = 1) -> list[int]:
+    """Numbers with a uniform number of digits (min_digits..6), so short numbers are not vanishingly
+    rare; once a digit count is used up (there are only ten 1-digit numbers) others fill in."""
     chosen: list[int] = []
     seen = set(exclude)
     while len(chosen) < count:
-        digits = rng.randint(1, 6)
+        digits = rng.randint(min_digits, 6)
         n = rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10**digits - 1)
         if n not in seen:
             seen.add(n)
@@ -101,7 +102,9 @@ def make_demo_corpus(
 ) -> dict[str, tuple[Path, Path]]:
     """Write train/valid/test as `{split}.en` / `{split}.ko`; splits never share a number.
 
-    Deterministic from `seed`; returns {split: (english_file, korean_file)}.
+    Valid and test hold numbers of 4 to 6 digits that training never sees; training holds numbers
+    of every length, so the small numbers (the words every larger number is built from) are all
+    there. Deterministic from `seed`; returns {split: (english_file, korean_file)}.
     """
     rng = random.Random(seed)
     out_dir = Path(out_dir)
@@ -109,7 +112,7 @@ def make_demo_corpus(
     used: set[int] = set()
     files = {}
     for split, count in (("test", n_test), ("valid", n_valid), ("train", n_train)):
-        numbers = sample_numbers(count, rng, used)
+        numbers = sample_numbers(count, rng, used, min_digits=1 if split == "train" else 4)
         used.update(numbers)
         en_path, ko_path = out_dir / f"{split}.en", out_dir / f"{split}.ko"
         for path, fn in ((en_path, number_to_english), (ko_path, number_to_korean)):

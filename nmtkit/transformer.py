@@ -260,7 +260,6 @@ class TransformerEncoder(nn.Module):
         self.embedding = embedding  # shared with the decoder when model.share_embeddings
         self.scale = math.sqrt(cfg.d_model)
         self.positions = PositionalEncoding(cfg.positional, cfg.d_model, cfg.max_positions)
-        self.max_steps = cfg.max_positions if cfg.positional != "none" else None
         self.dropout = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
         self.final_norm = nn.LayerNorm(cfg.d_model) if cfg.norm == "pre" else nn.Identity()
@@ -292,6 +291,7 @@ class TransformerDecoder(Decoder):
         self.embedding = embedding  # shared with the generator when model.tie_output
         self.scale = math.sqrt(cfg.d_model)
         self.positions = PositionalEncoding(cfg.positional, cfg.d_model, cfg.max_positions)
+        self.max_steps = cfg.max_positions if cfg.positional != "none" else None
         self.dropout = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
         self.final_norm = nn.LayerNorm(cfg.d_model) if cfg.norm == "pre" else nn.Identity()

@@ -26,7 +26,8 @@ from nmtkit.checkpoint import Checkpoint, load_checkpoint
 from nmtkit.data import collate_source
 from nmtkit.errors import NMTKitError
 from nmtkit.model import Seq2Seq
-from nmtkit.search import EnsembleModel, Hypothesis, beam_search, greedy_search, sample
+from nmtkit.search import EnsembleModel, Hypothesis, beam_search, greedy_search
+from nmtkit.search import sample as sample_search  # `sample` is translate's flag
 
 
 @dataclass
@@ -154,7 +155,7 @@ class Translator:
                     generator.seed()  # a fresh random seed
                 else:
                     generator.manual_seed(seed)
-            return lambda src, lengths: sample(
+            return lambda src, lengths: sample_search(
                 model, src, lengths, temperature, top_k, top_p, generator, nbest, **limits)
         if beam == 1:
             return lambda src, lengths: greedy_search(model, src, lengths, **limits)

@@ -56,3 +56,13 @@ def test_corpus_splits_disjoint_and_deterministic(tmp_path) -> None:
     ko = files["train"][1].read_text().splitlines()
     for en_line, ko_line in zip(lines["train"], ko, strict=True):
         assert number_to_korean(english_to_number[en_line]) == ko_line
+
+
+def test_training_split_holds_the_small_numbers(tmp_path) -> None:
+    files = make_demo_corpus(tmp_path, seed=1, n_train=3000, n_valid=100, n_test=100)
+    train = set(files["train"][0].read_text().splitlines())
+    assert {number_to_english(n) for n in range(100)} <= train  # every 1- and 2-digit number
+    english_to_number = {number_to_english(n): n for n in range(1_000_000)}
+    for split in ("valid", "test"):
+        held_out = [english_to_number[s] for s in files[split][0].read_text().splitlines()]
+        assert min(held_out) >= 1000

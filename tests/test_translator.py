@@ -144,7 +144,7 @@ def test_cli_answers_each_line_before_the_next(tiny_config) -> None:
         for sentence in ["삼십", "", "칠백"]:
             proc.stdin.write(sentence + "\n")
             proc.stdin.flush()
-            answer = answers.get(timeout=60)  # stdin is still open: the answer came on its own
+            answer = answers.get(timeout=30)  # stdin is still open: the answer came on its own
             assert (answer == "\n") == (sentence == "")
         proc.stdin.close()
         assert proc.wait(timeout=60) == 0
