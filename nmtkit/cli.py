@@ -155,7 +155,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     ref = _read_lines(Path(args.ref))
     if len(src) != len(ref):
         raise NMTKitError(f"{args.src} has {len(src)} lines but {args.ref} has {len(ref)} lines")
-    translator = Translator.load(args.checkpoint, args.device)
+    translator = Translator.load(args.checkpoint, args.device, quantize=args.quantize)
     hyps = translator.translate(src, batch_tokens=args.batch_tokens, **_search_options(args))
     if args.output:
         Path(args.output).write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
@@ -294,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--ref", required=True)
     sp.add_argument("--output", help="also write the translations here")
     sp.add_argument("--tokenize", default=None, help="sacreBLEU tokenizer (default 13a)")
+    sp.add_argument("--quantize", choices=["int8"], default=None,
+                    help="int8 dynamic quantization of the linear layers (CPU)")
     sp.set_defaults(fn=cmd_evaluate)
 
     sp = sub.add_parser("plot-attention", help="attention heatmap of one sentence")
