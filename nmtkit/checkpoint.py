@@ -1,4 +1,4 @@
-"""Checkpoints: a folder of safetensors tensors and JSON, written atomically, loaded without pickle.
+"""Checkpoints: a folder of safetensors tensors and JSON, written atomically, never unpickled.
 
     ckpt-000400/
       model.safetensors      weights (fp32; tied weights stored once)
