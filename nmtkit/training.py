@@ -245,6 +245,8 @@ class Trainer:
     def _update_best(self, result: EvalResult) -> bool:
         """Record this evaluation; True if it is the best so far."""
         name = self.tcfg.early_stopping.metric
+        if name == "bleu" and result.bleu is None:
+            name = "loss"  # BLEU is switched off (training.valid_bleu): judge by loss instead
         value = result.metric(name)
         higher = name == "bleu"
         st = self.state

@@ -101,3 +101,12 @@ def test_bf16_training_keeps_fp32_checkpoints(tiny_config, tmp_path, model_type)
     weights = _weights(run / "last")
     assert {v.dtype for v in weights.values()} == {torch.float32}
     assert any(r["type"] == "valid" and r["bleu"] is not None for r in load_log(run))
+
+
+def test_best_follows_loss_when_bleu_is_off(tiny_config, tmp_path) -> None:
+    run = train(_with(tiny_config, out_dir=tmp_path / "l", valid_every=3, max_steps=9,
+                      valid_bleu=False, keep_last=1, lr=0.01))
+    valid = [r for r in load_log(run) if r["type"] == "valid"]
+    best = min(valid, key=lambda r: r["loss"])
+    assert (run / "best").resolve().name == f"ckpt-{best['step']:08d}"
+    assert best["step"] != valid[0]["step"]  # the loss improved, so best moved
