@@ -301,7 +301,9 @@ class TransformerDecoder(Decoder):
 
     def init_state(self, enc: EncoderOutput) -> TransformerState:
         cross_kv = [layer.cross_attn.memory_kv(enc.memory) for layer in self.layers]
-        return TransformerState(position=0, self_kv=[], cross_kv=cross_kv, src_mask=enc.src_mask)
+        source_ids = torch.arange(enc.memory.size(0), device=enc.memory.device)
+        return TransformerState(position=0, self_kv=[], cross_kv=cross_kv, src_mask=enc.src_mask,
+                                source_ids=source_ids)
 
     def forward(self, tgt_in: Tensor, enc: EncoderOutput) -> tuple[Tensor, Tensor]:
         """Teacher forcing: all gold previous tokens tgt_in (batch, tgt_len) in one pass.
@@ -344,7 +346,8 @@ class TransformerDecoder(Decoder):
             weights.append(layer_weights)
         if self.keep_all_attention:
             self.last_cross_attention = [w.detach() for w in weights]
-        state = TransformerState(start + new_len, self_kv, state.cross_kv, state.src_mask)
+        state = TransformerState(start + new_len, self_kv, state.cross_kv, state.src_mask,
+                                 state.source_ids)
         return self.final_norm(x), weights[-1].mean(dim=1), state
 
 
@@ -358,16 +361,25 @@ class TransformerState(DecoderState):
     self_kv: list[KeyValue]  # per layer, each (batch, heads, position, head_dim); [] at the start
     cross_kv: list[KeyValue]  # per layer, each (batch, heads, src_len, head_dim)
     src_mask: Tensor  # (batch, src_len)
+    source_ids: Tensor  # (batch,) which source sentence each row decodes
 
     def select(self, index: Tensor) -> TransformerState:
         def rows(kv: KeyValue) -> KeyValue:
             return kv[0].index_select(0, index), kv[1].index_select(0, index)
 
+        source_ids = self.source_ids.index_select(0, index)
+        cross_kv, src_mask = self.cross_kv, self.src_mask
+        # The source side depends only on the sentence: a beam reorder that keeps every row on
+        # its own sentence (the common step) need not copy it.
+        if not torch.equal(source_ids, self.source_ids):
+            cross_kv = [rows(kv) for kv in self.cross_kv]
+            src_mask = self.src_mask.index_select(0, index)
         return TransformerState(
             position=self.position,
             self_kv=[rows(kv) for kv in self.self_kv],
-            cross_kv=[rows(kv) for kv in self.cross_kv],
-            src_mask=self.src_mask.index_select(0, index),
+            cross_kv=cross_kv,
+            src_mask=src_mask,
+            source_ids=source_ids,
         )
 
 

@@ -226,3 +226,26 @@ def test_cross_attention_is_a_distribution_over_real_tokens() -> None:
         _, attention, _ = model.step(tgt_in[:, 0], state)  # (batch, src_len)
     torch.testing.assert_close(attention.sum(dim=-1), torch.ones(src.size(0)))
     assert (attention[src == PAD_ID] == 0).all()
+
+
+def test_beam_reorder_within_a_sentence_keeps_the_source_side() -> None:
+    model = make_model().eval()
+    src, lengths, tgt_in = random_batch()
+    with torch.no_grad():
+        state = model.init_state(model.encode(src, lengths))
+        beams = state.select(torch.arange(src.size(0)).repeat_interleave(2))  # 2 beams each
+        _, _, beams = model.step(tgt_in.repeat_interleave(2, 0)[:, 0], beams)
+        swap = torch.arange(beams.source_ids.numel()).view(-1, 2).flip(1).reshape(-1)
+        within = beams.select(swap)  # each row stays on its own sentence: no copy needed
+        assert within.cross_kv is beams.cross_kv
+        across = beams.select(swap.flip(0))  # rows move to other sentences: copied and moved
+        assert across.cross_kv is not beams.cross_kv
+        assert torch.equal(across.cross_kv[0][0], beams.cross_kv[0][0].index_select(0, swap.flip(0)))
+        # and the next step agrees with a state that copied everything
+        prev = tgt_in.repeat_interleave(2, 0)[:, 1]
+        out_fast, _, _ = model.step(prev, within)
+        full = type(beams)(beams.position, [(k[swap], v[swap]) for k, v in beams.self_kv],
+                           [(k[swap], v[swap]) for k, v in beams.cross_kv], beams.src_mask[swap],
+                           beams.source_ids[swap])
+        out_full, _, _ = model.step(prev, full)
+    assert torch.allclose(out_fast, out_full, atol=1e-6)
