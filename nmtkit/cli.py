@@ -17,16 +17,6 @@ if TYPE_CHECKING:
     from nmtkit.translator import Translation
 
 
-def _read_lines(path: Path) -> list[str]:
-    if not path.is_file():
-        raise NMTKitError(f"file not found: {path}")
-    try:
-        return path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as err:
-        line = path.read_bytes()[: err.start].count(b"\n") + 1
-        raise NMTKitError(f"{path}: line {line} is not valid UTF-8") from None
-
-
 def cmd_prepare(args: argparse.Namespace) -> None:
     from nmtkit.config import load_config
     from nmtkit.data import prepare
@@ -148,13 +138,11 @@ def cmd_translate(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    from nmtkit.data import read_parallel
     from nmtkit.metrics import score
     from nmtkit.translator import Translator
 
-    src = _read_lines(Path(args.src))
-    ref = _read_lines(Path(args.ref))
-    if len(src) != len(ref):
-        raise NMTKitError(f"{args.src} has {len(src)} lines but {args.ref} has {len(ref)} lines")
+    src, ref = read_parallel(Path(args.src), Path(args.ref))  # exist, UTF-8, same line count
     translator = Translator.load(args.checkpoint, args.device, quantize=args.quantize)
     hyps = translator.translate(src, batch_tokens=args.batch_tokens, **_search_options(args))
     if args.output:

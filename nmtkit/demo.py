@@ -25,7 +25,7 @@ def run_demo(model: str = "rnn", direction: str = "ko-en", overrides: list[str] 
     start = time.monotonic()
     corpus_dir = Path("demo-data/corpus")
     src, tgt = direction.split("-")
-    files = make_demo_corpus(corpus_dir)
+    make_demo_corpus(corpus_dir)
     print(f"demo corpus: {corpus_dir} (numbers as words, {direction})")
     paths = {
         f"data.{split}_{side}={corpus_dir / f'{split}.{lang}'}"
@@ -38,7 +38,6 @@ def run_demo(model: str = "rnn", direction: str = "ko-en", overrides: list[str] 
     cfg = load_config(config_path, [*sorted(paths), f"data.out_dir=demo-data/bin-{direction}",
                                     f"training.out_dir=runs/demo-{suffix}",
                                     f"training.bleu_tokenize={tokenize}", *(overrides or [])])
-    assert files  # the corpus exists before training reads it
     run_dir = Path(cfg.training.out_dir)
     if run_dir.exists():
         shutil.rmtree(run_dir)  # the demo always trains from scratch

@@ -14,6 +14,7 @@ import os
 import random
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from nmtkit.checkpoint import (
     save_checkpoint,
 )
 from nmtkit.config import Config
-from nmtkit.data import BinarizedCorpus, PreparedData, TokenBatchSampler, collate, prepare
+from nmtkit.data import PreparedData, TokenBatchSampler, collate, prepare
 from nmtkit.errors import NMTKitError
 from nmtkit.loss import label_smoothed_nll, perplexity
 from nmtkit.metrics import bleu_score
@@ -439,7 +440,7 @@ class Trainer:
         for k, indices in enumerate(group):
             batch = collate([self.train_corpus[i] for i in indices], indices).to(self.device)
             sync = k == len(group) - 1
-            ctx = self.ddp_model.no_sync() if self.distributed and not sync else _nullcontext()
+            ctx = self.ddp_model.no_sync() if self.distributed and not sync else nullcontext()
             with ctx, self._autocast():
                 log_probs, _ = self.ddp_model(batch.src, batch.src_lengths, batch.tgt_in,
                                               tcfg.teacher_forcing_ratio)
@@ -458,8 +459,8 @@ class Trainer:
         for p in self.model.parameters():
             if p.grad is not None:
                 p.grad.mul_(scale)
-        norm = (nn.utils.clip_grad_norm_(self.model.parameters(), tcfg.clip_norm)
-                if tcfg.clip_norm else _grad_norm(self.model))
+        # the total norm, clipped to clip_norm (0: measured only, for the finiteness check)
+        norm = nn.utils.clip_grad_norm_(self.model.parameters(), tcfg.clip_norm or math.inf)
         if not torch.isfinite(norm):  # identical on every rank: gradients are all-reduced
             st.bad_steps += 1
             self.optimizer.zero_grad(set_to_none=True)
@@ -478,19 +479,6 @@ class Trainer:
         self.optimizer.step()
         st.step += 1
         return loss_total, nll_total, tokens
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def _grad_norm(model: nn.Module) -> torch.Tensor:
-    grads = [p.grad.norm() for p in model.parameters() if p.grad is not None]
-    return torch.stack(grads).norm() if grads else torch.tensor(0.0)
 
 
 def train(config: Config, resume: bool = False) -> Path:
@@ -517,5 +505,3 @@ def load_log(run_dir: Path) -> list[dict[str, Any]]:
                 raise NMTKitError(f"{path}: line {n} is not valid JSON") from None
     return rows
 
-
-__all__ = ["Trainer", "train", "load_log", "BinarizedCorpus", "list_checkpoints"]

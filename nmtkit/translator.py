@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from nmtkit.checkpoint import Checkpoint, load_checkpoint
-from nmtkit.data import collate_source
+from nmtkit.data import TokenBatchSampler, collate_source
 from nmtkit.errors import NMTKitError
 from nmtkit.model import Seq2Seq
 from nmtkit.search import EnsembleModel, Hypothesis, beam_search, greedy_search
@@ -75,21 +75,12 @@ class Translator:
         return cls([load_checkpoint(p, device) for p in paths], device, quantize)
 
     def _batches(self, ids: list[list[int]], batch_tokens: int) -> list[list[int]]:
-        """Indices of non-empty inputs grouped by similar length, each group within batch_tokens."""
-        order = sorted((i for i, x in enumerate(ids) if x), key=lambda i: len(ids[i]))
-        batches: list[list[int]] = []
-        current: list[int] = []
-        longest = 0
-        for i in order:
-            longest_if_added = max(longest, len(ids[i]) + 1)
-            if current and longest_if_added * (len(current) + 1) > batch_tokens:
-                batches.append(current)
-                current, longest_if_added = [], len(ids[i]) + 1
-            current.append(i)
-            longest = longest_if_added
-        if current:
-            batches.append(current)
-        return batches
+        """Indices of non-empty inputs grouped by similar length, each group within batch_tokens
+        (the training batcher, unshuffled, over source lengths)."""
+        kept = [i for i, x in enumerate(ids) if x]
+        lengths = [len(ids[i]) for i in kept]
+        sampler = TokenBatchSampler(lengths, lengths, batch_tokens, shuffle=False, seed=0)
+        return [[kept[j] for j in batch] for batch in sampler]
 
     @torch.inference_mode()
     def translate(
