@@ -112,6 +112,99 @@ class MultiHeadAttention(nn.Module):
         return self.merge_heads(context)
 
 
+class _Storage:
+    """Room for the keys and values of `rows` batch rows and `capacity` positions, each
+    (rows, capacity, d_model), and a count of the writes into it."""
+
+    def __init__(self, keys: Tensor, values: Tensor) -> None:
+        self.keys, self.values = keys, values
+        self.writes = 0
+
+    @staticmethod
+    def like(t: Tensor, rows: int, positions: int) -> _Storage:
+        """Storage for `rows` rows, with room to grow well past `positions`."""
+        capacity = max(16, 2 * positions)
+        return _Storage(t.new_empty(rows, capacity, t.size(-1)), t.new_empty(rows, capacity, t.size(-1)))
+
+    def fits(self, rows: int, capacity: int) -> bool:
+        return self.keys.size(0) >= rows and self.keys.size(1) >= capacity
+
+
+class KVCache:
+    """One decoder layer's self-attention keys and values for the target prefix so far.
+
+    Search adds one position per step and then reorders the beams. Growing the cache with
+    torch.cat would copy the whole prefix at every step, and a fresh tensor per step pays page
+    faults on first touch (the cache runs to megabytes). So the cache lives in preallocated
+    storage: a new position is written in place (the room doubles when full), and a reorder
+    (`select`) copies the prefix once, into the storage of the cache it was selected from a step
+    earlier: two storages take turns, allocated once.
+
+    The price: a cache, like the decoder state that holds it, is used once. `append` and
+    `select` write into storage that older caches point to, so using a cache after such a write
+    raises an error instead of silently reading overwritten keys.
+
+    Heads are not split in storage, (rows, capacity, d_model), so that each row's prefix is one
+    contiguous block for the reorder to copy.
+    """
+
+    def __init__(self, storage: _Storage | None = None, rows: int = 0, length: int = 0,
+                 spare: _Storage | None = None) -> None:
+        self.storage = storage
+        self.rows = rows  # the batch: storage rows in use
+        self.length = length  # positions in use
+        self.spare = spare  # storage that `select` may overwrite
+        self.writes = storage.writes if storage is not None else 0
+
+    def keys_values(self) -> KeyValue:
+        """Keys and values of the cached positions, each (rows, length, d_model)."""
+        storage = self._checked()
+        return storage.keys[: self.rows, : self.length], storage.values[: self.rows, : self.length]
+
+    def append(self, k: Tensor, v: Tensor) -> KVCache:
+        """The cache with k, v (rows, new_len, d_model) added after its positions."""
+        rows, start, end = k.size(0), self.length, self.length + k.size(1)
+        if self.storage is not None and torch.is_grad_enabled():
+            # training through search steps (scheduled sampling): autograd needs new tensors
+            old_k, old_v = self.keys_values()
+            return KVCache(_Storage(torch.cat([old_k, k], dim=1), torch.cat([old_v, v], dim=1)),
+                           rows, end)
+        storage = self._checked()
+        if storage is None or not storage.fits(rows, end):
+            storage = _Storage.like(k, rows, end)
+            if self.storage is not None:
+                old_k, old_v = self.keys_values()
+                storage.keys[:, :start], storage.values[:, :start] = old_k, old_v
+        storage.keys[:rows, start:end], storage.values[:rows, start:end] = k, v
+        storage.writes += 1
+        return KVCache(storage, rows, end, self.spare)
+
+    def select(self, index: Tensor) -> KVCache:
+        """The cache of rows `index`: beams reordered, duplicated, or dropped with their sentence."""
+        if self.storage is None:
+            return KVCache()
+        old_k, old_v = self.keys_values()
+        rows = index.size(0)
+        if torch.is_grad_enabled():
+            return KVCache(_Storage(old_k.index_select(0, index), old_v.index_select(0, index)),
+                           rows, self.length)
+        spare = self.spare
+        if spare is None or not spare.fits(rows, self.length + 1):  # + 1: room for the next step
+            spare = _Storage.like(old_k, rows, self.length + 1)
+        torch.index_select(old_k, 0, index, out=spare.keys[:rows, : self.length])
+        torch.index_select(old_v, 0, index, out=spare.values[:rows, : self.length])
+        spare.writes += 1
+        return KVCache(spare, rows, self.length, spare=self.storage)
+
+    def _checked(self) -> _Storage | None:
+        if self.storage is not None and self.storage.writes != self.writes:
+            raise RuntimeError(
+                "this decoder state was already used: a state is stepped or selected from once, "
+                "since later steps reuse its cache's storage"
+            )
+        return self.storage
+
+
 class SelfAttention(MultiHeadAttention):
     """Each position attends to positions of its own sequence. Queries, keys and values come
     from one fused projection: one matrix multiply instead of three."""
@@ -121,15 +214,16 @@ class SelfAttention(MultiHeadAttention):
         self.qkv_proj = nn.Linear(cfg.d_model, 3 * cfg.d_model)
 
     def forward(
-        self, x: Tensor, mask: Tensor | None, past: KeyValue | None = None
-    ) -> tuple[Tensor, KeyValue]:
-        """x (batch, len, d_model). `past` holds the keys and values of the positions before x
-        (the decoder's cache); they are returned extended with x's own."""
-        q, k, v = (self.split_heads(t) for t in self.qkv_proj(x).chunk(3, dim=-1))
-        if past is not None:
-            k = torch.cat([past[0], k], dim=2)  # (batch, heads, past_len + len, head_dim)
-            v = torch.cat([past[1], v], dim=2)
-        return self.attend(q, k, v, mask), (k, v)
+        self, x: Tensor, mask: Tensor | None, cache: KVCache | None = None
+    ) -> tuple[Tensor, KVCache | None]:
+        """x (batch, len, d_model). `cache` holds the keys and values of the positions before x
+        (the decoder's, in search); it is returned with x's own added."""
+        q, k, v = self.qkv_proj(x).chunk(3, dim=-1)  # each (batch, len, d_model)
+        if cache is not None:
+            cache = cache.append(k, v)
+            k, v = cache.keys_values()  # (batch, cached + len, d_model)
+        q, k, v = self.split_heads(q), self.split_heads(k), self.split_heads(v)
+        return self.attend(q, k, v, mask), cache
 
 
 class CrossAttention(MultiHeadAttention):
@@ -233,23 +327,23 @@ class DecoderLayer(nn.Module):
     def forward(
         self,
         x: Tensor,
-        past: KeyValue | None,
+        cache: KVCache | None,
         causal_mask: Tensor | None,
         memory_kv: KeyValue,
         src_mask: Tensor,
         need_weights: bool,
-    ) -> tuple[Tensor, KeyValue, Tensor | None]:
-        """x (batch, new_len, d_model): the target positions that follow `past`'s. Returns the
-        new x, the self-attention keys/values including the new positions, and the
-        cross-attention weights (batch, heads, new_len, src_len) if asked for."""
-        y, kv = self.self_attn(self.self_attn_residual.before(x), causal_mask, past)
+    ) -> tuple[Tensor, KVCache | None, Tensor | None]:
+        """x (batch, new_len, d_model): the target positions that follow the cache's. Returns
+        the new x, the cache with the new positions added, and the cross-attention weights
+        (batch, heads, new_len, src_len) if asked for."""
+        y, cache = self.self_attn(self.self_attn_residual.before(x), causal_mask, cache)
         x = self.self_attn_residual.after(x, y)
         y, weights = self.cross_attn(
             self.cross_attn_residual.before(x), memory_kv, src_mask, need_weights
         )
         x = self.cross_attn_residual.after(x, y)
         x = self.ff_residual.after(x, self.ff(self.ff_residual.before(x)))
-        return x, kv, weights
+        return x, cache, weights
 
 
 class TransformerEncoder(nn.Module):
@@ -302,13 +396,13 @@ class TransformerDecoder(Decoder):
     def init_state(self, enc: EncoderOutput) -> TransformerState:
         cross_kv = [layer.cross_attn.memory_kv(enc.memory) for layer in self.layers]
         source_ids = torch.arange(enc.memory.size(0), device=enc.memory.device)
-        return TransformerState(position=0, self_kv=[], cross_kv=cross_kv, src_mask=enc.src_mask,
-                                source_ids=source_ids)
+        return TransformerState(position=0, self_kv=[KVCache() for _ in self.layers],
+                                cross_kv=cross_kv, src_mask=enc.src_mask, source_ids=source_ids)
 
     def forward(self, tgt_in: Tensor, enc: EncoderOutput) -> tuple[Tensor, Tensor]:
         """Teacher forcing: all gold previous tokens tgt_in (batch, tgt_len) in one pass.
         Returns output (batch, tgt_len, d_model) and attention (batch, tgt_len, src_len)."""
-        out, attention, _ = self._run(tgt_in, self.init_state(enc))
+        out, attention, _ = self._run(tgt_in, self.init_state(enc), use_cache=False)
         return out, attention
 
     def step(
@@ -316,13 +410,14 @@ class TransformerDecoder(Decoder):
     ) -> tuple[Tensor, Tensor, TransformerState]:
         """One new position: prev_tokens (batch,) -> output (batch, d_model), attention
         (batch, src_len), and the state with this position's keys/values cached."""
-        out, attention, state = self._run(prev_tokens.unsqueeze(1), state)
+        out, attention, state = self._run(prev_tokens.unsqueeze(1), state, use_cache=True)
         return out.squeeze(1), attention.squeeze(1), state
 
     def _run(
-        self, tokens: Tensor, state: TransformerState
+        self, tokens: Tensor, state: TransformerState, use_cache: bool
     ) -> tuple[Tensor, Tensor, TransformerState]:
-        """Feed tokens (batch, new_len) that follow the state's prefix of `state.position`."""
+        """Feed tokens (batch, new_len) that follow the state's prefix of `state.position`.
+        Without `use_cache` (teacher forcing: the whole target at once) nothing is cached."""
         start, new_len = state.position, tokens.size(1)
         x = self.embedding(tokens) * self.scale
         x = self.dropout(self.positions(x, start))  # (batch, new_len, d_model)
@@ -337,12 +432,12 @@ class TransformerDecoder(Decoder):
         self_kv, weights = [], []
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            past = state.self_kv[i] if state.self_kv else None
+            cache = state.self_kv[i] if use_cache else None
             need_weights = self.keep_all_attention or i == last
-            x, kv, layer_weights = layer(
-                x, past, causal_mask, state.cross_kv[i], state.src_mask, need_weights
+            x, cache, layer_weights = layer(
+                x, cache, causal_mask, state.cross_kv[i], state.src_mask, need_weights
             )
-            self_kv.append(kv)
+            self_kv.append(cache or KVCache())
             weights.append(layer_weights)
         if self.keep_all_attention:
             self.last_cross_attention = [w.detach() for w in weights]
@@ -355,10 +450,13 @@ class TransformerDecoder(Decoder):
 class TransformerState(DecoderState):
     """What a search step needs, per decoder layer: the self-attention keys/values of every
     target position so far (the cache, one position longer after each step) and the
-    cross-attention keys/values of the source (computed once per sentence)."""
+    cross-attention keys/values of the source (computed once per sentence).
+
+    A step writes the new position into the cache's storage (see KVCache): decode from a state
+    once; `select` returns an independent one."""
 
     position: int  # target tokens fed so far: the position of the next one
-    self_kv: list[KeyValue]  # per layer, each (batch, heads, position, head_dim); [] at the start
+    self_kv: list[KVCache]  # per layer, holding `position` positions
     cross_kv: list[KeyValue]  # per layer, each (batch, heads, src_len, head_dim)
     src_mask: Tensor  # (batch, src_len)
     source_ids: Tensor  # (batch,) which source sentence each row decodes
@@ -376,7 +474,7 @@ class TransformerState(DecoderState):
             src_mask = self.src_mask.index_select(0, index)
         return TransformerState(
             position=self.position,
-            self_kv=[rows(kv) for kv in self.self_kv],
+            self_kv=[cache.select(index) for cache in self.self_kv],
             cross_kv=cross_kv,
             src_mask=src_mask,
             source_ids=source_ids,

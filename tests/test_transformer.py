@@ -8,7 +8,7 @@ from safetensors.torch import load_model, save_model
 from nmtkit.config import TransformerConfig
 from nmtkit.errors import NMTKitError
 from nmtkit.model import Seq2Seq
-from nmtkit.transformer import build_transformer
+from nmtkit.transformer import TransformerState, build_transformer
 from nmtkit.vocabulary import BOS_ID, EOS_ID, PAD_ID
 
 VOCAB = 24
@@ -94,7 +94,7 @@ def test_cached_steps_equal_full_recomputation(positional: str) -> None:
             torch.testing.assert_close(attention, full_attention[rows, t], atol=1e-5, rtol=0)
             # the cache grows by one position per step: the prefix is not recomputed
             assert state.position == t + 1
-            assert all(k.size(2) == t + 1 for k, _ in state.self_kv)
+            assert all(cache.length == t + 1 for cache in state.self_kv)
 
 
 def test_tied_and_shared_weights_survive_safetensors(tmp_path) -> None:
@@ -231,21 +231,81 @@ def test_cross_attention_is_a_distribution_over_real_tokens() -> None:
 def test_beam_reorder_within_a_sentence_keeps_the_source_side() -> None:
     model = make_model().eval()
     src, lengths, tgt_in = random_batch()
-    with torch.no_grad():
+
+    def two_beams_after_a_step() -> TransformerState:
         state = model.init_state(model.encode(src, lengths))
         beams = state.select(torch.arange(src.size(0)).repeat_interleave(2))  # 2 beams each
         _, _, beams = model.step(tgt_in.repeat_interleave(2, 0)[:, 0], beams)
-        swap = torch.arange(beams.source_ids.numel()).view(-1, 2).flip(1).reshape(-1)
+        return beams
+
+    prev = tgt_in.repeat_interleave(2, 0)[:, 1]
+    swap = torch.arange(2 * src.size(0)).view(-1, 2).flip(1).reshape(-1)
+    with torch.no_grad():
+        beams = two_beams_after_a_step()
         within = beams.select(swap)  # each row stays on its own sentence: no copy needed
         assert within.cross_kv is beams.cross_kv
+        out_fast, _, _ = model.step(prev, within)
+        beams = two_beams_after_a_step()
         across = beams.select(swap.flip(0))  # rows move to other sentences: copied and moved
         assert across.cross_kv is not beams.cross_kv
         assert torch.equal(across.cross_kv[0][0], beams.cross_kv[0][0].index_select(0, swap.flip(0)))
         # and the next step agrees with a state that copied everything
-        prev = tgt_in.repeat_interleave(2, 0)[:, 1]
-        out_fast, _, _ = model.step(prev, within)
-        full = type(beams)(beams.position, [(k[swap], v[swap]) for k, v in beams.self_kv],
-                           [(k[swap], v[swap]) for k, v in beams.cross_kv], beams.src_mask[swap],
-                           beams.source_ids[swap])
+        beams = two_beams_after_a_step()
+        full = TransformerState(beams.position, [cache.select(swap) for cache in beams.self_kv],
+                                [(k[swap], v[swap]) for k, v in beams.cross_kv], beams.src_mask[swap],
+                                beams.source_ids[swap])
         out_full, _, _ = model.step(prev, full)
     assert torch.allclose(out_fast, out_full, atol=1e-6)
+
+
+def test_cache_storage_is_reused_and_a_used_state_is_refused() -> None:
+    """Beam reorders copy the prefix into the storage the cache had a step before (two
+    storages take turns), positions are written in place, and a stale state raises."""
+    model = make_model().eval()
+    src, lengths, tgt_in = random_batch()
+    reorder = torch.tensor([1, 1, 0, 3])
+    with torch.no_grad():
+        state = model.init_state(model.encode(src, lengths))
+        storages = set()
+        for t in range(tgt_in.size(1)):
+            _, _, stepped = model.step(tgt_in[:, t], state)
+            assert stepped.self_kv[0].storage is state.self_kv[0].storage or t == 0
+            state = stepped.select(reorder)
+            assert state.self_kv[0].storage is stepped.self_kv[0].spare or t == 0
+            storages.add(id(state.self_kv[0].storage))
+        assert len(storages) == 2  # all fits the initial room: two storages in turn
+        old = state
+        _, _, state = model.step(tgt_in[:, 0], old)
+        with pytest.raises(RuntimeError, match="already used"):
+            model.step(tgt_in[:, 0], old)  # its newest position was overwritten
+
+
+def test_cache_grows_past_its_initial_room() -> None:
+    """40 cached steps (the storage starts with room for 16 and doubles) equal one full pass."""
+    model = make_model().eval()
+    src, src_lengths, _ = random_batch()
+    tgt_in = torch.cat([torch.full((4, 1), BOS_ID), torch.randint(4, VOCAB, (4, 39))], dim=1)
+    with torch.no_grad():
+        full, _ = model(src, src_lengths, tgt_in)
+        state = model.init_state(model.encode(src, src_lengths))
+        for t in range(tgt_in.size(1)):
+            log_probs, _, state = model.step(tgt_in[:, t], state)
+            torch.testing.assert_close(log_probs, full[:, t], atol=1e-5, rtol=0)
+    assert state.self_kv[0].storage.keys.size(1) >= 40
+
+
+def test_feeding_own_predictions_trains_through_the_cache() -> None:
+    """teacher_forcing_ratio 0 runs the cached steps with autograd on: the outputs equal a
+    no-grad greedy replay and gradients reach the decoder's self-attention."""
+    model = make_model()
+    src, src_lengths, tgt_in = random_batch()
+    log_probs, _ = model(src, src_lengths, tgt_in, teacher_forcing_ratio=0.0)
+    log_probs.sum().backward()
+    assert model.decoder.layers[0].self_attn.qkv_proj.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        state = model.init_state(model.encode(src, src_lengths))
+        prev = tgt_in[:, 0]
+        for t in range(tgt_in.size(1)):
+            replay, _, state = model.step(prev, state)
+            torch.testing.assert_close(replay, log_probs[:, t].detach(), atol=1e-5, rtol=0)
+            prev = replay.argmax(dim=-1)
