@@ -11,7 +11,10 @@ random weights, on the same random source sentences, for the same number of deco
 Output length is forced so that no system wins by stopping early: every sentence takes exactly
 --steps decoder steps (EOS suppressed before, and the last step forced). Translations are not
 compared (the weights are random); shapes and output lengths are. Every system gets the same
-number of threads; systems alternate within each repeat and the table shows medians.
+number of threads and runs in a worker process of its own, so that no system's thread pool
+(CTranslate2 brings Intel's OpenMP, PyTorch GNU's) or allocator state slows another; this
+process sends the same batches to the workers in turn, one at a time, with a pause between,
+and the table shows medians. nmtkit decodes as its Translator does (keep_freed_memory on).
 
     /work/peers-venv/bin/python benchmarks/bench_decoding.py   # peers installed there, see README
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +42,7 @@ from nmtkit.data import collate_source  # noqa: E402
 from nmtkit.model import build_model  # noqa: E402
 from nmtkit.quantize import quantize_int8  # noqa: E402
 from nmtkit.search import beam_search, greedy_search  # noqa: E402
+from nmtkit.translator import keep_freed_memory  # noqa: E402
 
 Decode = Callable[[list[list[int]], int], list[int]]  # (sentences, beam) -> output lengths
 
@@ -59,6 +64,7 @@ def model_shape(path: str, vocab: int | None) -> tuple[TransformerConfig, int]:
 
 
 def nmtkit_decoder(cfg: TransformerConfig, vocab: int, steps: int, int8: bool) -> Decode:
+    keep_freed_memory()  # as nmtkit.Translator does on the CPU
     torch.manual_seed(0)
     model = build_model(cfg, vocab, vocab).eval()
     if int8:
@@ -124,8 +130,7 @@ def ct2_models(marian, vocab: int, folder: Path) -> tuple[dict[str, Path], list[
     import ctranslate2
     import sentencepiece as spm
 
-    hf_dir = folder / "marian"
-    marian.save_pretrained(hf_dir)
+    hf_dir = folder / "marian"  # saved there by prepare_peers
     # any sentencepiece model will do: the converter only needs the tokenizer to load
     words = [f"w{i} x{i % 7} y{i % 13}" for i in range(2000)]
     spm.SentencePieceTrainer.train(sentence_iterator=iter(words), model_prefix=str(hf_dir / "spm"),
@@ -162,7 +167,61 @@ def ct2_decoder(path: Path, compute_type: str, tokens: list[str], steps: int, th
     return decode
 
 
-# ---- measuring ----
+# ---- measuring: one worker process per system ----
+
+def make_sentences(args: argparse.Namespace, vocab: int) -> list[list[int]]:
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(args.src_len - 3, args.src_len + 4, (args.sentences,), generator=gen)
+    return [torch.randint(4, vocab - 1, (int(n),), generator=gen).tolist() for n in lengths]
+
+
+def build_system(name: str, args: argparse.Namespace, folder: Path) -> Decode:
+    cfg, vocab = model_shape(args.config, args.vocab)
+    if name.startswith("nmtkit"):
+        return nmtkit_decoder(cfg, vocab, args.steps, int8=name.endswith("int8"))
+    from transformers import MarianMTModel
+
+    marian = MarianMTModel.from_pretrained(folder / "marian").eval()
+    if name.startswith("transformers"):
+        return hf_decoder(marian, args.steps)
+    kind = "float32" if name.endswith("fp32") else "int8"
+    tokens = json.loads((folder / "tokens.json").read_text())
+    return ct2_decoder(folder / f"ct2-{kind}", kind, tokens, args.steps, args.threads)
+
+
+def worker(name: str, args: argparse.Namespace) -> None:
+    """Build one system, then time each "beam batch" request read from stdin; reply seconds."""
+    torch.set_num_threads(args.threads)
+    decode = build_system(name, args, Path(args.folder))
+    sentences = make_sentences(args, model_shape(args.config, args.vocab)[1])
+    for line in sys.stdin:
+        beam, batch = (int(x) for x in line.split())
+        group = sentences if batch > 1 else sentences[: args.batch1_sentences]
+        start = time.perf_counter()
+        if batch > 1:
+            out_lengths = decode(group, beam)
+        else:
+            out_lengths = [n for s in group for n in decode([s], beam)]
+        elapsed = time.perf_counter() - start
+        assert out_lengths == [args.steps] * len(group), (name, out_lengths)
+        print(json.dumps(elapsed), flush=True)
+
+
+def prepare_peers(cfg: TransformerConfig, vocab: int, folder: Path, threads: int) -> list[str]:
+    """Save the Marian model and its CTranslate2 conversions; returns the peers available."""
+    try:
+        marian = marian_model(cfg, vocab)
+    except ImportError as err:
+        print(f"skipping transformers and ctranslate2 (its converter needs transformers): {err}")
+        return []
+    marian.save_pretrained(folder / "marian")
+    try:
+        _, tokens = ct2_models(marian, vocab, folder)
+    except ImportError as err:
+        print(f"skipping ctranslate2: {err}")
+        return ["transformers fp32"]
+    (folder / "tokens.json").write_text(json.dumps(tokens))
+    return ["transformers fp32", "ctranslate2 fp32", "ctranslate2 int8"]
 
 
 def main() -> None:
@@ -174,75 +233,69 @@ def main() -> None:
     p.add_argument("--src-len", type=int, default=13, help="mean source length in subword tokens")
     p.add_argument("--steps", type=int, default=40, help="decoder steps (target tokens) per sentence")
     p.add_argument("--beams", default="1,5")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--folder", help=argparse.SUPPRESS)
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
+    if args.worker:
+        worker(args.worker, args)
+        return
     cfg, vocab = model_shape(args.config, args.vocab)
-    gen = torch.Generator().manual_seed(0)
-    lengths = torch.randint(args.src_len - 3, args.src_len + 4, (args.sentences,), generator=gen)
-    sentences = [torch.randint(4, vocab - 1, (int(n),), generator=gen).tolist() for n in lengths]
-
-    systems: dict[str, Decode] = {
-        "nmtkit fp32": nmtkit_decoder(cfg, vocab, args.steps, int8=False),
-        "nmtkit int8": nmtkit_decoder(cfg, vocab, args.steps, int8=True),
-    }
     tmp = tempfile.TemporaryDirectory()
-    try:
-        marian = marian_model(cfg, vocab)
-        systems["transformers fp32"] = hf_decoder(marian, args.steps)
-        try:
-            paths, tokens = ct2_models(marian, vocab, Path(tmp.name))
-            for kind in ("float32", "int8"):
-                name = f"ctranslate2 {'fp32' if kind == 'float32' else kind}"
-                systems[name] = ct2_decoder(paths[kind], kind, tokens, args.steps, args.threads)
-        except ImportError as err:
-            print(f"skipping ctranslate2: {err}")
-    except ImportError as err:
-        print(f"skipping transformers and ctranslate2 (its converter needs transformers): {err}")
+    names = ["nmtkit fp32", "nmtkit int8"] + prepare_peers(cfg, vocab, Path(tmp.name), args.threads)
+    forwarded = sys.argv[1:]
+    workers = {
+        name: subprocess.Popen(
+            [sys.executable, __file__, *forwarded, "--worker", name, "--folder", tmp.name],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        for name in names
+    }
+
+    def run(name: str, beam: int, batch: int) -> float:
+        worker_process = workers[name]
+        assert worker_process.stdin is not None and worker_process.stdout is not None
+        worker_process.stdin.write(f"{beam} {batch}\n")
+        worker_process.stdin.flush()
+        reply = worker_process.stdout.readline()
+        if not reply:
+            sys.exit(f"the {name} worker failed (see its error above)")
+        time.sleep(0.3)  # let the last system's threads go idle before the next one starts
+        return json.loads(reply)
 
     beams = [int(b) for b in args.beams.split(",")]
     settings = [(beam, batch) for beam in beams for batch in (1, args.sentences)]
-    times: dict[tuple[str, int, int], list[float]] = {}
-
-    def run(name: str, beam: int, batch: int) -> float:
-        decode = systems[name]
-        group = sentences if batch > 1 else sentences[: args.batch1_sentences]
-        start = time.perf_counter()
-        if batch > 1:
-            out_lengths = decode(group, beam)
-        else:
-            out_lengths = [n for s in group for n in decode([s], beam)]
-        elapsed = time.perf_counter() - start
-        assert out_lengths == [args.steps] * len(group), (name, out_lengths)
-        return elapsed
-
-    for name in systems:  # warm-up: first calls allocate and pick kernels
+    for name in names:  # warm-up: first calls allocate and pick kernels
         run(name, max(beams), 2)
+    times: dict[tuple[str, int, int], list[float]] = {}
     for repeat in range(args.repeats):
         for beam, batch in settings:
-            order = list(systems)
-            shift = repeat % len(order)  # alternate who goes first
-            for name in order[shift:] + order[:shift]:
+            shift = repeat % len(names)  # alternate who goes first
+            for name in names[shift:] + names[:shift]:
                 times.setdefault((name, beam, batch), []).append(run(name, beam, batch))
+    for worker_process in workers.values():
+        worker_process.communicate()  # closes stdin: the worker ends
 
+    sentences = make_sentences(args, vocab)
     print(f"\nTransformer d_model {cfg.d_model}, {cfg.heads} heads, ff {cfg.ff_size}, "
           f"{cfg.encoder_layers}+{cfg.decoder_layers} layers, vocab {vocab}, {cfg.norm}-norm; "
           f"{args.threads} threads; {args.steps} decoder steps per sentence; source mean "
           f"{sum(len(s) for s in sentences) / len(sentences):.1f} tokens; median of {args.repeats}\n")
-    print(f"| {'system':<18} | beam | batch | sentences/s | target tokens/s | vs transformers | "
-          "vs ctranslate2 same dtype |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(f"| {'system':<18} | beam | batch | sentences/s | (slowest-fastest) | target tokens/s | "
+          "vs transformers | vs ctranslate2 same dtype |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for beam, batch in settings:
         n = args.sentences if batch > 1 else args.batch1_sentences
-        speed = {name: n / statistics.median(times[(name, beam, batch)]) for name in systems}
-        for name in systems:
+        speed = {name: n / statistics.median(times[(name, beam, batch)]) for name in names}
+        for name in names:
+            spread = f"{n / max(times[(name, beam, batch)]):.1f}-{n / min(times[(name, beam, batch)]):.1f}"
             hf = speed.get("transformers fp32")
             dtype = name.split()[-1]
             ct2 = speed.get(f"ctranslate2 {dtype}")
             vs_hf = f"{speed[name] / hf:.2f}x" if hf and not name.startswith("transformers") else ""
             vs_ct2 = f"{speed[name] / ct2:.2f}x" if ct2 and name.startswith("nmtkit") else ""
-            print(f"| {name:<18} | {beam} | {batch} | {speed[name]:.1f} | "
+            print(f"| {name:<18} | {beam} | {batch} | {speed[name]:.1f} | {spread} | "
                   f"{speed[name] * args.steps:.0f} | {vs_hf} | {vs_ct2} |")
     tmp.cleanup()
 

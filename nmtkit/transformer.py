@@ -228,7 +228,11 @@ class SelfAttention(MultiHeadAttention):
 
 class CrossAttention(MultiHeadAttention):
     """The decoder's positions attend to the encoder memory. Keys and values depend only on the
-    source, so `memory_kv` computes them once per sentence (fused, as in self-attention)."""
+    source, so `memory_kv` computes them once per sentence (fused, as in self-attention).
+
+    In beam search, `group` consecutive rows (a sentence's beams) share one source. Their
+    queries then attend to it together, as one longer sequence of queries, and the memory keys
+    and values are kept once per sentence instead of once per beam."""
 
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__(cfg)
@@ -240,20 +244,26 @@ class CrossAttention(MultiHeadAttention):
         return self.split_heads(k), self.split_heads(v)  # each (batch, heads, src_len, head_dim)
 
     def forward(
-        self, x: Tensor, memory_kv: KeyValue, src_mask: Tensor, need_weights: bool
+        self, x: Tensor, memory_kv: KeyValue, src_mask: Tensor, need_weights: bool, group: int = 1
     ) -> tuple[Tensor, Tensor | None]:
-        """x (batch, tgt_len, d_model); src_mask (batch, src_len), True at real tokens. With
-        `need_weights` also returns the weights (batch, heads, tgt_len, src_len)."""
-        q = self.split_heads(self.q_proj(x))  # (batch, heads, tgt_len, head_dim)
+        """x (batch, tgt_len, d_model); memory_kv and src_mask (batch // group, src_len), True
+        at real tokens, hold the source of each `group` consecutive rows. With `need_weights`
+        also returns the weights (batch, heads, tgt_len, src_len)."""
+        batch, tgt_len, d_model = x.shape
+        q = self.q_proj(x).view(batch // group, group * tgt_len, d_model)  # the group's queries
+        q = self.split_heads(q)  # (sentences, heads, group * tgt_len, head_dim)
         k, v = memory_kv
-        mask = src_mask[:, None, None, :]  # (batch, 1, 1, src_len): padding is never attended
+        mask = src_mask[:, None, None, :]  # (sentences, 1, 1, src_len): padding is never attended
         if not need_weights:
-            return self.attend(q, k, v, mask), None
+            return self.attend(q, k, v, mask).view(batch, tgt_len, d_model), None
         # SDPA cannot return its weights, so when they are wanted compute the same thing by hand
-        scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (batch, heads, tgt_len, src_len)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (sentences, heads, g * len, src)
         weights = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
         context = F.dropout(weights, self.dropout, self.training) @ v
-        return self.merge_heads(context), weights
+        heads, src_len = weights.size(1), weights.size(-1)
+        weights = weights.view(batch // group, heads, group, tgt_len, src_len).transpose(1, 2)
+        out = self.merge_heads(context).view(batch, tgt_len, d_model)
+        return out, weights.reshape(batch, heads, tgt_len, src_len)
 
 
 class FeedForward(nn.Module):
@@ -332,6 +342,7 @@ class DecoderLayer(nn.Module):
         memory_kv: KeyValue,
         src_mask: Tensor,
         need_weights: bool,
+        group: int = 1,
     ) -> tuple[Tensor, KVCache | None, Tensor | None]:
         """x (batch, new_len, d_model): the target positions that follow the cache's. Returns
         the new x, the cache with the new positions added, and the cross-attention weights
@@ -339,7 +350,7 @@ class DecoderLayer(nn.Module):
         y, cache = self.self_attn(self.self_attn_residual.before(x), causal_mask, cache)
         x = self.self_attn_residual.after(x, y)
         y, weights = self.cross_attn(
-            self.cross_attn_residual.before(x), memory_kv, src_mask, need_weights
+            self.cross_attn_residual.before(x), memory_kv, src_mask, need_weights, group
         )
         x = self.cross_attn_residual.after(x, y)
         x = self.ff_residual.after(x, self.ff(self.ff_residual.before(x)))
@@ -435,14 +446,14 @@ class TransformerDecoder(Decoder):
             cache = state.self_kv[i] if use_cache else None
             need_weights = self.keep_all_attention or i == last
             x, cache, layer_weights = layer(
-                x, cache, causal_mask, state.cross_kv[i], state.src_mask, need_weights
+                x, cache, causal_mask, state.cross_kv[i], state.src_mask, need_weights, state.group
             )
             self_kv.append(cache or KVCache())
             weights.append(layer_weights)
         if self.keep_all_attention:
             self.last_cross_attention = [w.detach() for w in weights]
         state = TransformerState(start + new_len, self_kv, state.cross_kv, state.src_mask,
-                                 state.source_ids)
+                                 state.source_ids, state.group)
         return self.final_norm(x), weights[-1].mean(dim=1), state
 
 
@@ -450,34 +461,43 @@ class TransformerDecoder(Decoder):
 class TransformerState(DecoderState):
     """What a search step needs, per decoder layer: the self-attention keys/values of every
     target position so far (the cache, one position longer after each step) and the
-    cross-attention keys/values of the source (computed once per sentence).
+    cross-attention keys/values of the source (computed once per sentence, and kept once per
+    sentence while its rows, its beams, sit side by side).
 
     A step writes the new position into the cache's storage (see KVCache): decode from a state
-    once; `select` returns an independent one."""
+    once."""
 
     position: int  # target tokens fed so far: the position of the next one
     self_kv: list[KVCache]  # per layer, holding `position` positions
-    cross_kv: list[KeyValue]  # per layer, each (batch, heads, src_len, head_dim)
-    src_mask: Tensor  # (batch, src_len)
-    source_ids: Tensor  # (batch,) which source sentence each row decodes
+    cross_kv: list[KeyValue]  # per layer, each (sentences, heads, src_len, head_dim)
+    src_mask: Tensor  # (sentences, src_len)
+    source_ids: Tensor  # (batch,) which row of cross_kv each row decodes
+    group: int = 1  # the rows of a sentence, side by side: source_ids = [0] * group + [1] * group ...
 
     def select(self, index: Tensor) -> TransformerState:
-        def rows(kv: KeyValue) -> KeyValue:
-            return kv[0].index_select(0, index), kv[1].index_select(0, index)
-
-        source_ids = self.source_ids.index_select(0, index)
-        cross_kv, src_mask = self.cross_kv, self.src_mask
-        # The source side depends only on the sentence: a beam reorder that keeps every row on
-        # its own sentence (the common step) need not copy it.
-        if not torch.equal(source_ids, self.source_ids):
-            cross_kv = [rows(kv) for kv in self.cross_kv]
-            src_mask = self.src_mask.index_select(0, index)
+        ids = self.source_ids.index_select(0, index)  # the source of each new row
+        rows, cross_kv, src_mask = index.size(0), self.cross_kv, self.src_mask
+        sentences = torch.unique_consecutive(ids)
+        group = rows // sentences.size(0)
+        if torch.equal(ids, sentences.repeat_interleave(group)):
+            # each sentence's rows side by side, as many for each (beams): the source side needs
+            # no copy per row, only dropping the sentences that left
+            if not torch.equal(sentences, torch.arange(src_mask.size(0), device=ids.device)):
+                cross_kv = [(k.index_select(0, sentences), v.index_select(0, sentences))
+                            for k, v in cross_kv]
+                src_mask = src_mask.index_select(0, sentences)
+            ids = torch.arange(sentences.size(0), device=ids.device).repeat_interleave(group)
+        else:  # any other order: one copy of the source side per row
+            cross_kv = [(k.index_select(0, ids), v.index_select(0, ids)) for k, v in cross_kv]
+            src_mask = src_mask.index_select(0, ids)
+            ids, group = torch.arange(rows, device=ids.device), 1
         return TransformerState(
             position=self.position,
             self_kv=[cache.select(index) for cache in self.self_kv],
             cross_kv=cross_kv,
             src_mask=src_mask,
-            source_ids=source_ids,
+            source_ids=ids,
+            group=group,
         )
 
 

@@ -15,8 +15,9 @@ from nmtkit.search import (
     length_limits,
     length_penalty,
     sample,
+    topk_rows,
 )
-from nmtkit.vocabulary import BOS_ID, PAD_ID
+from nmtkit.vocabulary import BOS_ID, EOS_ID, PAD_ID
 
 VOCAB = 24
 FAMILIES = {
@@ -182,3 +183,19 @@ def test_ensemble_averages_probabilities(trained) -> None:
     for member in members:
         alone = [h.score for h in beam_search(member, src, lengths, beam_size=3)]
         assert not any(math.isclose(a, b, abs_tol=1e-6) for a, b in zip(scores, alone, strict=True))
+
+
+@pytest.mark.parametrize("width", [8000, 8003, 700, 50])
+def test_topk_rows_equals_topk(width: int) -> None:
+    g = torch.Generator().manual_seed(width)
+    x = torch.randn(12, width, generator=g)
+    x[3] = float("-inf")  # a row at its length limit: only EOS is allowed
+    x[3, EOS_ID] = -1.0
+    x[5, width - 1] = 100.0  # the best of a row in the shorter last block
+    for k in (1, 2, 10):
+        values, columns = topk_rows(x, k)
+        expected_values, expected_columns = x.topk(k, dim=1)
+        assert torch.equal(values, expected_values)
+        finite = expected_values.isfinite()  # among -inf ties any column will do
+        assert torch.equal(columns[finite], expected_columns[finite])
+        assert torch.equal(x.gather(1, columns), values)

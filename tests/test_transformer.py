@@ -228,34 +228,50 @@ def test_cross_attention_is_a_distribution_over_real_tokens() -> None:
     assert (attention[src == PAD_ID] == 0).all()
 
 
-def test_beam_reorder_within_a_sentence_keeps_the_source_side() -> None:
+REORDERS = {  # index into 4 sentences x 2 beams, and then: rows per sentence, source copies
+    "within": ([1, 0, 3, 2, 5, 4, 7, 6], 2, 4),  # beams swap inside each sentence
+    "drop": ([0, 0, 4, 5, 6, 6], 2, 3),  # sentence 1 finished and left
+    "reversed": ([7, 6, 5, 4, 3, 2, 1, 0], 2, 4),  # sentences in another order
+    "mixed": ([0, 2, 1, 3], 1, 4),  # not side by side: a source copy per row
+    "uneven": ([0, 1, 2], 1, 3),  # two rows of sentence 0, one of sentence 1: a copy per row
+}
+
+
+@pytest.mark.parametrize("name", list(REORDERS))
+def test_beam_reorders_keep_the_source_once_per_sentence(name: str) -> None:
+    """The cross-attention keys/values stay one per sentence while a sentence's rows sit side
+    by side (copied only when sentences leave or move), and the next step equals a state that
+    holds a copy of the source for every row."""
+    index, group, copies = REORDERS[name]
+    index = torch.tensor(index)
     model = make_model().eval()
     src, lengths, tgt_in = random_batch()
+    prev = tgt_in.repeat_interleave(2, 0)[:, 1][index]
 
     def two_beams_after_a_step() -> TransformerState:
         state = model.init_state(model.encode(src, lengths))
-        beams = state.select(torch.arange(src.size(0)).repeat_interleave(2))  # 2 beams each
+        beams = state.select(torch.arange(src.size(0)).repeat_interleave(2))
+        assert beams.group == 2 and beams.cross_kv is state.cross_kv  # no copy per beam
         _, _, beams = model.step(tgt_in.repeat_interleave(2, 0)[:, 0], beams)
         return beams
 
-    prev = tgt_in.repeat_interleave(2, 0)[:, 1]
-    swap = torch.arange(2 * src.size(0)).view(-1, 2).flip(1).reshape(-1)
     with torch.no_grad():
         beams = two_beams_after_a_step()
-        within = beams.select(swap)  # each row stays on its own sentence: no copy needed
-        assert within.cross_kv is beams.cross_kv
-        out_fast, _, _ = model.step(prev, within)
+        selected = beams.select(index)
+        assert selected.group == group and selected.src_mask.size(0) == copies
+        assert (selected.cross_kv is beams.cross_kv) == (name == "within")
+        out, attention, _ = model.step(prev, selected)
+
         beams = two_beams_after_a_step()
-        across = beams.select(swap.flip(0))  # rows move to other sentences: copied and moved
-        assert across.cross_kv is not beams.cross_kv
-        assert torch.equal(across.cross_kv[0][0], beams.cross_kv[0][0].index_select(0, swap.flip(0)))
-        # and the next step agrees with a state that copied everything
-        beams = two_beams_after_a_step()
-        full = TransformerState(beams.position, [cache.select(swap) for cache in beams.self_kv],
-                                [(k[swap], v[swap]) for k, v in beams.cross_kv], beams.src_mask[swap],
-                                beams.source_ids[swap])
-        out_full, _, _ = model.step(prev, full)
-    assert torch.allclose(out_fast, out_full, atol=1e-6)
+        row_source = beams.source_ids[index]  # every row with its own copy of its source
+        full = TransformerState(
+            beams.position, [cache.select(index) for cache in beams.self_kv],
+            [(k[row_source], v[row_source]) for k, v in beams.cross_kv], beams.src_mask[row_source],
+            torch.arange(len(index)),
+        )
+        out_full, attention_full, _ = model.step(prev, full)
+    torch.testing.assert_close(out, out_full, atol=1e-6, rtol=0)
+    torch.testing.assert_close(attention, attention_full, atol=1e-6, rtol=0)
 
 
 def test_cache_storage_is_reused_and_a_used_state_is_refused() -> None:
