@@ -20,12 +20,14 @@ from nmtkit.model import build_model
 from nmtkit.vocabulary import BOS_ID
 
 
-def median_ms(fn, repeats: int) -> float:
-    fn()  # warm-up
+def median_ms(fn, repeats: int, setup=lambda: None) -> float:
+    """Median time of fn(setup()), setup untimed."""
+    fn(setup())  # warm-up
     times = []
     for _ in range(repeats):
+        arg = setup()
         start = time.perf_counter()
-        fn()
+        fn(arg)
         times.append((time.perf_counter() - start) * 1000)
     return statistics.median(times)
 
@@ -58,14 +60,17 @@ def main() -> None:
                 _, _, state = model.step(tokens[:, t], state)
             last = tokens[:, prefix - 1]
 
-            def cached(state=state, last=last):
-                model.step(last, state)  # step returns a new state: `state` stays at the prefix
+            def fresh_copy(state=state):
+                return state.select(torch.arange(args.batch))  # a state is stepped from once
 
-            def uncached(tokens=tokens):
+            def cached(copy, last=last):
+                model.step(last, copy)
+
+            def uncached(_, tokens=tokens):
                 out, _ = model.decoder(tokens, enc)  # the whole prefix again
                 torch.log_softmax(model.generator(out[:, -1]), dim=-1)
 
-            with_cache = median_ms(cached, args.repeats)
+            with_cache = median_ms(cached, args.repeats, setup=fresh_copy)
             without = median_ms(uncached, args.repeats)
             rows.append((prefix, with_cache, without))
     print(f"Transformer decoder step, d_model {cfg.d_model}, {cfg.decoder_layers} layers, "

@@ -10,9 +10,10 @@ Every sublayer sits in a residual connection with a layer norm before it (`pre`)
 
 Search feeds the decoder one token at a time. Rather than re-running the whole prefix at every
 step, the decoder keeps each layer's self-attention keys and values of the tokens so far (the
-key/value cache) and computes the cross-attention keys and values of the source once per
-sentence; both live in `TransformerState`. Training (`forward`) runs the very same code on the
-whole target at once, with a causal mask in place of the cache.
+key/value cache, `KVCache`, written in place) and computes the cross-attention keys and values
+of the source once per sentence, shared by the sentence's beams; both live in
+`TransformerState`. Training (`forward`) runs the very same code on the whole target at once,
+with a causal mask in place of the cache.
 """
 
 from __future__ import annotations
