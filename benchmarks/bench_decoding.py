@@ -213,7 +213,7 @@ def worker(name: str, args: argparse.Namespace) -> None:
         print(json.dumps(elapsed), flush=True)
 
 
-def prepare_peers(cfg: TransformerConfig, vocab: int, folder: Path, threads: int) -> list[str]:
+def prepare_peers(cfg: TransformerConfig, vocab: int, folder: Path) -> list[str]:
     """Save the Marian model and its CTranslate2 conversions; returns the peers available."""
     try:
         marian = marian_model(cfg, vocab)
@@ -249,7 +249,7 @@ def main() -> None:
         return
     cfg, vocab = model_shape(args.config, args.vocab)
     tmp = tempfile.TemporaryDirectory()
-    names = ["nmtkit fp32", "nmtkit int8"] + prepare_peers(cfg, vocab, Path(tmp.name), args.threads)
+    names = ["nmtkit fp32", "nmtkit int8"] + prepare_peers(cfg, vocab, Path(tmp.name))
     forwarded = sys.argv[1:]
     workers = {
         name: subprocess.Popen(
@@ -273,7 +273,7 @@ def main() -> None:
     beams = [int(b) for b in args.beams.split(",")]
     settings = [(beam, batch) for beam in beams for batch in (1, args.sentences)]
     for name in names:  # warm-up: first calls allocate and pick kernels
-        run(name, max(beams), 2)
+        run(name, max(beams), args.sentences)
     times: dict[tuple[str, int, int], list[float]] = {}
     for repeat in range(args.repeats):
         for beam, batch in settings:

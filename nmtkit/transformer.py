@@ -32,7 +32,7 @@ from nmtkit.errors import NMTKitError
 from nmtkit.model import Seq2Seq, _check_sharing, _embedding
 from nmtkit.vocabulary import PAD_ID
 
-KeyValue = tuple[Tensor, Tensor]  # attention keys and values, each (batch, heads, len, head_dim)
+KeyValue = tuple[Tensor, Tensor]  # attention keys and values (shapes given where used)
 
 
 def sinusoids(length: int, d_model: int) -> Tensor:
@@ -165,11 +165,12 @@ class KVCache:
     def append(self, k: Tensor, v: Tensor) -> KVCache:
         """The cache with k, v (rows, new_len, d_model) added after its positions."""
         rows, start, end = k.size(0), self.length, self.length + k.size(1)
-        if self.storage is not None and torch.is_grad_enabled():
+        if torch.is_grad_enabled():
             # training through search steps (scheduled sampling): autograd needs new tensors
-            old_k, old_v = self.keys_values()
-            return KVCache(_Storage(torch.cat([old_k, k], dim=1), torch.cat([old_v, v], dim=1)),
-                           rows, end)
+            if self.storage is not None:
+                old_k, old_v = self.keys_values()
+                k, v = torch.cat([old_k, k], dim=1), torch.cat([old_v, v], dim=1)
+            return KVCache(_Storage(k, v), rows, end)
         storage = self._checked()
         if storage is None or not storage.fits(rows, end):
             storage = _Storage.like(k, rows, end)
@@ -407,9 +408,8 @@ class TransformerDecoder(Decoder):
 
     def init_state(self, enc: EncoderOutput) -> TransformerState:
         cross_kv = [layer.cross_attn.memory_kv(enc.memory) for layer in self.layers]
-        source_ids = torch.arange(enc.memory.size(0), device=enc.memory.device)
         return TransformerState(position=0, self_kv=[KVCache() for _ in self.layers],
-                                cross_kv=cross_kv, src_mask=enc.src_mask, source_ids=source_ids)
+                                cross_kv=cross_kv, src_mask=enc.src_mask)
 
     def forward(self, tgt_in: Tensor, enc: EncoderOutput) -> tuple[Tensor, Tensor]:
         """Teacher forcing: all gold previous tokens tgt_in (batch, tgt_len) in one pass.
@@ -449,12 +449,12 @@ class TransformerDecoder(Decoder):
             x, cache, layer_weights = layer(
                 x, cache, causal_mask, state.cross_kv[i], state.src_mask, need_weights, state.group
             )
-            self_kv.append(cache or KVCache())
+            self_kv.append(cache if cache is not None else KVCache())
             weights.append(layer_weights)
         if self.keep_all_attention:
             self.last_cross_attention = [w.detach() for w in weights]
         state = TransformerState(start + new_len, self_kv, state.cross_kv, state.src_mask,
-                                 state.source_ids, state.group)
+                                 state.group)
         return self.final_norm(x), weights[-1].mean(dim=1), state
 
 
@@ -472,32 +472,28 @@ class TransformerState(DecoderState):
     self_kv: list[KVCache]  # per layer, holding `position` positions
     cross_kv: list[KeyValue]  # per layer, each (sentences, heads, src_len, head_dim)
     src_mask: Tensor  # (sentences, src_len)
-    source_ids: Tensor  # (batch,) which row of cross_kv each row decodes
-    group: int = 1  # the rows of a sentence, side by side: source_ids = [0] * group + [1] * group ...
+    group: int = 1  # rows per sentence, side by side: row r decodes sentence r // group
 
     def select(self, index: Tensor) -> TransformerState:
-        ids = self.source_ids.index_select(0, index)  # the source of each new row
-        rows, cross_kv, src_mask = index.size(0), self.cross_kv, self.src_mask
+        rows, cross_kv, src_mask, group = index.size(0), self.cross_kv, self.src_mask, 1
+        ids = index // self.group  # the sentence (row of cross_kv) of each new row
         sentences = torch.unique_consecutive(ids)
-        group = rows // sentences.size(0)
-        if torch.equal(ids, sentences.repeat_interleave(group)):
+        if rows and torch.equal(ids, sentences.repeat_interleave(rows // sentences.size(0))):
             # each sentence's rows side by side, as many for each (beams): the source side needs
             # no copy per row, only dropping the sentences that left
+            group = rows // sentences.size(0)
             if not torch.equal(sentences, torch.arange(src_mask.size(0), device=ids.device)):
                 cross_kv = [(k.index_select(0, sentences), v.index_select(0, sentences))
                             for k, v in cross_kv]
                 src_mask = src_mask.index_select(0, sentences)
-            ids = torch.arange(sentences.size(0), device=ids.device).repeat_interleave(group)
         else:  # any other order: one copy of the source side per row
             cross_kv = [(k.index_select(0, ids), v.index_select(0, ids)) for k, v in cross_kv]
             src_mask = src_mask.index_select(0, ids)
-            ids, group = torch.arange(rows, device=ids.device), 1
         return TransformerState(
             position=self.position,
             self_kv=[cache.select(index) for cache in self.self_kv],
             cross_kv=cross_kv,
             src_mask=src_mask,
-            source_ids=ids,
             group=group,
         )
 

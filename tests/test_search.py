@@ -191,11 +191,14 @@ def test_topk_rows_equals_topk(width: int) -> None:
     x = torch.randn(12, width, generator=g)
     x[3] = float("-inf")  # a row at its length limit: only EOS is allowed
     x[3, EOS_ID] = -1.0
-    x[5, width - 1] = 100.0  # the best of a row in the shorter last block
+    x[5, width - 1] = 100.0  # the best of a row after the last whole block of 64 columns
+    x[7] = float("-inf")  # fewer finite values than k, one of them past the last whole block
+    x[7, 3], x[7, width - 1] = -1.0, -0.5
     for k in (1, 2, 10):
         values, columns = topk_rows(x, k)
         expected_values, expected_columns = x.topk(k, dim=1)
         assert torch.equal(values, expected_values)
         finite = expected_values.isfinite()  # among -inf ties any column will do
         assert torch.equal(columns[finite], expected_columns[finite])
+        assert ((columns >= 0) & (columns < width)).all()
         assert torch.equal(x.gather(1, columns), values)

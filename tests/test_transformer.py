@@ -263,11 +263,10 @@ def test_beam_reorders_keep_the_source_once_per_sentence(name: str) -> None:
         out, attention, _ = model.step(prev, selected)
 
         beams = two_beams_after_a_step()
-        row_source = beams.source_ids[index]  # every row with its own copy of its source
+        row_source = index // beams.group  # every row with its own copy of its source
         full = TransformerState(
             beams.position, [cache.select(index) for cache in beams.self_kv],
             [(k[row_source], v[row_source]) for k, v in beams.cross_kv], beams.src_mask[row_source],
-            torch.arange(len(index)),
         )
         out_full, attention_full, _ = model.step(prev, full)
     torch.testing.assert_close(out, out_full, atol=1e-6, rtol=0)
@@ -325,3 +324,14 @@ def test_feeding_own_predictions_trains_through_the_cache() -> None:
             replay, _, state = model.step(prev, state)
             torch.testing.assert_close(replay, log_probs[:, t].detach(), atol=1e-5, rtol=0)
             prev = replay.argmax(dim=-1)
+
+
+def test_selecting_no_rows_gives_an_empty_state() -> None:
+    model = make_model().eval()
+    src, lengths, tgt_in = random_batch()
+    with torch.no_grad():
+        state = model.init_state(model.encode(src, lengths))
+        _, _, state = model.step(tgt_in[:, 0], state)
+        empty = state.select(torch.zeros(0, dtype=torch.long))
+    assert empty.src_mask.size(0) == 0 and empty.cross_kv[0][0].size(0) == 0
+    assert all(cache.rows == 0 and cache.keys_values()[0].size(0) == 0 for cache in empty.self_kv)

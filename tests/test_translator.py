@@ -157,7 +157,9 @@ PAGE_FAULTS = """
 import resource, sys, torch
 if sys.argv[1] == "keep":
     from nmtkit.translator import keep_freed_memory
-    assert keep_freed_memory()
+    if keep_freed_memory() < 64 << 20:
+        print("unsupported")  # an older glibc: blocks this large are still mapped afresh
+        sys.exit()
 for _ in range(5):
     torch.ones(16 << 20)  # warm up: the first blocks are new memory in any case
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -175,6 +177,8 @@ def test_keep_freed_memory_stops_page_faults_per_step() -> None:
     for mode in ("default", "keep"):
         out = subprocess.run([sys.executable, "-c", PAGE_FAULTS, mode], capture_output=True,
                              text=True, check=True)
+        if out.stdout.strip() == "unsupported":
+            pytest.skip("this glibc keeps blocks below 32 MiB only")
         faults[mode] = int(out.stdout)
     assert faults["default"] > 15 * 16384  # (nearly) every one of the 20 blocks faulted in
     assert faults["keep"] < 4 * 16384  # a few at most
