@@ -125,9 +125,13 @@ def hf_decoder(model, steps: int) -> Decode:
 # ---- CTranslate2 ----
 
 
-def ct2_models(marian, vocab: int, folder: Path) -> tuple[dict[str, Path], list[str]]:
-    """Save the Marian model with the tokenizer files CTranslate2's converter reads, convert it
-    once per compute type; returns the converted folders and the vocabulary (id -> token)."""
+def ct2_path(folder: Path, kind: str) -> Path:
+    return folder / f"ct2-{kind}"
+
+
+def ct2_models(vocab: int, folder: Path) -> None:
+    """Add the tokenizer files CTranslate2's converter reads to the saved Marian model, convert
+    it once per compute type, and save the vocabulary (id -> token) as tokens.json."""
     import ctranslate2
     import sentencepiece as spm
 
@@ -142,12 +146,10 @@ def ct2_models(marian, vocab: int, folder: Path) -> tuple[dict[str, Path], list[
     (hf_dir / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
     (hf_dir / "tokenizer_config.json").write_text(json.dumps(
         {"source_lang": "en", "target_lang": "de", "model_max_length": 512}))
-    out = {}
+    (folder / "tokens.json").write_text(json.dumps(tokens))
     for kind in ("float32", "int8"):
-        out[kind] = folder / f"ct2-{kind}"
         converter = ctranslate2.converters.TransformersConverter(str(hf_dir))
-        converter.convert(str(out[kind]), quantization=kind, force=True)
-    return out, tokens
+        converter.convert(str(ct2_path(folder, kind)), quantization=kind, force=True)
 
 
 def ct2_decoder(path: Path, compute_type: str, tokens: list[str], steps: int, threads: int) -> Decode:
@@ -177,8 +179,8 @@ def make_sentences(args: argparse.Namespace, vocab: int) -> list[list[int]]:
     return [[rng.randint(4, vocab - 2) for _ in range(n)] for n in lengths]
 
 
-def build_system(name: str, args: argparse.Namespace, folder: Path) -> Decode:
-    cfg, vocab = model_shape(args.config, args.vocab)
+def build_system(name: str, args: argparse.Namespace, cfg: TransformerConfig, vocab: int,
+                 folder: Path) -> Decode:
     if name.startswith("nmtkit"):
         return nmtkit_decoder(cfg, vocab, args.steps, int8=name.endswith("int8"))
     if name.startswith("transformers"):
@@ -187,7 +189,7 @@ def build_system(name: str, args: argparse.Namespace, folder: Path) -> Decode:
         return hf_decoder(MarianMTModel.from_pretrained(folder / "marian").eval(), args.steps)
     kind = "float32" if name.endswith("fp32") else "int8"
     tokens = json.loads((folder / "tokens.json").read_text())
-    return ct2_decoder(folder / f"ct2-{kind}", kind, tokens, args.steps, args.threads)
+    return ct2_decoder(ct2_path(folder, kind), kind, tokens, args.steps, args.threads)
 
 
 def worker(name: str, args: argparse.Namespace) -> None:
@@ -198,8 +200,9 @@ def worker(name: str, args: argparse.Namespace) -> None:
     CTranslate2 with 2 threads decoded up to 6 times slower here."""
     if not name.startswith("ctranslate2"):
         torch.set_num_threads(args.threads)
-    decode = build_system(name, args, Path(args.folder))
-    sentences = make_sentences(args, model_shape(args.config, args.vocab)[1])
+    cfg, vocab = model_shape(args.config, args.vocab)
+    decode = build_system(name, args, cfg, vocab, Path(args.folder))
+    sentences = make_sentences(args, vocab)
     for line in sys.stdin:
         beam, batch = (int(x) for x in line.split())
         group = sentences if batch > 1 else sentences[: args.batch1_sentences]
@@ -222,11 +225,10 @@ def prepare_peers(cfg: TransformerConfig, vocab: int, folder: Path) -> list[str]
         return []
     marian.save_pretrained(folder / "marian")
     try:
-        _, tokens = ct2_models(marian, vocab, folder)
+        ct2_models(vocab, folder)
     except ImportError as err:
         print(f"skipping ctranslate2: {err}")
         return ["transformers fp32"]
-    (folder / "tokens.json").write_text(json.dumps(tokens))
     return ["transformers fp32", "ctranslate2 fp32", "ctranslate2 int8"]
 
 
