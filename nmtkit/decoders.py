@@ -31,7 +31,9 @@ class Decoder(nn.Module):
     output_size: int
     max_steps: int | None = None  # longest target the decoder can handle (position tables)
 
-    def init_state(self, enc: EncoderOutput) -> DecoderState:
+    def init_state(self, enc: EncoderOutput, max_len: int = 0) -> DecoderState:
+        """The state before the first target token; max_len, if known, is the most steps that
+        will follow (room to set aside)."""
         raise NotImplementedError
 
     def step(self, prev_tokens: Tensor, state: DecoderState) -> tuple[Tensor, Tensor | None, DecoderState]:
@@ -138,7 +140,7 @@ class RNNDecoder(Decoder):
         pad = merged.new_zeros(self.layers - merged.size(0), batch, self.hidden_size)
         return torch.cat([merged, pad], dim=0)
 
-    def init_state(self, enc: EncoderOutput) -> RNNState:
+    def init_state(self, enc: EncoderOutput, max_len: int = 0) -> RNNState:
         batch = enc.memory.size(0)
         hidden = self._initial(enc.final_hidden, batch, enc.memory)
         cell = self._initial(enc.final_cell, batch, enc.memory) if self.cell_type == "lstm" else None

@@ -25,8 +25,8 @@ class Seq2Seq(nn.Module):
     def encode(self, src: Tensor, src_lengths: Tensor) -> EncoderOutput:
         return self.encoder(src, src_lengths)
 
-    def init_state(self, enc: EncoderOutput) -> DecoderState:
-        return self.decoder.init_state(enc)
+    def init_state(self, enc: EncoderOutput, max_len: int = 0) -> DecoderState:
+        return self.decoder.init_state(enc, max_len)
 
     def step(self, prev_tokens: Tensor, state: DecoderState) -> tuple[Tensor, Tensor | None, DecoderState]:
         """One target position: prev_tokens (batch,) -> log_probs (batch, vocab), attention, state."""

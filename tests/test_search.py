@@ -10,12 +10,13 @@ from nmtkit.data import collate, collate_source
 from nmtkit.model import Seq2Seq, build_model
 from nmtkit.search import (
     EnsembleModel,
+    _rows_kept,
     beam_search,
     greedy_search,
     length_limits,
     length_penalty,
     sample,
-    topk_rows,
+    top_extensions,
 )
 from nmtkit.vocabulary import BOS_ID, EOS_ID, PAD_ID
 
@@ -186,19 +187,46 @@ def test_ensemble_averages_probabilities(trained) -> None:
 
 
 @pytest.mark.parametrize("width", [8000, 8003, 700, 50])
-def test_topk_rows_equals_topk(width: int) -> None:
+def test_top_extensions_equal_a_topk_over_every_extension(width: int) -> None:
     g = torch.Generator().manual_seed(width)
-    x = torch.randn(12, width, generator=g)
-    x[3] = float("-inf")  # a row at its length limit: only EOS is allowed
+    n, beams = 4, 3
+    x = torch.randn(n * beams, width, generator=g)
+    x[3] = float("-inf")  # a beam at its length limit: only EOS is allowed
     x[3, EOS_ID] = -1.0
-    x[5, width - 1] = 100.0  # the best of a row after the last whole block of 64 columns
-    x[7] = float("-inf")  # fewer finite values than k, one of them past the last whole block
-    x[7, 3], x[7, width - 1] = -1.0, -0.5
-    for k in (1, 2, 10):
-        values, columns = topk_rows(x, k)
-        expected_values, expected_columns = x.topk(k, dim=1)
-        assert torch.equal(values, expected_values)
-        finite = expected_values.isfinite()  # among -inf ties any column will do
-        assert torch.equal(columns[finite], expected_columns[finite])
-        assert ((columns >= 0) & (columns < width)).all()
-        assert torch.equal(x.gather(1, columns), values)
+    x[5, width - 1] = 100.0  # the best of a beam after the last whole block of 64 columns
+    x[9:] = float("-inf")  # sentence 3: fewer finite extensions than asked for, one past the
+    x[10, 3], x[11, width - 1] = -1.0, -0.5  # last whole block
+    beam_scores = torch.randn(n, beams, generator=g) * 5
+    everything = (beam_scores.unsqueeze(2) + x.view(n, beams, width)).view(n, -1)
+    for count in (1, 2, 10):
+        scores, extensions = top_extensions(x, beam_scores, count)
+        expected_scores, expected = everything.topk(count, dim=1)
+        assert torch.equal(scores, expected_scores)
+        finite = expected_scores.isfinite()  # among -inf ties any extension will do
+        assert torch.equal(extensions[finite], expected[finite])
+        assert ((extensions >= 0) & (extensions < beams * width)).all()
+        assert torch.equal(everything.gather(1, extensions)[finite], scores[finite])
+
+
+def test_top_extensions_pads_when_there_are_fewer_than_asked() -> None:
+    x = torch.randn(2, 3).log_softmax(-1)  # step 0: one beam each, three words
+    scores, extensions = top_extensions(x, torch.zeros(2, 1), 5)
+    assert scores[:, 3:].isneginf().all() and scores[:, :3].isfinite().all()
+    assert ((extensions >= 0) & (extensions < 3)).all()
+
+
+def test_beams_keep_their_parents_rows() -> None:
+    """_rows_kept permutes each sentence's new beams so that the first child of every parent
+    sits in the parent's row, and the others fill the rows of parents that have no child."""
+    g = torch.Generator().manual_seed(0)
+    for k in range(1, 7):
+        parent = torch.randint(0, k, (50, k), generator=g)
+        order = _rows_kept(parent)
+        assert torch.equal(order.sort(dim=1).values, torch.arange(k).expand(50, k))  # permutations
+        placed = parent.gather(1, order)  # the parent of the beam in each row
+        for s in range(50):
+            parents = parent[s].tolist()
+            for p in set(parents):
+                assert placed[s, p] == p and order[s, p] == parents.index(p)  # the first child
+            moved = sum(placed[s, r] != r for r in range(k))
+            assert moved == k - len(set(parents))  # only the extra children move

@@ -230,6 +230,7 @@ def test_cross_attention_is_a_distribution_over_real_tokens() -> None:
 
 REORDERS = {  # index into 4 sentences x 2 beams, and then: rows per sentence, source copies
     "within": ([1, 0, 3, 2, 5, 4, 7, 6], 2, 4),  # beams swap inside each sentence
+    "few": ([0, 0, 2, 3, 4, 5, 7, 7], 2, 4),  # two beams change: copied in place
     "drop": ([0, 0, 4, 5, 6, 6], 2, 3),  # sentence 1 finished and left
     "reversed": ([7, 6, 5, 4, 3, 2, 1, 0], 2, 4),  # sentences in another order
     "mixed": ([0, 2, 1, 3], 1, 4),  # not side by side: a source copy per row
@@ -259,7 +260,9 @@ def test_beam_reorders_keep_the_source_once_per_sentence(name: str) -> None:
         beams = two_beams_after_a_step()
         selected = beams.select(index)
         assert selected.group == group and selected.src_mask.size(0) == copies
-        assert (selected.cross_kv is beams.cross_kv) == (name == "within")
+        assert (selected.cross_kv is beams.cross_kv) == (name in ("within", "few"))
+        in_place = selected.self_kv[0].storage is beams.self_kv[0].storage
+        assert in_place == (name in ("few", "mixed", "uneven"))  # under two thirds of the rows move
         out, attention, _ = model.step(prev, selected)
 
         beams = two_beams_after_a_step()
@@ -273,26 +276,35 @@ def test_beam_reorders_keep_the_source_once_per_sentence(name: str) -> None:
     torch.testing.assert_close(attention, attention_full, atol=1e-6, rtol=0)
 
 
-def test_cache_storage_is_reused_and_a_used_state_is_refused() -> None:
-    """Beam reorders copy the prefix into the storage the cache had a step before (two
-    storages take turns), positions are written in place, and a stale state raises."""
+@pytest.mark.parametrize("reorder", [[1, 0, 3, 2], [0, 0, 2, 2]])
+def test_cache_storage_is_reused_and_a_used_state_is_refused(reorder: list[int]) -> None:
+    """A reorder that moves most rows copies the prefix into the storage the cache had a step
+    before (two storages take turns); one that moves few copies those rows in place. Positions
+    are written in place, the steps equal a full pass, and a stale state raises."""
+    in_place = reorder == [0, 0, 2, 2]  # rows 1 and 3 change: 2 of 4
     model = make_model().eval()
     src, lengths, tgt_in = random_batch()
-    reorder = torch.tensor([1, 1, 0, 3])
+    index = torch.tensor(reorder)
     with torch.no_grad():
         state = model.init_state(model.encode(src, lengths))
-        storages = set()
+        storages, rows = set(), torch.arange(4)
         for t in range(tgt_in.size(1)):
-            _, _, stepped = model.step(tgt_in[:, t], state)
+            _, _, stepped = model.step(tgt_in[rows, t], state)
             assert stepped.self_kv[0].storage is state.self_kv[0].storage or t == 0
-            state = stepped.select(reorder)
-            assert state.self_kv[0].storage is stepped.self_kv[0].spare or t == 0
+            state = stepped.select(index)
+            rows = rows[index]
+            expected = stepped.self_kv[0].storage if in_place else stepped.self_kv[0].spare
+            assert state.self_kv[0].storage is expected or t == 0
             storages.add(id(state.self_kv[0].storage))
-        assert len(storages) == 2  # all fits the initial room: two storages in turn
-        old = state
-        _, _, state = model.step(tgt_in[:, 0], old)
+        assert len(storages) == (1 if in_place else 2)  # all fits the initial room
+        log_probs, _, _ = model.step(tgt_in[rows, 0], state)
+        full, _ = model(src[rows], lengths[rows], torch.cat([tgt_in[rows], tgt_in[rows, :1]], 1))
+        torch.testing.assert_close(log_probs, full[:, -1], atol=1e-5, rtol=0)
         with pytest.raises(RuntimeError, match="already used"):
-            model.step(tgt_in[:, 0], old)  # its newest position was overwritten
+            model.step(tgt_in[:, 0], state)  # its newest position was overwritten
+        if in_place:
+            with pytest.raises(RuntimeError, match="already used"):
+                model.step(tgt_in[:, 0], stepped)  # the reorder rewrote its rows
 
 
 def test_cache_grows_past_its_initial_room() -> None:
