@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # nmtkit from this
 from nmtkit.config import TransformerConfig  # noqa: E402
 from nmtkit.data import collate_source  # noqa: E402
 from nmtkit.model import build_model  # noqa: E402
-from nmtkit.quantize import quantize_int8  # noqa: E402
+from nmtkit.quantize import pack_linears, quantize_int8  # noqa: E402
 from nmtkit.search import beam_search, greedy_search  # noqa: E402
 from nmtkit.translator import keep_freed_memory  # noqa: E402
 
@@ -70,6 +70,8 @@ def nmtkit_decoder(cfg: TransformerConfig, vocab: int, steps: int, int8: bool) -
     model = build_model(cfg, vocab, vocab).eval()
     if int8:
         model = quantize_int8(model)
+    else:
+        pack_linears(model)  # as nmtkit.Translator does on the CPU
 
     def decode(sentences: list[list[int]], beam: int) -> list[int]:
         src, lengths = collate_source(sentences)  # appends EOS

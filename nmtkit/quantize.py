@@ -1,4 +1,12 @@
-"""int8 inference on CPU: dynamic quantisation of the linear layers.
+"""The linear layers for inference on the CPU: fp32 weights prepacked for oneDNN, or int8.
+
+`pack_linears` (what `Translator` does on the CPU by default) keeps each linear layer's fp32
+weight also in oneDNN's blocked layout, so that every call runs oneDNN's matrix multiply on it
+directly. The same multiplies through `F.linear` (Intel MKL in PyTorch's CPU builds) ran 10-40%
+slower on the AMD EPYC machine the benchmarks come from (the output layer at batch 1: 3.6x).
+The results are the same fp32 products, summed in another order.
+
+`quantize_int8` runs the multiplies in int8 instead, with a small cost in BLEU:
 
 Every nn.Linear is replaced by one that stores its weight in int8, with one scale per output
 row (per-channel: rows of very different size, as in the output layer, keep their precision),
@@ -17,7 +25,8 @@ from __future__ import annotations
 import warnings
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from nmtkit.errors import NMTKitError
 
@@ -40,3 +49,58 @@ def quantize_int8(model: nn.Module) -> nn.Module:
             dtype=torch.qint8,
             inplace=False,
         )
+
+
+class PackedLinear(nn.Module):
+    """An nn.Linear (the very same weight and bias parameters) that also holds its weight
+    prepacked for oneDNN. Without autograd, on the CPU in fp32, it multiplies with the packed
+    copy; anything else goes through F.linear. A weight changed in place since packing (an
+    optimizer step) is packed again before use."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight, self.bias = linear.weight, linear.bias  # shared: ties and state_dict keys stay
+        self._pack()
+
+    def _pack(self) -> None:
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), None)
+        self.packed_version = self.weight._version
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.is_grad_enabled() or not x.is_cpu or x.dtype != torch.float32:
+            return F.linear(x, self.weight, self.bias)
+        if self.weight._version != self.packed_version:
+            self._pack()
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, oneDNN-packed"
+
+
+def can_pack() -> bool:
+    """Whether this PyTorch build has the oneDNN operators pack_linears uses."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        layer = PackedLinear(nn.Linear(4, 2))
+        with torch.no_grad():
+            return torch.allclose(layer(torch.ones(1, 4)), F.linear(torch.ones(1, 4), layer.weight,
+                                                                    layer.bias), atol=1e-5)
+    except (RuntimeError, AttributeError):  # an op missing from this build
+        return False
+
+
+def pack_linears(model: nn.Module) -> int:
+    """Replace, in place, every fp32 nn.Linear of a CPU model by a PackedLinear that shares its
+    parameters. Returns how many were replaced: 0 where oneDNN is missing (nothing changes)."""
+    if not can_pack():
+        return 0
+    replaced = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear and child.weight.is_cpu and \
+                    child.weight.dtype == torch.float32:
+                setattr(parent, name, PackedLinear(child))
+                replaced += 1
+    return replaced

@@ -12,7 +12,8 @@
 Inputs are grouped into batches of similar length (at most `batch_tokens` source tokens each,
 padding included), so little work is spent on padding; results come back in input order.
 
-On the CPU a Translator also tells glibc's malloc to keep freed memory (`keep_freed_memory`).
+On the CPU a Translator also prepacks the fp32 linear layers for oneDNN (`quantize.pack_linears`)
+and tells glibc's malloc to keep freed memory (`keep_freed_memory`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from nmtkit.checkpoint import Checkpoint, load_checkpoint
 from nmtkit.data import TokenBatchSampler, collate_source
 from nmtkit.errors import NMTKitError
 from nmtkit.model import Seq2Seq
+from nmtkit.quantize import pack_linears
 from nmtkit.search import EnsembleModel, Hypothesis, beam_search, greedy_search
 from nmtkit.search import sample as sample_search  # `sample` is translate's flag
 
@@ -51,9 +53,11 @@ class Translator:
         device: str | torch.device = "cpu",
         quantize: str | None = None,
         keep_memory: bool = True,
+        pack: bool = True,
     ) -> None:
         """keep_memory: on the CPU, call keep_freed_memory() (see there; a process-wide
-        setting)."""
+        setting). pack: on the CPU, without quantize, pack the linear layers for oneDNN (see
+        quantize.pack_linears)."""
         ckpts = [checkpoints] if isinstance(checkpoints, Checkpoint) else list(checkpoints)
         if not ckpts:
             raise NMTKitError("no checkpoint given")
@@ -64,6 +68,9 @@ class Translator:
         models = [ckpt.model.to(self.device).eval() for ckpt in ckpts]
         if quantize is not None:
             models = [_quantized(m, quantize, self.device) for m in models]
+        elif pack and self.device.type == "cpu":
+            for m in models:
+                pack_linears(m)
         self.ckpt = ckpts[0]
         self.checkpoints = ckpts
         # one checkpoint decodes as itself; several through the ensemble wrapper
@@ -79,10 +86,11 @@ class Translator:
         device: str | torch.device = "cpu",
         quantize: str | None = None,
         keep_memory: bool = True,
+        pack: bool = True,
     ) -> Translator:
         """One checkpoint folder, or a list of them to decode as an ensemble."""
         paths = [path] if isinstance(path, str | Path) else list(path)
-        return cls([load_checkpoint(p, device) for p in paths], device, quantize, keep_memory)
+        return cls([load_checkpoint(p, device) for p in paths], device, quantize, keep_memory, pack)
 
     def _batches(self, ids: list[list[int]], batch_tokens: int) -> list[list[int]]:
         """Indices of non-empty inputs grouped by similar length, each group within batch_tokens

@@ -16,6 +16,7 @@ import torch
 from nmtkit.cli import main
 from nmtkit.config import Config, TransformerConfig
 from nmtkit.errors import NMTKitError
+from nmtkit.quantize import PackedLinear, can_pack, pack_linears
 from nmtkit.training import train
 from nmtkit.translator import Translator
 
@@ -97,6 +98,46 @@ def test_int8_quantized_translation(tiny_config, family) -> None:
     out = t.translate(sentences, beam=3)
     assert len(out) == len(sentences) and all(isinstance(s, str) for s in out)
     assert out[3] == "" and out[7] == ""
+
+
+@pytest.mark.parametrize("family", ["rnn", "transformer"])
+def test_packed_linear_layers_translate_as_plain_ones(tiny_config, family) -> None:
+    path = train_run(tiny_config, f"{family}-pack", family)
+    sentences = some_sources(tiny_config)
+    plain = Translator.load(path, pack=False)
+    packed = Translator.load(path)
+    linears = [m for m in plain.model.modules() if type(m) is torch.nn.Linear]
+    if not can_pack():
+        pytest.skip("this PyTorch build has no oneDNN")
+    assert linears and not any(type(m) is torch.nn.Linear for m in packed.model.modules())
+    assert sum(isinstance(m, PackedLinear) for m in packed.model.modules()) == len(linears)
+    assert packed.model.state_dict().keys() == plain.model.state_dict().keys()
+    for beam in (1, 3):
+        expected = plain.translate(sentences, beam=beam, return_details=True)
+        got = packed.translate(sentences, beam=beam, return_details=True)
+        assert [t.text for t in got] == [t.text for t in expected]
+        assert [t.score for t in got] == pytest.approx([t.score for t in expected], abs=1e-4)
+
+
+def test_packed_linear_shares_its_parameters_and_follows_their_changes() -> None:
+    if not can_pack():
+        pytest.skip("this PyTorch build has no oneDNN")
+    torch.manual_seed(0)
+    embedding = torch.nn.Embedding(50, 16)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 50))
+    model[2].weight = embedding.weight  # tied, as model.tie_output does
+    x = torch.randn(3, 5, 8)
+    with torch.no_grad():
+        expected = model(x)
+        assert pack_linears(model) == 2
+        assert model[2].weight is embedding.weight  # the tie survives
+        torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
+        embedding.weight.mul_(2)  # an in-place update (an optimizer step): packed again
+        doubled = model(x)
+    torch.testing.assert_close(doubled - model[2].bias, 2 * (expected - model[2].bias), atol=1e-4,
+                               rtol=1e-4)
+    model(x).sum().backward()  # with autograd on, the plain path: gradients reach the weights
+    assert model[0].weight.grad is not None and embedding.weight.grad.abs().sum() > 0
 
 
 def run_main(monkeypatch, capsys, stdin: str, *args: str) -> str:
