@@ -135,6 +135,18 @@ def _length_rules(log_probs: Tensor, t: int, limits: Tensor, min_len: int) -> No
 # ---- one path per sentence: greedy search and sampling ----
 
 
+def _remaining(done: Tensor) -> Tensor:
+    """Which rows (sentences) go on, given done (n,), in an order that moves few of them: the
+    ones after the last place that will be kept fill the places of those that leave, and every
+    other stays where it is (a state row that keeps its place needs no copy; the order of the
+    sentences in a batch means nothing to the search)."""
+    keep = (~done).nonzero().squeeze(1)
+    n_keep = keep.size(0)
+    order = torch.arange(n_keep, device=done.device)
+    order[done[:n_keep]] = keep[keep >= n_keep]  # as many holes as kept rows past the end
+    return order
+
+
 def _one_path(
     model: StepModel,
     src: Tensor,
@@ -177,7 +189,7 @@ def _one_path(
         if bool(done.all()):
             break
         if bool(done.any()):  # finished rows leave: the state shrinks to the active rows
-            keep = (~done).nonzero().squeeze(1)
+            keep = _remaining(done)
             active, state, best = active[keep], state.select(keep), best[keep]
         prev = best
     # one conversion to Python at the end, not one per step
@@ -382,7 +394,7 @@ def beam_search(
         if bool(done.all()):
             break
         if bool(done.any()):
-            keep = (~done).nonzero().squeeze(1)
+            keep = _remaining(done)
             active, beam_scores, rows, prev = active[keep], beam_scores[keep], rows[keep], prev[keep]
         rows, prev = rows.view(-1), prev.view(-1)  # (n' * k,)
         # reorder (and shrink) everything per row to the surviving beams: one select per step

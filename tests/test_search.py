@@ -10,6 +10,7 @@ from nmtkit.data import collate, collate_source
 from nmtkit.model import Seq2Seq, build_model
 from nmtkit.search import (
     EnsembleModel,
+    _remaining,
     _rows_kept,
     beam_search,
     greedy_search,
@@ -213,6 +214,19 @@ def test_top_extensions_pads_when_there_are_fewer_than_asked() -> None:
     scores, extensions = top_extensions(x, torch.zeros(2, 1), 5)
     assert scores[:, 3:].isneginf().all() and scores[:, :3].isfinite().all()
     assert ((extensions >= 0) & (extensions < 3)).all()
+
+
+def test_sentences_that_stay_keep_their_places() -> None:
+    """When sentences finish, the ones at the end fill their places; the others do not move."""
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        done = torch.rand(9, generator=g) < 0.4
+        if done.all():
+            continue
+        order = _remaining(done)
+        assert sorted(order.tolist()) == (~done).nonzero().squeeze(1).tolist()  # each once
+        stayed = [i for i in range(order.size(0)) if not done[i]]
+        assert order[stayed].tolist() == stayed
 
 
 def test_beams_keep_their_parents_rows() -> None:
