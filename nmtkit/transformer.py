@@ -138,9 +138,11 @@ class KVCache:
     Search adds one position per step and then reorders the beams. Growing the cache with
     torch.cat would copy the whole prefix at every step, and a fresh tensor per step pays page
     faults on first touch (the cache runs to megabytes). So the cache lives in preallocated
-    storage: a new position is written in place (the room doubles when full), and a reorder
-    (`select`) copies the prefix once, into the storage of the cache it was selected from a step
-    earlier: two storages take turns, allocated once.
+    storage, with room for the longest output when search says what that is (`reserve`): a new
+    position is written in place (the room doubles when full). A reorder (`select`) that moves
+    few rows, as beam search's do (most beams stay in their parent's row), copies just those
+    rows in place; one that moves most copies the prefix once, into the storage of the cache it
+    was selected from a step earlier: two storages take turns, allocated once.
 
     The price: a cache, like the decoder state that holds it, is used once. `append` and
     `select` write into storage that older caches point to, so using a cache after such a write

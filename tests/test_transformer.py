@@ -321,6 +321,23 @@ def test_cache_grows_past_its_initial_room() -> None:
     assert state.self_kv[0].storage.keys.size(1) >= 40
 
 
+def test_a_state_told_its_longest_output_never_grows_its_cache() -> None:
+    """init_state(enc, max_len) makes room for max_len positions at once: 40 steps write into
+    one storage (no copy to a bigger one midway), with the same outputs as a full pass."""
+    model = make_model().eval()
+    src, src_lengths, _ = random_batch()
+    tgt_in = torch.cat([torch.full((4, 1), BOS_ID), torch.randint(4, VOCAB, (4, 39))], dim=1)
+    with torch.no_grad():
+        full, _ = model(src, src_lengths, tgt_in)
+        state = model.init_state(model.encode(src, src_lengths), max_len=40)
+        storages = set()
+        for t in range(tgt_in.size(1)):
+            log_probs, _, state = model.step(tgt_in[:, t], state)
+            torch.testing.assert_close(log_probs, full[:, t], atol=1e-5, rtol=0)
+            storages.add(id(state.self_kv[0].storage))
+    assert len(storages) == 1 and state.self_kv[0].storage.keys.size(1) == 40
+
+
 def test_feeding_own_predictions_trains_through_the_cache() -> None:
     """teacher_forcing_ratio 0 runs the cached steps with autograd on: the outputs equal a
     no-grad greedy replay and gradients reach the decoder's self-attention."""
