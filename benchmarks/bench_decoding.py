@@ -14,7 +14,8 @@ compared (the weights are random); shapes and output lengths are. Every system g
 number of threads and runs in a worker process of its own, so that no system's thread pool
 (CTranslate2 and PyTorch each bring their own copy of OpenMP) or allocator state slows another; this
 process sends the same batches to the workers in turn, one at a time, with a pause between,
-and the table shows medians. nmtkit decodes as its Translator does (keep_freed_memory on).
+and the table shows medians. nmtkit decodes as its Translator does on the CPU (keep_freed_memory
+on, linear layers packed for oneDNN).
 
     /work/peers-venv/bin/python benchmarks/bench_decoding.py   # peers installed there, see README
 
