@@ -54,8 +54,9 @@ def quantize_int8(model: nn.Module) -> nn.Module:
 class PackedLinear(nn.Module):
     """An nn.Linear (the very same weight and bias parameters) that also holds its weight
     prepacked for oneDNN. Without autograd, on the CPU in fp32, it multiplies with the packed
-    copy; anything else goes through F.linear. A weight changed in place since packing (an
-    optimizer step) is packed again before use."""
+    copy; anything else goes through F.linear. A weight changed since packing (an optimizer
+    step, a move to another device and back) is packed again before use. Copies and pickles
+    leave the packed copy out and pack afresh."""
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
@@ -63,16 +64,32 @@ class PackedLinear(nn.Module):
         self.weight, self.bias = linear.weight, linear.bias  # shared: ties and state_dict keys stay
         self._pack()
 
+    def _weight_key(self) -> tuple[int, int]:
+        return self.weight.data_ptr(), self.weight._version
+
     def _pack(self) -> None:
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), None)
-        self.packed_version = self.weight._version
+        self.packed_key = self._weight_key()
+        weight = self.weight.detach()
+        usable = weight.is_cpu and weight.dtype == torch.float32
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, None) if usable else None
 
     def forward(self, x: Tensor) -> Tensor:
         if torch.is_grad_enabled() or not x.is_cpu or x.dtype != torch.float32:
             return F.linear(x, self.weight, self.bias)
-        if self.weight._version != self.packed_version:
+        if self._weight_key() != self.packed_key:
             self._pack()
+        if self.packed is None:
+            return F.linear(x, self.weight, self.bias)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("packed")  # oneDNN's blocked tensor has no storage to copy or pickle
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._pack()
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, oneDNN-packed"

@@ -1,5 +1,6 @@
 """The Python API and `nmtkit translate` on tiny trained checkpoints of both model families."""
 
+import copy
 import io
 import json
 import os
@@ -138,6 +139,12 @@ def test_packed_linear_shares_its_parameters_and_follows_their_changes() -> None
                                rtol=1e-4)
     model(x).sum().backward()  # with autograd on, the plain path: gradients reach the weights
     assert model[0].weight.grad is not None and embedding.weight.grad.abs().sum() > 0
+    copied = copy.deepcopy(model)  # packed afresh: the oneDNN copy itself cannot be copied
+    assert copied[2].weight is not model[2].weight
+    with torch.no_grad():
+        torch.testing.assert_close(copied(x), model(x), atol=1e-5, rtol=1e-5)
+        copied[2].weight.zero_()
+        assert torch.equal(copied(x), copied[2].bias.expand(3, 5, 50))
 
 
 def run_main(monkeypatch, capsys, stdin: str, *args: str) -> str:
