@@ -2,7 +2,7 @@
 
 A decoder offers two ways to run:
 - `forward(tgt_in, enc)`: teacher forcing over the whole gold prefix at once (training);
-- `init_state(enc)` then `step(prev_tokens, state)`: one target token at a time (search).
+- `init_state(enc, max_len)` then `step(prev_tokens, state)`: one target token at a time (search).
 The state is a small object whose `select(index)` picks batch rows, which is all beam search
 needs to expand sentences into beams, reorder beams and drop finished sentences.
 """

@@ -6,7 +6,7 @@ directly. The same multiplies through `F.linear` (Intel MKL in PyTorch's CPU bui
 slower on the AMD EPYC machine the benchmarks come from (the output layer at batch 1: 3.6x).
 The results are the same fp32 products, summed in another order.
 
-`quantize_int8` runs the multiplies in int8 instead, with a small cost in BLEU:
+`quantize_int8` runs the multiplies in int8 instead (its BLEU cost is measured in the README):
 
 Every nn.Linear is replaced by one that stores its weight in int8, with one scale per output
 row (per-channel: rows of very different size, as in the output layer, keep their precision),
@@ -22,7 +22,9 @@ output layer, one (d_model x vocab) multiply per step, is among the largest matr
 
 from __future__ import annotations
 
+import copy
 import warnings
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +36,8 @@ QUANTIZE_CHOICES = ("int8",)
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:
-    """A copy of `model` (on the CPU, in eval mode) with int8 dynamic linear layers."""
+    """A copy of `model` (on the CPU, in eval mode) with int8 dynamic linear layers; packed
+    ones (PackedLinear) are quantized too."""
     if "fbgemm" not in torch.backends.quantized.supported_engines and \
             "x86" not in torch.backends.quantized.supported_engines:
         raise NMTKitError("--quantize int8 needs a PyTorch build with the fbgemm/x86 quantized "
@@ -43,41 +46,50 @@ def quantize_int8(model: nn.Module) -> nn.Module:
         # torch.ao.quantization still works, but warns that it will move to torchao
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
+        model = copy.deepcopy(model).cpu().eval()
+        _replace(model, lambda m: m.unpacked() if isinstance(m, PackedLinear) else None)
         return torch.ao.quantization.quantize_dynamic(
-            model.cpu().eval(),
+            model,
             {nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig},
             dtype=torch.qint8,
-            inplace=False,
+            inplace=True,
         )
 
 
 class PackedLinear(nn.Module):
     """An nn.Linear (the very same weight and bias parameters) that also holds its weight
-    prepacked for oneDNN. Without autograd, on the CPU in fp32, it multiplies with the packed
-    copy; anything else goes through F.linear. A weight changed since packing (an optimizer
-    step, a move to another device and back) is packed again before use. Copies and pickles
-    leave the packed copy out and pack afresh."""
+    prepacked for oneDNN. Without autograd or autocast, on the CPU in fp32, it multiplies with
+    the packed copy; anything else goes through F.linear. A weight changed since packing (an
+    optimizer step, a move to another device and back) is packed again before use, but a
+    change made through `.data` (or to an inference-mode tensor) leaves no trace: call
+    `repack()` after one. Copies and pickles leave the packed copy out and pack afresh."""
+
+    packed: Tensor | None  # the weight in oneDNN's layout (None: off the CPU or not fp32)
+    packed_key: tuple[int, int]  # the weight's storage and version when packed
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight, self.bias = linear.weight, linear.bias  # shared: ties and state_dict keys stay
-        self._pack()
+        self.repack()
 
     def _weight_key(self) -> tuple[int, int]:
-        return self.weight.data_ptr(), self.weight._version
+        # an inference-mode tensor keeps no version count (and cannot change outside that mode)
+        version = -1 if self.weight.is_inference() else self.weight._version
+        return self.weight.data_ptr(), version
 
-    def _pack(self) -> None:
+    def repack(self) -> None:
         self.packed_key = self._weight_key()
         weight = self.weight.detach()
         usable = weight.is_cpu and weight.dtype == torch.float32
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, None) if usable else None
 
     def forward(self, x: Tensor) -> Tensor:
-        if torch.is_grad_enabled() or not x.is_cpu or x.dtype != torch.float32:
+        if torch.is_grad_enabled() or not x.is_cpu or x.dtype != torch.float32 or \
+                torch.is_autocast_enabled("cpu"):
             return F.linear(x, self.weight, self.bias)
         if self._weight_key() != self.packed_key:
-            self._pack()
+            self.repack()
         if self.packed is None:
             return F.linear(x, self.weight, self.bias)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
@@ -89,10 +101,18 @@ class PackedLinear(nn.Module):
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
-        self._pack()
+        self.repack()
+
+    def unpacked(self) -> nn.Linear:
+        """A plain nn.Linear with the same parameters."""
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                           device="meta")
+        linear.weight, linear.bias = self.weight, self.bias
+        return linear
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, oneDNN-packed"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, oneDNN-packed")
 
 
 def can_pack() -> bool:
@@ -113,11 +133,23 @@ def pack_linears(model: nn.Module) -> int:
     parameters. Returns how many were replaced: 0 where oneDNN is missing (nothing changes)."""
     if not can_pack():
         return 0
+
+    def packed(module: nn.Module) -> PackedLinear | None:
+        plain = type(module) is nn.Linear
+        if plain and module.weight.is_cpu and module.weight.dtype == torch.float32:
+            return PackedLinear(module)
+        return None
+
+    return _replace(model, packed)
+
+
+def _replace(model: nn.Module, convert: Callable[[nn.Module], nn.Module | None]) -> int:
+    """Swap, in place, every submodule for which convert returns a module; returns how many."""
     replaced = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear and child.weight.is_cpu and \
-                    child.weight.dtype == torch.float32:
-                setattr(parent, name, PackedLinear(child))
+            new = convert(child)
+            if new is not None:
+                setattr(parent, name, new)
                 replaced += 1
     return replaced

@@ -272,11 +272,11 @@ class CrossAttention(MultiHeadAttention):
         q = self.split_heads(q)  # (sentences, heads, group * tgt_len, head_dim)
         k, v = memory_kv
         mask = src_mask[:, None, None, :]  # (sentences, 1, 1, src_len): padding is never attended
-        if self.training and not need_weights:
+        if not need_weights and (self.training or tgt_len > 1):
             return self.attend(q, k, v, mask).view(batch, tgt_len, d_model), None
-        # By hand: SDPA cannot return the weights, and with the handful of queries per sentence
-        # of a search step its CPU kernel took 3x as long as this (0.52 against 0.17 ms at 64
-        # sentences x 5 beams).
+        # By hand: SDPA cannot return the weights, and for a search step (one new position per
+        # row: a handful of queries per sentence) its CPU kernel took 3x as long as this (0.52
+        # against 0.17 ms at 64 sentences x 5 beams).
         scores = (q @ k.transpose(-2, -1)).mul_(q.size(-1) ** -0.5)  # (sentences, heads, g * len, src)
         weights = scores.masked_fill_(~mask, float("-inf")).softmax(dim=-1)
         context = F.dropout(weights, self.dropout, self.training) @ v
@@ -409,8 +409,9 @@ class TransformerDecoder(Decoder):
     The attention returned, (batch, tgt_len, src_len) by `forward` and (batch, src_len) by
     `step`, is the last layer's cross-attention averaged over its heads. Set `keep_all_attention`
     to also get, after each call, every layer's per-head weights in `last_cross_attention`: one
-    (batch, heads, new_len, src_len) tensor per layer. That makes every layer compute its weights
-    by hand instead of with the fused kernel, so it is off unless someone wants to look.
+    (batch, heads, new_len, src_len) tensor per layer. In training and teacher-forced passes
+    that makes every layer compute its weights by hand instead of with the fused kernel, so it
+    is off unless someone wants to look.
     """
 
     def __init__(self, embedding: nn.Embedding, cfg: TransformerConfig) -> None:

@@ -17,7 +17,7 @@ import torch
 from nmtkit.cli import main
 from nmtkit.config import Config, TransformerConfig
 from nmtkit.errors import NMTKitError
-from nmtkit.quantize import PackedLinear, can_pack, pack_linears
+from nmtkit.quantize import PackedLinear, can_pack, pack_linears, quantize_int8
 from nmtkit.training import train
 from nmtkit.translator import Translator
 
@@ -145,6 +145,30 @@ def test_packed_linear_shares_its_parameters_and_follows_their_changes() -> None
         torch.testing.assert_close(copied(x), model(x), atol=1e-5, rtol=1e-5)
         copied[2].weight.zero_()
         assert torch.equal(copied(x), copied[2].bias.expand(3, 5, 50))
+
+
+def test_packed_layers_quantize_and_pack_in_inference_mode_and_under_autocast() -> None:
+    if not can_pack():
+        pytest.skip("this PyTorch build has no oneDNN")
+    with torch.inference_mode():  # parameters made here are inference tensors
+        model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Linear(16, 4, bias=False))
+        x = torch.randn(3, 8)
+        expected = model(x)
+    assert pack_linears(model) == 2
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
+        with torch.autocast("cpu", torch.bfloat16):
+            assert model(x).dtype == torch.bfloat16  # as nn.Linear under autocast
+    quantized = quantize_int8(model)  # packed layers are quantized, not skipped
+    int8 = torch.ao.nn.quantized.dynamic.Linear
+    assert [type(m) for m in quantized] == [int8, int8]
+    assert all(isinstance(m, PackedLinear) for m in model)  # the original keeps its layers
+
+    layer = PackedLinear(torch.nn.Linear(8, 4))
+    with torch.no_grad():
+        layer.weight.data.zero_()  # a change autograd cannot see: repack() picks it up
+        layer.repack()
+        torch.testing.assert_close(layer(x), layer.bias.expand(3, 4))
 
 
 def run_main(monkeypatch, capsys, stdin: str, *args: str) -> str:
