@@ -384,9 +384,8 @@ def beam_search(
         # the next beams: the k best candidates that do not end (EOS ones are moved last)
         order = torch.arange(2 * k, device=device) + is_eos * (2 * k)  # (n, 2k)
         keep_beams = order.topk(k, dim=1, largest=False).indices  # (n, k)
-        rows = parents.gather(1, keep_beams)  # (n, k)
         # the beams' order means nothing to the search: let most stay in their parent's row
-        keep_beams = keep_beams.gather(1, _rows_kept(rows % beams))
+        keep_beams = keep_beams.gather(1, _rows_kept(parents.gather(1, keep_beams) % beams))
         beam_scores = top_scores.gather(1, keep_beams)
         rows = parents.gather(1, keep_beams)  # (n, k)
         prev = top_tokens.gather(1, keep_beams)  # (n, k)
