@@ -247,11 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--device", default="cpu")
         sp.add_argument("--batch-tokens", type=int, default=None)
 
-    def with_search(sp: argparse.ArgumentParser) -> None:
+    def with_decoding(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--beam", type=int, default=None,
                         help="beam size, 1 = greedy (default: the config's decoding.beam)")
         sp.add_argument("--length-penalty", type=float, default=None,
                         help="GNMT length penalty alpha, 0 = none (default: the config's)")
+        sp.add_argument("--quantize", choices=["int8"], default=None,
+                        help="int8 dynamic quantization of the linear layers (CPU)")
 
     sp = sub.add_parser("translate", help="translate stdin (or --input) to stdout, line by line")
     sp.add_argument("--checkpoint", required=True, action="append",
@@ -261,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="source tokens per batch (default: the config's decoding.batch_tokens)")
     sp.add_argument("--input", help="read this file instead of stdin")
     sp.add_argument("--chunk-lines", type=int, default=2000, help="most lines read per batch round")
-    with_search(sp)
+    with_decoding(sp)
     sp.add_argument("--nbest", type=int, default=1,
                     help="output the N best (beam) or N samples per input line")
     sp.add_argument("--sample", action="store_true", help="sample each token (instead of --beam)")
@@ -271,19 +273,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=None, help="seed for --sample")
     sp.add_argument("--output-format", choices=["text", "jsonl"], default="text",
                     help="jsonl: {translation, score, tokens[, nbest]} per input line")
-    sp.add_argument("--quantize", choices=["int8"], default=None,
-                    help="int8 dynamic quantization of the linear layers (CPU)")
     sp.set_defaults(fn=cmd_translate)
 
     sp = sub.add_parser("evaluate", help="sacreBLEU BLEU and chrF of translations of --src")
     with_ckpt(sp)
-    with_search(sp)
+    with_decoding(sp)
     sp.add_argument("--src", required=True)
     sp.add_argument("--ref", required=True)
     sp.add_argument("--output", help="also write the translations here")
     sp.add_argument("--tokenize", default=None, help="sacreBLEU tokenizer (default 13a)")
-    sp.add_argument("--quantize", choices=["int8"], default=None,
-                    help="int8 dynamic quantization of the linear layers (CPU)")
     sp.set_defaults(fn=cmd_evaluate)
 
     sp = sub.add_parser("plot-attention", help="attention heatmap of one sentence")
