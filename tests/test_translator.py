@@ -232,8 +232,9 @@ if sys.argv[1] == "keep":
     if keep_freed_memory() < 64 << 20:
         print("unsupported")  # an older glibc: blocks this large are still mapped afresh
         sys.exit()
-for _ in range(5):
-    torch.ones(16 << 20)  # warm up: the first blocks are new memory in any case
+for _ in range(10):
+    torch.ones(16 << 20)  # warm up: the first blocks are new memory in any case, and small
+    # allocations made meanwhile (thread pools starting) can push the next few to new addresses
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(20):
     torch.ones(16 << 20)  # 64 MiB (past the 32 MiB where glibc always maps afresh): allocated, touched, freed
