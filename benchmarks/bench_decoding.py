@@ -6,6 +6,7 @@ random weights, on the same random source sentences, for the same number of deco
 
     nmtkit        build_model(config), greedy_search / beam_search (and --quantize int8)
     transformers  a MarianMTModel built offline from a MarianConfig of that shape, generate()
+                  (and int8: the same dynamic int8 linear layers as nmtkit's, quantize_int8)
     ctranslate2   that Marian model converted with CTranslate2's converter (float32 and int8)
 
 Output length is forced so that no system wins by stopping early: every sentence takes exactly
@@ -189,7 +190,10 @@ def build_system(name: str, args: argparse.Namespace, cfg: TransformerConfig, vo
     if name.startswith("transformers"):
         from transformers import MarianMTModel
 
-        return hf_decoder(MarianMTModel.from_pretrained(folder / "marian").eval(), args.steps)
+        model = MarianMTModel.from_pretrained(folder / "marian").eval()
+        if name.endswith("int8"):  # PyTorch's dynamic int8 linear layers, as nmtkit's --quantize
+            model = quantize_int8(model)
+        return hf_decoder(model, args.steps)
     kind = "float32" if name.endswith("fp32") else "int8"
     tokens = json.loads((folder / "tokens.json").read_text())
     return ct2_decoder(ct2_path(folder, kind), kind, tokens, args.steps, args.threads)
@@ -231,8 +235,8 @@ def prepare_peers(cfg: TransformerConfig, vocab: int, folder: Path) -> list[str]
         ct2_models(vocab, folder)
     except ImportError as err:
         print(f"skipping ctranslate2: {err}")
-        return ["transformers fp32"]
-    return ["transformers fp32", "ctranslate2 fp32", "ctranslate2 int8"]
+        return ["transformers fp32", "transformers int8"]
+    return ["transformers fp32", "transformers int8", "ctranslate2 fp32", "ctranslate2 int8"]
 
 
 def main() -> None:
@@ -294,15 +298,15 @@ def main() -> None:
           f"{args.threads} threads; {args.steps} decoder steps per sentence; source mean "
           f"{sum(len(s) for s in sentences) / len(sentences):.1f} tokens; median of {args.repeats}\n")
     print(f"| {'system':<18} | beam | batch | sentences/s | (slowest-fastest) | target tokens/s | "
-          "vs transformers | vs ctranslate2 same dtype |")
+          "vs transformers same dtype | vs ctranslate2 same dtype |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for beam, batch in settings:
         n = args.sentences if batch > 1 else args.batch1_sentences
         speed = {name: n / statistics.median(times[(name, beam, batch)]) for name in names}
         for name in names:
             spread = f"{n / max(times[(name, beam, batch)]):.1f}-{n / min(times[(name, beam, batch)]):.1f}"
-            hf = speed.get("transformers fp32")
             dtype = name.split()[-1]
+            hf = speed.get(f"transformers {dtype}")
             ct2 = speed.get(f"ctranslate2 {dtype}")
             vs_hf = f"{speed[name] / hf:.2f}x" if hf and not name.startswith("transformers") else ""
             vs_ct2 = f"{speed[name] / ct2:.2f}x" if ct2 and name.startswith("nmtkit") else ""
