@@ -1,13 +1,16 @@
-"""Attention for the RNN decoder: score each encoder state against the decoder's query.
+"""Attention for the RNN decoder: score each encoder state h_s against the decoder's query q.
 
-    score(h_t, h_s) = h_t . h_s                  dot      (Luong et al. 2015)
-                    = (W_a h_t) . h_s            general  (a bias-free linear map of the query)
-                    = v_a . tanh(W_q h_t + W_k h_s)  additive (Bahdanau et al. 2015)
+    score(q, h_s) = q . h_s                        dot       (Luong et al. 2015)
+                  = (W_a q) . h_s                  general   (a bias-free linear map of the query)
+                  = v_a . tanh(W_q q + W_k h_s)    concat    (Luong's name; also Bahdanau's score)
 
     a_t = softmax(score) over real source positions (padding gets exactly zero weight)
-    c_t = sum_s a_t(s) h_s                       the context vector
+    c_t = sum_s a_t(s) h_s                         the context vector
 
-The Transformer's multi-head attention lives in `transformer.py`.
+`bahdanau` scores like `concat`; what makes it Bahdanau et al. (2015) is where the decoder asks
+(with its previous state s_{t-1}, before the RNN step) and where the context goes (into the
+RNN's input): see `rnn.RNNDecoder`. The Transformer's multi-head attention lives in
+`transformer_layers.py`.
 """
 
 from __future__ import annotations
@@ -16,21 +19,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+KINDS = ("dot", "general", "concat", "bahdanau")
+
 
 class RNNAttention(nn.Module):
-    """One attention for all three score functions; `keys` are precomputed once per sentence."""
+    """One attention for all score functions; `keys` are precomputed once per sentence."""
 
     def __init__(self, kind: str, query_size: int, memory_size: int) -> None:
         super().__init__()
-        if kind not in ("dot", "general", "additive"):
+        if kind not in KINDS:
             raise ValueError(f"unknown attention {kind!r}")
         self.kind = kind
+        self.additive = kind in ("concat", "bahdanau")
         self.query_proj: nn.Linear | None = None
         self.key_proj: nn.Linear | None = None
         self.v: nn.Linear | None = None
         if kind == "general":
             self.query_proj = nn.Linear(query_size, memory_size, bias=False)
-        elif kind == "additive":
+        elif self.additive:
             self.query_proj = nn.Linear(query_size, query_size, bias=False)
             self.key_proj = nn.Linear(memory_size, query_size, bias=False)
             self.v = nn.Linear(query_size, 1, bias=False)
@@ -48,7 +54,7 @@ class RNNAttention(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """query (batch, tgt_len, query); keys (batch, src_len, k); memory (batch, src_len, memory);
         src_mask (batch, src_len) True at real tokens. Returns context and weights."""
-        if self.kind == "additive":
+        if self.additive:
             q = self.query_proj(query)  # (batch, tgt_len, query)
             scores = self.v(torch.tanh(q.unsqueeze(2) + keys.unsqueeze(1))).squeeze(-1)
         else:

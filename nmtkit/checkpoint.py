@@ -31,7 +31,8 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 
 from nmtkit.config import Config, config_from_dict
 from nmtkit.errors import NMTKitError
-from nmtkit.model import Seq2Seq, build_model
+from nmtkit.model import build_model
+from nmtkit.seq2seq import Seq2Seq
 from nmtkit.vocabulary import Tokenizer
 
 FORMAT_VERSION = 1

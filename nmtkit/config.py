@@ -6,18 +6,21 @@ key path and the file instead of being silently ignored.
 
 from __future__ import annotations
 
+import difflib
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from nmtkit.errors import NMTKitError
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # no inf/nan: every value must survive the round trip through checkpoint.json
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -49,35 +52,65 @@ class RNNConfig(_Section):
 
     type: Literal["rnn"] = "rnn"
     cell: Literal["lstm", "gru"] = "lstm"
-    embed_size: int = Field(256, ge=1)
-    hidden_size: int = Field(512, ge=1)
-    encoder_layers: int = Field(2, ge=1)
-    decoder_layers: int = Field(2, ge=1)
+    embed_size: int = Field(256, ge=1, le=65536)
+    hidden_size: int = Field(512, ge=1, le=65536)
+    encoder_layers: int = Field(2, ge=1, le=64)
+    decoder_layers: int = Field(2, ge=1, le=64)
     bidirectional: bool = True
-    bridge: Literal["concat", "sum", "mean"] = "concat"
-    attention: Literal["none", "dot", "general", "additive"] = "general"
-    input_feeding: bool = True
+    bridge: Literal["concat", "sum", "mean", "max"] = Field(
+        "concat", description="how a bidirectional encoder's two final states become one")
+    attention: Literal["none", "dot", "general", "concat", "bahdanau"] = Field(
+        "general", description="dot/general/concat: Luong's scores on h_t after the RNN step; "
+        "bahdanau: scored with s_{t-1} before it, the context fed into the RNN")
+    input_feeding: bool | None = Field(
+        None, description="feed h~_{t-1} into the next step (Luong); default on with a Luong "
+        "attention, and not available with bahdanau (which feeds the context) or none")
     reverse_source: bool = False
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     share_embeddings: bool = False
     tie_output: bool = False
 
+    @model_validator(mode="after")
+    def _input_feeding(self) -> RNNConfig:
+        luong = self.attention in ("dot", "general", "concat")
+        if self.input_feeding and not luong:
+            raise ValueError(
+                f"input_feeding: needs a Luong attention (dot, general, concat), not "
+                f"{self.attention!r}" + (": Bahdanau attention feeds its context into the RNN "
+                                         "already" if self.attention == "bahdanau" else ""))
+        if self.input_feeding is None:
+            object.__setattr__(self, "input_feeding", luong)
+        return self
 
-class TransformerConfig(_Section):
-    """The Transformer (Vaswani et al. 2017)."""
 
-    type: Literal["transformer"] = "transformer"
-    d_model: int = Field(256, ge=8)
-    heads: int = Field(4, ge=1)
-    ff_size: int = Field(1024, ge=1)
-    encoder_layers: int = Field(3, ge=1)
-    decoder_layers: int = Field(3, ge=1)
+class TransformerBlocks(_Section):
+    """What every stack of Transformer layers shares (the encoder-decoder, the decoder-only
+    model and the Vision Transformer)."""
+
+    d_model: int = Field(256, ge=8, le=65536)
+    heads: int = Field(4, ge=1, le=1024)
+    ff_size: int = Field(1024, ge=1, le=1048576)
     norm: Literal["pre", "post"] = "pre"
     positional: Literal["sinusoidal", "learned", "none"] = "sinusoidal"
-    max_positions: int = Field(1024, ge=1)
+    max_positions: int = Field(1024, ge=1, le=1048576)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     attention_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     activation_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TransformerBlocks:
+        if self.d_model % self.heads:
+            raise ValueError(f"heads: {self.heads} does not divide d_model ({self.d_model}): "
+                             "each head gets an equal slice")
+        return self
+
+
+class TransformerConfig(TransformerBlocks):
+    """The Transformer (Vaswani et al. 2017)."""
+
+    type: Literal["transformer"] = "transformer"
+    encoder_layers: int = Field(3, ge=1, le=256)
+    decoder_layers: int = Field(3, ge=1, le=256)
     share_embeddings: bool = False
     tie_output: bool = True
 
@@ -145,16 +178,61 @@ class Config(_Section):
         return json.loads(self.model_dump_json())
 
 
+MODEL_CONFIGS: dict[str, type[BaseModel]] = {"rnn": RNNConfig, "transformer": TransformerConfig}
+# keys of one model family that the other spells differently
+ANALOGUES = {"hidden_size": "d_model", "embed_size": "d_model", "d_model": "hidden_size / embed_size"}
+
+
+def _section_class(loc: tuple[Any, ...]) -> tuple[type[BaseModel] | None, str | None]:
+    """The config class holding the key at loc[-1], and the model type if in `model`."""
+    cls: type[BaseModel] = Config
+    parts, tag = list(loc[:-1]), None
+    while parts:
+        name = parts.pop(0)
+        if cls is Config and name == "model":
+            tag = str(parts.pop(0)) if parts else None
+            if tag not in MODEL_CONFIGS:
+                return None, None
+            cls = MODEL_CONFIGS[tag]
+            continue
+        field = cls.model_fields.get(str(name))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None, None
+        cls = annotation
+    return cls, tag
+
+
+def _unknown_key_hint(loc: tuple[Any, ...]) -> str:
+    """'did you mean ...?', or which model family the key belongs to."""
+    key = str(loc[-1])
+    cls, tag = _section_class(loc)
+    if cls is None:
+        return ""
+    others = [t for t, c in MODEL_CONFIGS.items() if t != tag and key in c.model_fields]
+    if tag is not None and others:
+        hint = f" (a key of model.type {others[0]}, and this model is {tag}"
+        if key in ANALOGUES and ANALOGUES[key].split(" ")[0] in cls.model_fields:
+            hint += f": its key is {ANALOGUES[key]}"
+        return hint + ")"
+    close = difflib.get_close_matches(key, list(cls.model_fields), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
 def _format_error(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+        parts = tuple(p for p in e["loc"] if not str(p).startswith("function-"))
         # drop the union tag pydantic inserts ("model.rnn.hidden_size" -> "model.hidden_size")
-        loc = loc.replace("model.rnn.", "model.").replace("model.transformer.", "model.")
-        msg = e["msg"]
+        shown = [str(p) for i, p in enumerate(parts) if not (i == 1 and parts[0] == "model"
+                                                               and p in MODEL_CONFIGS)]
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        lines.append(f"{loc}: {msg}")
+            msg = "unknown key" + _unknown_key_hint(parts)
+        elif e["type"] == "value_error" and re.match(r"^\w+: ", msg):
+            key, msg = msg.split(": ", 1)  # a check across keys names the key it is about
+            shown.append(key)
+        lines.append(f"{'.'.join(shown) or 'config'}: {msg}")
     return f"{source}: invalid config: " + "; ".join(lines)
 
 

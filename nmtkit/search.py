@@ -25,9 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nmtkit.decoders import DecoderState
-from nmtkit.encoders import EncoderOutput
-from nmtkit.model import Seq2Seq
+from nmtkit.seq2seq import DecoderState, EncoderOutput, Seq2Seq
 from nmtkit.vocabulary import BOS_ID, EOS_ID, PAD_ID
 
 NEG_INF = float("-inf")
@@ -72,7 +70,7 @@ class EnsembleModel(nn.Module):
 
     @property
     def max_steps(self) -> int | None:
-        caps = [m.decoder.max_steps for m in self.models if m.decoder.max_steps is not None]
+        caps = [m.max_steps for m in self.models if m.max_steps is not None]
         return min(caps) if caps else None
 
     def encode(self, src: Tensor, src_lengths: Tensor) -> list[EncoderOutput]:
@@ -108,7 +106,7 @@ def max_lengths(src_lengths: Tensor, max_len_a: float, max_len_b: int) -> Tensor
 def length_limits(model: StepModel, src_lengths: Tensor, max_len_a: float, max_len_b: int) -> Tensor:
     """max_lengths, capped where the decoder has a fixed number of positions."""
     limits = max_lengths(src_lengths, max_len_a, max_len_b)
-    cap = model.max_steps if isinstance(model, EnsembleModel) else model.decoder.max_steps
+    cap = model.max_steps
     return limits if cap is None else limits.clamp(max=cap - 1)
 
 

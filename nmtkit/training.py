@@ -40,9 +40,10 @@ from nmtkit.data import PreparedData, TokenBatchSampler, collate, prepare
 from nmtkit.errors import NMTKitError
 from nmtkit.loss import label_smoothed_nll, perplexity
 from nmtkit.metrics import bleu_score
-from nmtkit.model import Seq2Seq, build_model, count_parameters
+from nmtkit.model import build_model, count_parameters
 from nmtkit.schedules import LRSchedule
 from nmtkit.search import greedy_search
+from nmtkit.seq2seq import Seq2Seq
 
 CKPT_PREFIX = "ckpt-"
 

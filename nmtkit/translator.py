@@ -30,10 +30,10 @@ from torch import Tensor
 from nmtkit.checkpoint import Checkpoint, load_checkpoint
 from nmtkit.data import TokenBatchSampler, collate_source
 from nmtkit.errors import NMTKitError
-from nmtkit.model import Seq2Seq
 from nmtkit.quantize import pack_linears
 from nmtkit.search import EnsembleModel, Hypothesis, beam_search, greedy_search
 from nmtkit.search import sample as sample_search  # `sample` is translate's flag
+from nmtkit.seq2seq import Seq2Seq
 
 
 @dataclass

@@ -4,7 +4,7 @@ import torch
 from nmtkit.attention import RNNAttention
 
 
-@pytest.mark.parametrize("kind", ["dot", "general", "additive"])
+@pytest.mark.parametrize("kind", ["dot", "general", "concat"])
 @pytest.mark.parametrize("memory_size", [8, 16])
 def test_shapes_and_padding_gets_zero_weight(kind: str, memory_size: int) -> None:
     torch.manual_seed(0)

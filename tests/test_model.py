@@ -53,7 +53,7 @@ def _overfit(cfg: RNNConfig, steps: int = 300) -> tuple[list[list[int]], list[li
 
 @pytest.mark.parametrize("kw", [
     {"cell": "lstm", "attention": "general", "input_feeding": True},
-    {"cell": "gru", "attention": "additive", "input_feeding": False, "bridge": "sum"},
+    {"cell": "gru", "attention": "concat", "input_feeding": False, "bridge": "sum"},
     {"cell": "lstm", "attention": "dot", "reverse_source": True, "bridge": "mean"},
 ])
 def test_small_model_overfits_to_exact_match(kw) -> None:

@@ -7,7 +7,7 @@ import torch
 
 from nmtkit.config import RNNConfig, TransformerConfig
 from nmtkit.data import collate, collate_source
-from nmtkit.model import Seq2Seq, build_model
+from nmtkit.model import build_model
 from nmtkit.search import (
     EnsembleModel,
     _remaining,
@@ -19,6 +19,7 @@ from nmtkit.search import (
     sample,
     top_extensions,
 )
+from nmtkit.seq2seq import Seq2Seq
 from nmtkit.vocabulary import BOS_ID, EOS_ID, PAD_ID
 
 VOCAB = 24

@@ -7,7 +7,7 @@ from safetensors.torch import load_model, save_model
 
 from nmtkit.config import TransformerConfig
 from nmtkit.errors import NMTKitError
-from nmtkit.model import Seq2Seq
+from nmtkit.seq2seq import Seq2Seq
 from nmtkit.transformer import TransformerState, build_transformer
 from nmtkit.vocabulary import BOS_ID, EOS_ID, PAD_ID
 
@@ -203,8 +203,11 @@ def test_no_positions_have_no_length_limit() -> None:
 
 
 def test_heads_must_divide_d_model() -> None:
-    with pytest.raises(NMTKitError, match="model.heads"):
-        make_model(d_model=30, heads=4)
+    from nmtkit.config import config_from_dict
+
+    data = {"train_src": "a", "train_tgt": "b", "valid_src": "c", "valid_tgt": "d"}
+    with pytest.raises(NMTKitError, match="model.heads: 4 does not divide d_model"):
+        config_from_dict({"data": data, "model": {"type": "transformer", "d_model": 30, "heads": 4}})
 
 
 def test_cross_attention_is_a_distribution_over_real_tokens() -> None:
@@ -340,19 +343,22 @@ def test_a_state_told_its_longest_output_never_grows_its_cache() -> None:
 
 def test_feeding_own_predictions_trains_through_the_cache() -> None:
     """teacher_forcing_ratio 0 runs the cached steps with autograd on: the outputs equal a
-    no-grad greedy replay and gradients reach the decoder's self-attention."""
+    no-grad replay of the tokens it fed itself (sampled from its own distribution, never the
+    gold ones) and gradients reach the decoder's self-attention."""
     model = make_model()
     src, src_lengths, tgt_in = random_batch()
+    fed: list[torch.Tensor] = []
+    hook = model.decoder.embedding.register_forward_hook(lambda m, i, o: fed.append(i[0].clone()))
     log_probs, _ = model(src, src_lengths, tgt_in, teacher_forcing_ratio=0.0)
+    hook.remove()
     log_probs.sum().backward()
     assert model.decoder.layers[0].self_attn.qkv_proj.weight.grad.abs().sum() > 0
+    assert not torch.equal(torch.cat(fed[1:], 1), tgt_in[:, 1:])  # its own tokens, not the gold
     with torch.no_grad():
         state = model.init_state(model.encode(src, src_lengths))
-        prev = tgt_in[:, 0]
         for t in range(tgt_in.size(1)):
-            replay, _, state = model.step(prev, state)
+            replay, _, state = model.step(fed[t].squeeze(1), state)
             torch.testing.assert_close(replay, log_probs[:, t].detach(), atol=1e-5, rtol=0)
-            prev = replay.argmax(dim=-1)
 
 
 def test_selecting_no_rows_gives_an_empty_state() -> None:

@@ -1,0 +1,119 @@
+"""The encoder-decoder and the step interface: the seam between the models and search.
+
+Every model nmtkit translates with offers
+
+    encode(src, src_lengths) -> EncoderOutput          read the source once
+    init_state(enc, max_len) -> DecoderState           the state before the first target token
+    step(prev_tokens, state) -> log_probs, attention, state   one target token at a time
+
+and a `DecoderState` whose `select(index)` picks batch rows, which is all search needs to expand
+sentences into beams, reorder beams and drop finished sentences. Training instead runs
+`forward` over the whole gold target at once (teacher forcing).
+
+`Seq2Seq` wires an encoder and a decoder (RNN or Transformer) to the generator, the output
+layer over the target vocabulary. The decoder-only model (`decoder_only.py`) implements the
+same three methods itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nmtkit.vocabulary import BOS_ID
+
+
+@dataclass
+class EncoderOutput:
+    memory: Tensor  # (batch, src_len, memory_size): one vector per source token
+    src_mask: Tensor  # (batch, src_len) bool, True at real tokens
+    final_hidden: Tensor | None = None  # RNN: (layers * directions, batch, hidden)
+    final_cell: Tensor | None = None  # LSTM only
+
+
+class DecoderState:
+    """Per-sentence decoding state; every tensor in it has the batch on a known dimension."""
+
+    def select(self, index: Tensor) -> DecoderState:
+        raise NotImplementedError
+
+
+class Decoder(nn.Module):
+    """What search needs from a decoder; both encoder-decoder families implement it."""
+
+    output_size: int
+    max_steps: int | None = None  # longest target the decoder can handle (position tables)
+
+    def init_state(self, enc: EncoderOutput, max_len: int = 0) -> DecoderState:
+        """The state before the first target token; max_len, if known, is the most steps that
+        will follow (room to set aside)."""
+        raise NotImplementedError
+
+    def step(self, prev_tokens: Tensor, state: DecoderState) -> tuple[Tensor, Tensor | None, DecoderState]:
+        """prev_tokens (batch,) -> output (batch, output_size), attention (batch, src_len), state."""
+        raise NotImplementedError
+
+    def forward(self, tgt_in: Tensor, enc: EncoderOutput) -> tuple[Tensor, Tensor | None]:
+        """Teacher forcing: output (batch, tgt_len, output_size), attention (batch, tgt_len, src_len)."""
+        raise NotImplementedError
+
+
+class Seq2Seq(nn.Module):
+    """encoder -> decoder -> generator (linear + log_softmax over the target vocabulary)."""
+
+    start_token = BOS_ID  # what search feeds as the first previous token
+
+    def __init__(self, encoder: nn.Module, decoder: Decoder, tgt_vocab_size: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.generator = nn.Linear(decoder.output_size, tgt_vocab_size)
+
+    @property
+    def max_steps(self) -> int | None:
+        return self.decoder.max_steps
+
+    def encode(self, src: Tensor, src_lengths: Tensor) -> EncoderOutput:
+        return self.encoder(src, src_lengths)
+
+    def init_state(self, enc: EncoderOutput, max_len: int = 0) -> DecoderState:
+        return self.decoder.init_state(enc, max_len)
+
+    def step(self, prev_tokens: Tensor, state: DecoderState) -> tuple[Tensor, Tensor | None, DecoderState]:
+        """One target position: prev_tokens (batch,) -> log_probs (batch, vocab), attention, state."""
+        out, attention, state = self.decoder.step(prev_tokens, state)
+        return F.log_softmax(self.generator(out).float(), dim=-1), attention, state
+
+    def forward(
+        self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor, teacher_forcing_ratio: float = 1.0
+    ) -> tuple[Tensor, Tensor | None]:
+        """log_probs (batch, tgt_len, vocab) and attention (batch, tgt_len, src_len)."""
+        enc = self.encode(src, src_lengths)
+        if teacher_forcing_ratio >= 1.0:
+            out, attention = self.decoder(tgt_in, enc)  # teacher forcing: gold inputs throughout
+            return F.log_softmax(self.generator(out).float(), dim=-1), attention
+        return self._forward_with_own_predictions(enc, tgt_in, teacher_forcing_ratio)
+
+    def _forward_with_own_predictions(
+        self, enc: EncoderOutput, tgt_in: Tensor, ratio: float
+    ) -> tuple[Tensor, Tensor | None]:
+        """Scheduled sampling (Bengio et al. 2015): at each position the gold previous token is
+        fed with probability `ratio`, and otherwise a token sampled from the model's own
+        distribution at the step before (what it would have fed itself at inference)."""
+        state = self.init_state(enc)
+        prev = tgt_in[:, 0]
+        log_probs, attentions = [], []
+        for t in range(tgt_in.size(1)):
+            lp, attention, state = self.step(prev, state)
+            log_probs.append(lp)
+            attentions.append(attention)
+            if t + 1 < tgt_in.size(1):
+                gold = tgt_in[:, t + 1]
+                use_gold = torch.rand(gold.shape, device=gold.device) < ratio
+                own = torch.multinomial(lp.detach().exp(), 1).squeeze(1)  # (batch,)
+                prev = torch.where(use_gold, gold, own)
+        attn = None if attentions[0] is None else torch.stack(attentions, dim=1)
+        return torch.stack(log_probs, dim=1), attn
