@@ -45,6 +45,12 @@ class VocabConfig(_Section):
     joint: bool = True
     character_coverage: float = Field(1.0, gt=0.0, le=1.0)
     max_sentences: int = Field(1_000_000, ge=1, description="sample at most this many lines")
+    byte_fallback: bool = Field(
+        True, description="bpe/unigram: a character outside the vocabulary is spelled as its "
+        "UTF-8 bytes (256 byte pieces) instead of <unk>, so emoji and rare characters survive; "
+        "needs size >= about 300")
+    split_digits: bool = Field(
+        True, description="every digit its own piece, so numbers are copied digit by digit")
 
 
 class RNNConfig(_Section):
@@ -123,6 +129,32 @@ class EarlyStoppingConfig(_Section):
     patience: int = Field(0, ge=0, description="validations without improvement; 0 = never stop")
 
 
+class ScheduledSamplingConfig(_Section):
+    """Scheduled sampling (Bengio et al. 2015): the probability eps_i of feeding the gold
+    previous token (teacher forcing) instead of one sampled from the model decays with the
+    update i, from teacher forcing towards what the model sees at inference:
+
+        linear           eps_i = max(min_ratio, k - c * i)
+        exponential      eps_i = max(min_ratio, k ** i)         (k < 1)
+        inverse_sigmoid  eps_i = max(min_ratio, k / (k + exp(i / k)))   (k >= 1)
+    """
+
+    decay: Literal["linear", "exponential", "inverse_sigmoid"]
+    k: float = Field(gt=0.0, description="linear: eps at update 0 (<= 1); exponential: the base "
+                     "(< 1); inverse_sigmoid: how many updates it takes to decay (>= 1)")
+    c: float = Field(0.0, ge=0.0, description="linear: the decrease of eps per update")
+    min_ratio: float = Field(0.0, ge=0.0, le=1.0, description="eps never falls below this")
+
+    @model_validator(mode="after")
+    def _k_range(self) -> ScheduledSamplingConfig:
+        rules = {"linear": (self.k <= 1.0, "at most 1"), "exponential": (self.k < 1.0, "below 1"),
+                 "inverse_sigmoid": (self.k >= 1.0, "at least 1")}
+        ok, need = rules[self.decay]
+        if not ok:
+            raise ValueError(f"k: must be {need} for {self.decay} decay, got {self.k}")
+        return self
+
+
 class TrainingConfig(_Section):
     out_dir: Path = Path("runs/default")
     seed: int = 1234
@@ -144,7 +176,10 @@ class TrainingConfig(_Section):
     clip_norm: float = Field(1.0, ge=0.0, description="0 = no clipping")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     update_freq: int = Field(1, ge=1, description="batches accumulated per update")
-    teacher_forcing_ratio: float = Field(1.0, ge=0.0, le=1.0)
+    teacher_forcing_ratio: float = Field(
+        1.0, ge=0.0, le=1.0, description="a fixed probability of feeding the gold previous token "
+        "(1: teacher forcing); for a decaying one see scheduled_sampling")
+    scheduled_sampling: ScheduledSamplingConfig | None = None
     max_bad_steps: int = Field(5, ge=1, description="stop after this many non-finite losses in a row")
     valid_every: int = Field(0, ge=0, description="validate every N updates; 0 = each epoch")
     valid_bleu: bool = True
@@ -157,6 +192,13 @@ class TrainingConfig(_Section):
     keep_last: int = Field(1, ge=1)
     log_every: int = Field(50, ge=1)
     num_threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch's default")
+
+    @model_validator(mode="after")
+    def _one_way_to_feed(self) -> TrainingConfig:
+        if self.scheduled_sampling is not None and self.teacher_forcing_ratio < 1.0:
+            raise ValueError("teacher_forcing_ratio: a fixed ratio and scheduled_sampling exclude "
+                             "each other; set one")
+        return self
 
 
 class DecodingConfig(_Section):

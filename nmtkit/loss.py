@@ -1,9 +1,10 @@
 """Label-smoothed cross-entropy (Szegedy et al. 2016), normalised by the number of target tokens.
 
-With smoothing eps over a vocabulary of V entries (padding excluded), the target distribution puts
-1 - eps on the gold token and eps / (V - 1) on every other non-padding token:
+With smoothing eps over a vocabulary of V entries, the target distribution puts 1 - eps on the
+gold token and spreads eps evenly over the V - 3 other tokens a target can hold: never `<pad>` or
+`<bos>`, which no target position ever is (search never produces them either):
 
-    loss = -(1 - eps) * log p(gold) - eps / (V - 1) * sum_{w != gold, w != pad} log p(w)
+    loss = -(1 - eps) * log p(gold) - eps / (V - 3) * sum_{w not in {gold, pad, bos}} log p(w)
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from nmtkit.vocabulary import PAD_ID
+from nmtkit.vocabulary import BOS_ID, PAD_ID
 
 
 def label_smoothed_nll(
-    log_probs: Tensor, target: Tensor, smoothing: float = 0.0, pad_id: int = PAD_ID
+    log_probs: Tensor, target: Tensor, smoothing: float = 0.0, pad_id: int = PAD_ID,
+    bos_id: int = BOS_ID,
 ) -> tuple[Tensor, Tensor]:
     """log_probs (batch, tgt_len, vocab), target (batch, tgt_len) -> (loss sum, nll sum).
 
@@ -30,10 +32,10 @@ def label_smoothed_nll(
     if smoothing == 0.0:
         return nll, nll.detach()
     vocab = log_probs.size(-1)
-    # sum over non-gold, non-pad entries = total - gold - pad
-    others = log_probs.sum(-1) - gold - log_probs[..., pad_id]  # (batch, tgt_len)
+    # sum over the entries that get smoothing mass = total - gold - pad - bos
+    others = log_probs.sum(-1) - gold - log_probs[..., pad_id] - log_probs[..., bos_id]  # (batch, tgt_len)
     smooth = -(others * mask).sum()
-    loss = (1.0 - smoothing) * nll + smoothing / (vocab - 2) * smooth
+    loss = (1.0 - smoothing) * nll + smoothing / (vocab - 3) * smooth
     return loss, nll.detach()
 
 

@@ -72,3 +72,18 @@ class LRSchedule:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.scale, self.best, self.bad_evals = state["scale"], state["best"], state["bad_evals"]
+
+
+def teacher_forcing_ratio(step: int, decay: str, k: float, c: float = 0.0,
+                          min_ratio: float = 0.0) -> float:
+    """Scheduled sampling's eps_i (Bengio et al. 2015): the probability, at update `step`, of
+    feeding the gold previous token rather than the model's own (see ScheduledSamplingConfig)."""
+    if decay == "linear":
+        eps = k - c * step
+    elif decay == "exponential":
+        eps = k**step
+    elif decay == "inverse_sigmoid":
+        eps = k / (k + math.exp(min(step / k, 700.0)))  # exp overflows past ~709
+    else:
+        raise ValueError(f"unknown decay {decay!r}")
+    return max(min_ratio, min(1.0, eps))

@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nmtkit.errors import NMTKitError
 from nmtkit.seq2seq import DecoderState, EncoderOutput, Seq2Seq
-from nmtkit.vocabulary import BOS_ID, EOS_ID, PAD_ID
+from nmtkit.vocabulary import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 NEG_INF = float("-inf")
 
@@ -118,9 +119,14 @@ def length_penalty(steps: int | Tensor, alpha: float) -> float | Tensor:
     return ((5.0 + steps) / 6.0) ** alpha
 
 
-def _length_rules(log_probs: Tensor, t: int, limits: Tensor, min_len: int) -> None:
-    """In place, for step t (t tokens so far) of rows with these limits (rows,): no EOS before
-    min_len tokens; only EOS once a row has reached its limit (with its own log-probability)."""
+def _step_rules(log_probs: Tensor, t: int, limits: Tensor, min_len: int, allow_unk: bool) -> None:
+    """In place, for step t (t tokens so far) of rows with these limits (rows,): never `<pad>`,
+    `<bos>` or (unless allowed) `<unk>`; no EOS before min_len tokens; only EOS once a row has
+    reached its limit (with its own log-probability)."""
+    if t == 0 and bool(log_probs.isnan().any()):
+        raise NMTKitError("the model's output is not a number (NaN): its weights are not finite "
+                          "(a diverged training run?); use an earlier checkpoint")
+    log_probs.index_fill_(1, _never(allow_unk, log_probs.device), NEG_INF)
     eos = log_probs[:, EOS_ID].clone()
     if t < min_len:
         log_probs[:, EOS_ID] = NEG_INF
@@ -128,6 +134,12 @@ def _length_rules(log_probs: Tensor, t: int, limits: Tensor, min_len: int) -> No
     if bool(at_limit.any()):
         log_probs.masked_fill_(at_limit.unsqueeze(1), NEG_INF)
         log_probs[:, EOS_ID] = torch.where(at_limit, eos, log_probs[:, EOS_ID])
+
+
+def _never(allow_unk: bool, device: torch.device) -> Tensor:
+    """The ids search never produces: no target holds <pad> or <bos>, and <unk> means nothing
+    to a reader (with byte fallback the vocabulary spells any character)."""
+    return torch.tensor([PAD_ID, BOS_ID] if allow_unk else [PAD_ID, BOS_ID, UNK_ID], device=device)
 
 
 # ---- one path per sentence: greedy search and sampling ----
@@ -155,6 +167,7 @@ def _one_path(
     min_len: int,
     return_attention: bool,
     copies: int = 1,
+    allow_unk: bool = False,
 ) -> list[list[Hypothesis]]:
     """The loop greedy search and sampling share: each step, `pick` turns log_probs (rows, vocab)
     into one token per row; a row's score is the model's log-probability of what was picked.
@@ -174,7 +187,7 @@ def _one_path(
     prev = torch.full((rows,), BOS_ID, dtype=torch.long, device=src.device)
     for t in range(max_steps):
         log_probs, attn, state = model.step(prev, state)  # (active, vocab)
-        _length_rules(log_probs, t, limits.index_select(0, active), min_len)
+        _step_rules(log_probs, t, limits.index_select(0, active), min_len, allow_unk)
         best = pick(log_probs)  # (active,)
         tokens[active, t] = best
         log_prob[active] += log_probs.gather(1, best.unsqueeze(1)).squeeze(1)
@@ -209,10 +222,11 @@ def greedy_search(
     max_len_b: int = 10,
     return_attention: bool = False,
     min_len: int = 0,
+    allow_unk: bool = False,
 ) -> list[Hypothesis]:
     """Pick the most probable token at each step. src (batch, src_len) -> one hypothesis each."""
     results = _one_path(model, src, src_lengths, lambda log_probs: log_probs.argmax(dim=-1),
-                        max_len_a, max_len_b, min_len, return_attention)
+                        max_len_a, max_len_b, min_len, return_attention, allow_unk=allow_unk)
     return [hyps[0] for hyps in results]
 
 
@@ -251,6 +265,7 @@ def sample(
     max_len_b: int = 10,
     return_attention: bool = False,
     min_len: int = 0,
+    allow_unk: bool = False,
 ) -> list[Hypothesis]:
     """Draw each token at random from the model's distribution, reshaped by temperature, top_k
     (0 = all tokens) and top_p (1 = all). With num_samples > 1, each hypothesis's nbest holds
@@ -261,7 +276,7 @@ def sample(
         raise ValueError(f"temperature must be positive, got {temperature}")
     pick = _sampler(temperature, top_k, top_p, generator)
     results = _one_path(model, src, src_lengths, pick, max_len_a, max_len_b, min_len,
-                        return_attention, copies=num_samples)
+                        return_attention, copies=num_samples, allow_unk=allow_unk)
     out = []
     for samples in results:
         ranked = sorted(samples, key=lambda h: h.score, reverse=True)
@@ -329,6 +344,7 @@ def beam_search(
     nbest: int = 1,
     return_attention: bool = False,
     min_len: int = 0,
+    allow_unk: bool = False,
 ) -> list[Hypothesis]:
     """Keep the beam_size most probable prefixes of every sentence at each step.
 
@@ -359,7 +375,7 @@ def beam_search(
         log_probs, attn, state = model.step(prev, state)  # (n * beams, vocab)
         (n, beams), vocab = beam_scores.shape, log_probs.size(-1)
         sentence_limits = limits.index_select(0, active)  # (n,)
-        _length_rules(log_probs, t, sentence_limits.repeat_interleave(beams), min_len)
+        _step_rules(log_probs, t, sentence_limits.repeat_interleave(beams), min_len, allow_unk)
         # the 2k best extensions per sentence: even if k of them end in EOS, k remain to continue
         top_scores, extension = top_extensions(log_probs, beam_scores, 2 * k)  # (n, 2k)
         top_tokens = extension % vocab

@@ -41,7 +41,7 @@ from nmtkit.errors import NMTKitError
 from nmtkit.loss import label_smoothed_nll, perplexity
 from nmtkit.metrics import bleu_score
 from nmtkit.model import build_model, count_parameters
-from nmtkit.schedules import LRSchedule
+from nmtkit.schedules import LRSchedule, teacher_forcing_ratio
 from nmtkit.search import greedy_search
 from nmtkit.seq2seq import Seq2Seq
 
@@ -432,6 +432,13 @@ class Trainer:
         self.record("valid", loss=r.loss, ppl=r.ppl, bleu=r.bleu, valid_s=seconds,
                     elapsed_s=self.state.train_seconds)
 
+    def teacher_forcing_ratio(self) -> float:
+        """The probability of feeding gold previous tokens in this update."""
+        ss = self.tcfg.scheduled_sampling
+        if ss is None:
+            return self.tcfg.teacher_forcing_ratio
+        return teacher_forcing_ratio(self.state.step, ss.decay, ss.k, ss.c, ss.min_ratio)
+
     def _update(self, group: list[list[int]]) -> tuple[float, float, int]:
         """One optimizer update over `update_freq` batches; the gradient is that of the loss
         summed over all their target tokens (on all ranks) divided by that token count."""
@@ -444,7 +451,7 @@ class Trainer:
             ctx = self.ddp_model.no_sync() if self.distributed and not sync else nullcontext()
             with ctx, self._autocast():
                 log_probs, _ = self.ddp_model(batch.src, batch.src_lengths, batch.tgt_in,
-                                              tcfg.teacher_forcing_ratio)
+                                              self.teacher_forcing_ratio())
                 loss, nll = label_smoothed_nll(log_probs, batch.tgt_out, tcfg.label_smoothing)
             loss.backward()
             loss_total += float(loss.detach())

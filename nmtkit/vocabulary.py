@@ -55,6 +55,8 @@ def _train_once(texts: list[Path], prefix: Path, cfg: VocabConfig, hard_limit: b
         input_sentence_size=0 if cfg.max_sentences < _SPM_MIN_SAMPLE else cfg.max_sentences,
         shuffle_input_sentence=True,
         hard_vocab_limit=hard_limit,
+        byte_fallback=cfg.byte_fallback and cfg.type in ("bpe", "unigram"),
+        split_digits=cfg.split_digits,
         pad_id=PAD_ID,
         unk_id=UNK_ID,
         bos_id=BOS_ID,
@@ -105,6 +107,9 @@ def train_sentencepiece(texts: list[Path], model_prefix: Path, cfg: VocabConfig)
                 hint = "lower vocab.size"
                 if "smaller than required_chars" in msg:
                     hint = "raise vocab.size or lower vocab.character_coverage"
+                    if cfg.byte_fallback and cfg.type in ("bpe", "unigram"):
+                        hint += "; byte_fallback needs 256 pieces for the bytes: raise vocab.size " \
+                                "or set vocab.byte_fallback: false"
                 raise NMTKitError(
                     f"vocab: cannot train a {cfg.type} vocabulary of size {cfg.size} on {names}: "
                     f"{msg} ({hint})"

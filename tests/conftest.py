@@ -26,7 +26,7 @@ def tiny_config(tmp_path):
             "test_src": str(corpus / "test.ko"), "test_tgt": str(corpus / "test.en"),
             "out_dir": str(tmp_path / "bin"), "max_len": 40,
         },
-        "vocab": {"type": "bpe", "size": 60, "joint": False},
+        "vocab": {"type": "bpe", "size": 60, "joint": False, "byte_fallback": False},
         "model": {"type": "rnn", "embed_size": 16, "hidden_size": 32, "encoder_layers": 1,
                   "decoder_layers": 1, "dropout": 0.1},
         "training": {"out_dir": str(tmp_path / "run"), "max_tokens": 600, "max_epochs": 1,

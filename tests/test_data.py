@@ -72,7 +72,7 @@ def make_config(tmp_path: Path, *, test: bool = True, **data_kw) -> DataConfig:
     return DataConfig(**files, **kw)
 
 
-VOCAB = VocabConfig(type="bpe", size=60, joint=True)
+VOCAB = VocabConfig(type="bpe", size=60, joint=True, byte_fallback=False)
 
 
 @pytest.fixture(scope="module")
@@ -257,7 +257,7 @@ def test_prepare_reuses_and_redoes(tmp_path: Path) -> None:
 
 
 def test_separate_vocabularies(tmp_path: Path) -> None:
-    vocab = VocabConfig(type="bpe", size=50, joint=False)
+    vocab = VocabConfig(type="bpe", size=50, joint=False, byte_fallback=False)
     data = prepare(make_config(tmp_path), vocab, log=lambda _: None)
     names = {p.name for p in Path(data.dir).iterdir()}
     assert {"src.model", "tgt.model"} <= names and "spm.model" not in names

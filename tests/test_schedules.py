@@ -42,3 +42,29 @@ def test_plateau_reduces_after_patience_and_state_round_trips() -> None:
     assert t(100) == pytest.approx(5e-4)
     s.on_validation(11.0, True)
     assert s(100) == pytest.approx(5e-4)  # improvement keeps the reduced rate
+
+
+def test_scheduled_sampling_decays_as_bengio_et_al() -> None:
+    from nmtkit.schedules import teacher_forcing_ratio as eps
+
+    assert eps(0, "linear", 1.0, 0.001) == 1.0
+    assert eps(300, "linear", 1.0, 0.001) == pytest.approx(0.7)
+    assert eps(5000, "linear", 1.0, 0.001, min_ratio=0.25) == 0.25  # the floor
+    assert eps(10, "exponential", 0.99) == pytest.approx(0.99**10)
+    assert eps(0, "inverse_sigmoid", 100.0) == pytest.approx(100 / 101)
+    assert eps(1000, "inverse_sigmoid", 100.0) == pytest.approx(100 / (100 + math.exp(10)))
+    assert eps(10**9, "inverse_sigmoid", 100.0) < 1e-300  # no overflow
+    values = [eps(i, "inverse_sigmoid", 50.0) for i in range(0, 2000, 100)]
+    assert values == sorted(values, reverse=True)  # never rises
+
+
+def test_scheduled_sampling_config_checks_k_and_excludes_a_fixed_ratio() -> None:
+    from nmtkit.config import config_from_dict
+    from nmtkit.errors import NMTKitError
+
+    data = {"train_src": "a", "train_tgt": "b", "valid_src": "c", "valid_tgt": "d"}
+    with pytest.raises(NMTKitError, match="training.scheduled_sampling.k: must be below 1"):
+        config_from_dict({"data": data, "training": {"scheduled_sampling": {"decay": "exponential", "k": 1.5}}})
+    with pytest.raises(NMTKitError, match="training.teacher_forcing_ratio: .*exclude each other"):
+        config_from_dict({"data": data, "training": {"teacher_forcing_ratio": 0.5, "scheduled_sampling":
+                                                     {"decay": "linear", "k": 1.0, "c": 0.001}}})

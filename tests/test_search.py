@@ -245,3 +245,34 @@ def test_beams_keep_their_parents_rows() -> None:
                 assert placed[s, p] == p and order[s, p] == parents.index(p)  # the first child
             moved = sum(placed[s, r] != r for r in range(k))
             assert moved == k - len(set(parents))  # only the extra children move
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_search_never_produces_pad_bos_or_unk(family) -> None:
+    from nmtkit.vocabulary import UNK_ID
+
+    model = make_model(family, seed=3)
+    with torch.no_grad():  # make the specials by far the most probable outputs
+        model.generator.bias.zero_()
+        model.generator.bias[[PAD_ID, BOS_ID, UNK_ID]] = 50.0
+    src, lengths = collate_source(sources(8))
+    generator = torch.Generator().manual_seed(0)
+    for hyps in (greedy_search(model, src, lengths), beam_search(model, src, lengths, beam_size=3),
+                 sample(model, src, lengths, generator=generator)):
+        produced = {token for h in hyps for token in h.tokens}
+        assert produced and not produced & {PAD_ID, BOS_ID, UNK_ID}
+    # allowed on request (for --replace-unk): then the model's favourite <unk> comes out
+    assert UNK_ID in {t for h in greedy_search(model, src, lengths, allow_unk=True) for t in h.tokens}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_nan_weights_give_one_clear_error_in_every_search(family) -> None:
+    from nmtkit.errors import NMTKitError
+
+    model = make_model(family)
+    with torch.no_grad():
+        model.generator.weight.fill_(float("nan"))
+    src, lengths = collate_source(sources(4))
+    for search in (greedy_search, beam_search, sample):
+        with pytest.raises(NMTKitError, match="not a number .*weights are not finite"):
+            search(model, src, lengths)

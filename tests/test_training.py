@@ -110,3 +110,15 @@ def test_best_follows_loss_when_bleu_is_off(tiny_config, tmp_path) -> None:
     best = min(valid, key=lambda r: r["loss"])
     assert (run / "best").resolve().name == f"ckpt-{best['step']:08d}"
     assert best["step"] != valid[0]["step"]  # the loss improved, so best moved
+
+
+def test_scheduled_sampling_ratio_follows_the_update_count(tiny_config) -> None:
+    from nmtkit.config import ScheduledSamplingConfig
+
+    cfg = tiny_config.model_copy(deep=True)
+    cfg.training.scheduled_sampling = ScheduledSamplingConfig(decay="linear", k=1.0, c=0.01)
+    trainer = Trainer(cfg)
+    assert trainer.teacher_forcing_ratio() == 1.0
+    trainer.state.step = 30
+    assert trainer.teacher_forcing_ratio() == pytest.approx(0.7)
+    assert Trainer(tiny_config).teacher_forcing_ratio() == 1.0  # fixed ratio by default

@@ -35,7 +35,7 @@ def write_corpus(path: Path, n: int = 300, seed: int = 0) -> Path:
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory: pytest.TempPathFactory) -> Tokenizer:
     d = tmp_path_factory.mktemp("vocab")
-    model = train_sentencepiece([write_corpus(d / "c.txt")], d / "m", VocabConfig(size=40))
+    model = train_sentencepiece([write_corpus(d / "c.txt")], d / "m", VocabConfig(size=40, byte_fallback=False))
     return Tokenizer(model)
 
 
@@ -87,7 +87,7 @@ def test_bad_bytes_and_missing_model(tmp_path: Path) -> None:
 def test_training_leaves_only_the_model_files(tmp_path: Path) -> None:
     corpus = write_corpus(tmp_path / "c.txt")
     out = tmp_path / "out"
-    model = train_sentencepiece([corpus], out / "spm", VocabConfig(type="unigram", size=30))
+    model = train_sentencepiece([corpus], out / "spm", VocabConfig(type="unigram", size=30, byte_fallback=False))
     assert model == out / "spm.model"
     assert sorted(p.name for p in out.iterdir()) == ["spm.model", "spm.vocab"]
 
@@ -111,7 +111,7 @@ def test_impossible_vocab_raises_user_error(tmp_path: Path) -> None:
 
 def test_missing_training_file(tmp_path: Path) -> None:
     with pytest.raises(NMTKitError, match="absent.txt"):
-        train_sentencepiece([tmp_path / "absent.txt"], tmp_path / "m", VocabConfig(size=40))
+        train_sentencepiece([tmp_path / "absent.txt"], tmp_path / "m", VocabConfig(size=40, byte_fallback=False))
 
 
 def test_max_sentences_samples_the_input(tmp_path: Path) -> None:
@@ -128,3 +128,28 @@ def test_max_sentences_samples_the_input(tmp_path: Path) -> None:
     assert size(10**6) == 4 + 1000
     assert size(300) == 4 + 300  # sampled by sentencepiece
     assert size(20) == 4 + 20  # below sentencepiece's minimum sample: sampled by us
+
+
+def test_byte_fallback_spells_unseen_characters_and_decodes_them_back(tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path / "c.txt", n=400)
+    model = train_sentencepiece([corpus], tmp_path / "m", VocabConfig(size=320))
+    tok = Tokenizer(model)
+    for text in ("kalo 🙂 mibe", "鬱 fabado ∮ ≠ ±", "ẞ ŋ ǂ 𓀀"):  # none of these is in the corpus
+        ids = tok.encode(text)
+        assert UNK_ID not in ids
+        assert tok.decode(ids) == text
+        assert "⁇" not in tok.decode(ids)
+    plain = Tokenizer(train_sentencepiece([corpus], tmp_path / "p", VocabConfig(size=60, byte_fallback=False)))
+    assert UNK_ID in plain.encode("kalo 🙂")  # without it: <unk>
+
+
+def test_digits_are_split_into_single_pieces(tmp_path: Path) -> None:
+    corpus = tmp_path / "n.txt"
+    corpus.write_text("".join(f"item {n} costs {n * 7} won\n" for n in range(300)), encoding="utf-8")
+    tok = Tokenizer(train_sentencepiece([corpus], tmp_path / "m", VocabConfig(size=300, byte_fallback=False)))
+    pieces = tok.pieces(tok.encode("item 2024 costs 15"))
+    digits = [p.removeprefix("\u2581") for p in pieces if any(c.isdigit() for c in p)]
+    assert digits == ["2", "0", "2", "4", "1", "5"]
+    merged = Tokenizer(train_sentencepiece([corpus], tmp_path / "j",
+                                           VocabConfig(size=300, split_digits=False, byte_fallback=False)))
+    assert any(sum(c.isdigit() for c in p) > 1 for p in merged.pieces(merged.encode("item 2024 costs 15")))
