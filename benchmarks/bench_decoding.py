@@ -41,11 +41,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # nmtkit from this checkout
 
 from nmtkit.config import TransformerConfig  # noqa: E402
+from nmtkit.cpu import keep_freed_memory  # noqa: E402
 from nmtkit.data import collate_source  # noqa: E402
 from nmtkit.model import build_model  # noqa: E402
 from nmtkit.quantize import pack_linears, quantize_int8  # noqa: E402
 from nmtkit.search import beam_search, greedy_search  # noqa: E402
-from nmtkit.translator import keep_freed_memory  # noqa: E402
 
 Decode = Callable[[list[list[int]], int], list[int]]  # (sentences, beam) -> output lengths
 

@@ -58,8 +58,8 @@ def measure(model_name: str, precision: str, updates: int, threads: int) -> dict
 
     def update(batch) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            log_probs, _ = model(batch.src, batch.src_lengths, batch.tgt_in)
-            loss, _ = label_smoothed_nll(log_probs, batch.tgt_out, 0.1)
+            logits, _ = model(batch.src, batch.src_lengths, batch.tgt_in, normalize=False)
+            loss, _ = label_smoothed_nll(logits, batch.tgt_out, 0.1)
         (loss / batch.n_tgt_tokens).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

@@ -88,13 +88,17 @@ class Seq2Seq(nn.Module):
         return F.log_softmax(self.generator(out).float(), dim=-1), attention, state
 
     def forward(
-        self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor, teacher_forcing_ratio: float = 1.0
+        self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor, teacher_forcing_ratio: float = 1.0,
+        normalize: bool = True,
     ) -> tuple[Tensor, Tensor | None]:
-        """log_probs (batch, tgt_len, vocab) and attention (batch, tgt_len, src_len)."""
+        """log_probs (batch, tgt_len, vocab) and attention (batch, tgt_len, src_len). With
+        normalize=False the scores may be left unnormalised (the output layer's logits): the
+        training loss normalises them itself, in one pass with the loss."""
         enc = self.encode(src, src_lengths)
         if teacher_forcing_ratio >= 1.0:
             out, attention = self.decoder(tgt_in, enc)  # teacher forcing: gold inputs throughout
-            return F.log_softmax(self.generator(out).float(), dim=-1), attention
+            logits = self.generator(out)
+            return (F.log_softmax(logits.float(), dim=-1) if normalize else logits), attention
         return self._forward_with_own_predictions(enc, tgt_in, teacher_forcing_ratio)
 
     def _forward_with_own_predictions(

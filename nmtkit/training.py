@@ -36,6 +36,7 @@ from nmtkit.checkpoint import (
     save_checkpoint,
 )
 from nmtkit.config import Config
+from nmtkit.cpu import keep_freed_memory
 from nmtkit.data import PreparedData, TokenBatchSampler, collate, prepare
 from nmtkit.errors import NMTKitError
 from nmtkit.loss import label_smoothed_nll, perplexity
@@ -151,6 +152,8 @@ class Trainer:
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
+        else:
+            keep_freed_memory()  # reuse the big per-update buffers instead of faulting them in
         seed_everything(tcfg.seed)
         # rank 0 prepares the data; the others wait and then read the prepared folder
         if self.is_main:
@@ -301,8 +304,8 @@ class Trainer:
         for indices in sampler:
             batch = collate([corpus[i] for i in indices], indices).to(self.device)
             with self._autocast():
-                log_probs, _ = model(batch.src, batch.src_lengths, batch.tgt_in)
-            _, nll = label_smoothed_nll(log_probs, batch.tgt_out)
+                logits, _ = model(batch.src, batch.src_lengths, batch.tgt_in, normalize=False)
+            _, nll = label_smoothed_nll(logits, batch.tgt_out)
             total_nll += float(nll)
             total_tokens += batch.n_tgt_tokens
         loss = total_nll / max(1, total_tokens)
@@ -450,9 +453,9 @@ class Trainer:
             sync = k == len(group) - 1
             ctx = self.ddp_model.no_sync() if self.distributed and not sync else nullcontext()
             with ctx, self._autocast():
-                log_probs, _ = self.ddp_model(batch.src, batch.src_lengths, batch.tgt_in,
-                                              self.teacher_forcing_ratio())
-                loss, nll = label_smoothed_nll(log_probs, batch.tgt_out, tcfg.label_smoothing)
+                logits, _ = self.ddp_model(batch.src, batch.src_lengths, batch.tgt_in,
+                                           self.teacher_forcing_ratio(), normalize=False)
+                loss, nll = label_smoothed_nll(logits, batch.tgt_out, tcfg.label_smoothing)
             loss.backward()
             loss_total += float(loss.detach())
             nll_total += float(nll)

@@ -18,8 +18,6 @@ and tells glibc's malloc to keep freed memory (`keep_freed_memory`).
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +26,7 @@ import torch
 from torch import Tensor
 
 from nmtkit.checkpoint import Checkpoint, load_checkpoint
+from nmtkit.cpu import keep_freed_memory
 from nmtkit.data import TokenBatchSampler, collate_source
 from nmtkit.errors import NMTKitError
 from nmtkit.quantize import pack_linears
@@ -190,35 +189,6 @@ class Translator:
         if nbest > 1:
             best.nbest = [one(h) for h in hyp.nbest[:nbest]]
         return best
-
-
-def keep_freed_memory() -> int:
-    """Ask glibc's malloc to keep freed memory for reuse rather than hand it back to the kernel.
-
-    Every decoding step allocates and frees tensors of megabytes (logits over the vocabulary,
-    layer outputs for every beam). glibc returns blocks that large to the kernel as soon as they
-    are freed (mmap/munmap, heap trimming), so the next step pays for page faults and for the
-    kernel zeroing fresh pages: here the matrix multiplies of a decoder step ran 30% slower for
-    it, and beam search 7-10% slower as a whole. Keeping the memory is what a caching allocator
-    (CTranslate2's, or jemalloc/tcmalloc, as the PyTorch CPU tuning guides suggest) achieves;
-    the cost is that the process holds on to its peak memory. Process-wide. Returns the size
-    up to which blocks now come from the heap, or 0, having changed nothing, where the C library
-    is not glibc or refuses the settings."""
-    name = ctypes.util.find_library("c")
-    try:
-        mallopt = ctypes.CDLL(name).mallopt if name else None
-    except (OSError, AttributeError):
-        mallopt = None
-    if mallopt is None:
-        return 0
-    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3  # from glibc's malloc.h
-    # Blocks below the threshold come from the heap. Older glibc accepts at most 32 MiB; the
-    # threshold goes first because setting any of the three freezes glibc's own adaptive one.
-    threshold = next((t for t in (1 << 30, 32 << 20) if mallopt(m_mmap_threshold, t)), 0)
-    if threshold:
-        mallopt(m_trim_threshold, (1 << 31) - 1)  # never trim the heap's free top
-        mallopt(m_top_pad, 256 << 20)  # and grow it in steps of 256 MiB
-    return threshold
 
 
 def _check_options(beam: int, nbest: int, do_sample: bool, temperature: float, top_k: int,

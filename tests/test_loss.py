@@ -30,13 +30,34 @@ def test_padding_is_ignored_and_no_smoothing_is_plain_nll() -> None:
     assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
     assert nll.item() == pytest.approx(ref.item(), rel=1e-6)
     changed = log_probs.clone()
-    changed[0, 2] = -50.0  # a padding position
-    changed[:, :, 0] = -60.0  # the <pad> and <bos> entries get no smoothing mass
-    changed[:, :, 2] = -70.0
-    target = torch.tensor([[1, 3, 0], [3, 0, 0]])  # no gold token is <bos> (2)
-    assert label_smoothed_nll(changed, target, 0.1, bos_id=2)[0].item() == pytest.approx(
-        label_smoothed_nll(log_probs, target, 0.1, bos_id=2)[0].item(), rel=1e-6)
+    changed[0, 2] = torch.randn(5) * 10  # a padding position: any scores, same loss
+    assert label_smoothed_nll(changed, target, 0.1)[0].item() == pytest.approx(
+        label_smoothed_nll(log_probs, target, 0.1)[0].item(), rel=1e-6)
 
 
 def test_perplexity() -> None:
     assert perplexity(math.log(20.0)) == pytest.approx(20.0, rel=1e-5)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.3])
+def test_gradient_equals_autograd_of_the_formula(smoothing: float) -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(3, 4, 9, requires_grad=True)
+    target = torch.tensor([[4, 5, 3, 0], [8, 0, 0, 0], [3, 3, 7, 6]])
+    loss, nll = label_smoothed_nll(logits, target, smoothing)
+    (2.5 * loss).backward()
+    fast = logits.grad.clone()
+    logits.grad = None
+    # the same loss, from its definition: q(gold) = 1 - eps, q(w) = eps / (V - 3) elsewhere
+    # except <pad> (0) and <bos> (2), nothing at padding positions
+    log_probs = torch.log_softmax(logits, -1)
+    q = torch.full((3, 4, 9), smoothing / 6)
+    q[..., [0, 2]] = 0.0
+    q.scatter_(-1, target.unsqueeze(-1), 1.0 - smoothing)
+    reference = -(q * log_probs).sum(-1)[target != 0].sum()
+    (2.5 * reference).backward()
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
+    assert torch.allclose(fast, logits.grad, atol=1e-6)
+    assert not nll.requires_grad
+    # log-probabilities in place of logits give the same loss (normalising again changes nothing)
+    assert label_smoothed_nll(log_probs.detach(), target, smoothing)[0].item() == pytest.approx(loss.item(), rel=1e-5)
