@@ -11,16 +11,18 @@
 
 A checkpoint is written into a temporary folder beside its final name and renamed into place,
 so a crash at any moment leaves either the complete folder or none (plus a stale temp folder
-that the next run removes). Loading reads tensors with safetensors and metadata with json:
-nothing in a checkpoint can run code.
+that the next run removes). Its files and folders get the permissions the user's umask gives.
+Loading reads tensors with safetensors and metadata with json: nothing in a checkpoint can run
+code.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import shutil
-import tempfile
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,12 +33,12 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 
 from nmtkit.config import Config, config_from_dict
 from nmtkit.errors import NMTKitError
+from nmtkit.files import temp_folder
 from nmtkit.model import build_model
 from nmtkit.seq2seq import Seq2Seq
 from nmtkit.vocabulary import Tokenizer
 
 FORMAT_VERSION = 1
-TMP_PREFIX = ".tmp-"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -51,21 +53,17 @@ def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def atomic_folder(final: Path):
-    """A temp folder beside `final`; call `commit(tmp, final)` when everything is written."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{final.name}-", dir=final.parent))
-
-
 def commit_folder(tmp: Path, final: Path) -> None:
+    """Make the complete temp folder `tmp` the folder `final` (fsynced, one rename). A `final`
+    that exists is replaced only when the caller has checked it may be (`average` replacing
+    its own earlier output)."""
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
     _fsync_dir(tmp)
-    if final.exists():  # replacing (e.g. `nmtkit average --out` onto an old folder)
-        old = final.with_name(f"{TMP_PREFIX}old-{final.name}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
+    if final.exists():
+        old = temp_folder(final, "old")
+        os.replace(final, old / final.name)
         os.replace(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
     else:
@@ -74,9 +72,10 @@ def commit_folder(tmp: Path, final: Path) -> None:
 
 
 def remove_folder(path: Path) -> None:
-    """Rename out of sight first, then delete: a crash mid-delete leaves only a temp folder."""
-    doomed = path.with_name(f"{TMP_PREFIX}del-{path.name}")
-    os.replace(path, doomed)
+    """Rename out of sight first, then delete: a crash mid-delete leaves only a temp folder
+    (which the next run removes, see files.remove_stale)."""
+    doomed = temp_folder(path, "del")
+    os.replace(path, doomed / path.name)
     shutil.rmtree(doomed, ignore_errors=True)
 
 
@@ -90,7 +89,7 @@ def save_checkpoint(
     training_tensors: dict[str, torch.Tensor] | None = None,
     training_json: dict[str, Any] | None = None,
 ) -> Path:
-    tmp = atomic_folder(path)
+    tmp = temp_folder(path)
     try:
         # save_model stores shared (tied) tensors once and restores the tie on load
         save_model(_unwrap(model), str(tmp / "model.safetensors"))
@@ -128,12 +127,16 @@ class Checkpoint:
 
 
 def read_json(path: Path) -> Any:
+    """A JSON object of a checkpoint (checkpoint.json, training.json)."""
     if not path.is_file():
         raise NMTKitError(f"{path}: missing (not a complete nmtkit checkpoint)")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise NMTKitError(f"{path}: corrupted JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise NMTKitError(f"{path}: not a JSON object (a damaged checkpoint?)")
+    return data
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -145,11 +148,47 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise NMTKitError(f"{path}: corrupted or truncated safetensors file ({err})") from None
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder as given, or a run folder's best checkpoint (said on stderr); the
+    error for anything else names the nearest checkpoints or runs."""
+    path = Path(path)
+    if (path / "checkpoint.json").is_file():
+        return path
+    for link in ("best", "last"):
+        if (path / link / "checkpoint.json").is_file():
+            print(f"nmtkit: using {path / link}, the run's {link} checkpoint", file=sys.stderr)
+            return path / link
+    if not path.exists():
+        raise NMTKitError(f"checkpoint folder not found: {path}{_nearest(path)}")
+    raise NMTKitError(f"{path} is not a checkpoint or a run folder{_nearest(path)}")
+
+
+def _nearest(path: Path) -> str:
+    """' (nearest: a, b, c)': checkpoints and run folders near a mistaken path."""
+    candidates: list[Path] = []
+    for folder in (path, path.parent, path.parent.parent):
+        if folder.is_dir():
+            for p in sorted(folder.iterdir())[:500]:
+                if (p / "checkpoint.json").is_file() or (p / "best").exists() or (p / "last").exists():
+                    candidates.append(p)
+            if candidates:
+                break
+    if not candidates:
+        return " (no checkpoint or run folder next to it either)"
+    names = {str(c): c.name for c in candidates}
+    close = difflib.get_close_matches(path.name, list(names.values()), n=3, cutoff=0.0)
+    shown = [next(k for k, v in names.items() if v == name) for name in close]
+    return f" (nearest: {', '.join(shown)})"
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
     path = Path(path)
     if not path.is_dir():
-        raise NMTKitError(f"checkpoint folder not found: {path}")
+        raise NMTKitError(f"checkpoint folder not found: {path}{_nearest(path)}")
     meta = read_json(path / "checkpoint.json")
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        raise NMTKitError(f"{path / 'checkpoint.json'}: not an nmtkit checkpoint description "
+                          "(a JSON object with a config)")
     if meta.get("format_version") != FORMAT_VERSION:
         raise NMTKitError(f"{path / 'checkpoint.json'}: unsupported format_version "
                           f"{meta.get('format_version')!r}")
@@ -208,9 +247,14 @@ def optimizer_from_tensors(tensors: dict[str, torch.Tensor], meta: dict) -> dict
 
 
 def average_checkpoints(paths: list[Path], out: Path) -> Path:
-    """Write the element-wise mean of the weights of several checkpoints of one architecture."""
+    """Write the element-wise mean of the weights of several checkpoints of one architecture.
+
+    `out` must be a new path, or an earlier output of `average` (which it replaces): never a
+    training checkpoint, a run folder or any other existing file or folder."""
     if not paths:
         raise NMTKitError("nmtkit average: give at least one checkpoint")
+    out = Path(out)
+    _check_average_out(out, paths)
     ckpts = [load_checkpoint(p) for p in paths]
     first = ckpts[0]
     for c in ckpts[1:]:
@@ -227,3 +271,25 @@ def average_checkpoints(paths: list[Path], out: Path) -> Path:
     info = {"step": first.info.get("step"), "averaged_from": [str(p) for p in paths]}
     return save_checkpoint(out, first.model, first.config, first.src_tokenizer,
                            first.tgt_tokenizer, info)
+
+
+def _check_average_out(out: Path, inputs: list[Path]) -> None:
+    if not out.exists() and not out.is_symlink():
+        if out.parent.exists() and not out.parent.is_dir():
+            raise NMTKitError(f"--out {out}: {out.parent} is a file, not a folder")
+        return
+    if any(out.resolve() == Path(p).resolve() for p in inputs):
+        raise NMTKitError(f"--out {out} is one of the checkpoints being averaged: "
+                          "choose a new folder")
+    meta = out / "checkpoint.json"
+    ours = out.is_dir() and not out.is_symlink() and meta.is_file() and \
+        not (out / "training.json").exists()
+    if ours:
+        try:
+            data = json.loads(meta.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            data = None
+        ours = isinstance(data, dict) and "averaged_from" in data
+    if not ours:
+        raise NMTKitError(f"--out {out} already exists and is not an averaged checkpoint: "
+                          "choose a new folder (average never replaces other files)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import queue
 import sys
@@ -12,9 +13,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from nmtkit.errors import NMTKitError
+from nmtkit.files import os_error
 
 if TYPE_CHECKING:
     from nmtkit.translator import Translation
+
+TOKENIZERS = ("13a", "intl", "char", "zh", "none")  # sacreBLEU's that need nothing downloaded
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -27,33 +31,42 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    import shlex
+
+    from nmtkit.checkpoint import resolve_checkpoint
     from nmtkit.config import load_config
     from nmtkit.training import train
 
     cfg = load_config(args.config, args.set)
-    run_dir = train(cfg, resume=args.resume)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
-        print(f"checkpoints in {run_dir} (best: {run_dir / 'best'}, last: {run_dir / 'last'})")
+    init_from = resolve_checkpoint(args.init_from) if args.init_from else None
+    again = ["nmtkit", "train", args.config, *[f"--set={s}" for s in args.set], "--resume"]
+    train(cfg, resume=args.resume, init_from=init_from,
+          resume_command=" ".join(shlex.quote(a) for a in again))
 
 
-def _read_ahead(stream: TextIO, lines: queue.Queue) -> None:
-    """The reader thread: every input line into the queue, then None (or the error that stopped it)."""
+def _read_ahead(stream: TextIO, lines: queue.Queue, name: str) -> None:
+    """The reader thread: every input line into the queue, then None (or the error that stopped
+    it). Lines end at "\\n" (with an optional "\\r" before it) and nowhere else."""
+    n = 0
     try:
         for line in stream:
-            lines.put(line.rstrip("\r\n"))
+            n += 1
+            lines.put(line.removesuffix("\n").removesuffix("\r"))
         lines.put(None)
-    except Exception as err:  # e.g. UnicodeDecodeError: raised again on the main thread
+    except UnicodeDecodeError:
+        lines.put(NMTKitError(f"{name}: line {n + 1} is not valid UTF-8"))
+    except Exception as err:  # raised again on the main thread
         lines.put(err)
 
 
-def _arriving_lines(stream: TextIO, max_lines: int) -> Iterator[list[str]]:
+def _arriving_lines(stream: TextIO, max_lines: int, name: str) -> Iterator[list[str]]:
     """Input lines in groups of whatever has arrived (1 to max_lines) when the translator is ready.
 
     A thread reads ahead. A file or a fast pipe arrives quicker than it is translated, so groups
     are large and batch well; a person typing (or a program waiting for each answer) gets every
     line translated as soon as it is entered."""
     lines: queue.Queue = queue.Queue(maxsize=4 * max_lines)  # bounded: a huge input is streamed
-    threading.Thread(target=_read_ahead, args=(stream, lines), daemon=True).start()
+    threading.Thread(target=_read_ahead, args=(stream, lines, name), daemon=True).start()
     finished = False
     while not finished:
         group: list[str] = []
@@ -77,7 +90,8 @@ def _arriving_lines(stream: TextIO, max_lines: int) -> Iterator[list[str]]:
 
 def _search_options(args: argparse.Namespace) -> dict[str, object]:
     """translate/evaluate flags -> Translator.translate keyword arguments (None: the config's)."""
-    options = {"beam": args.beam, "length_penalty": args.length_penalty}
+    options = {"beam": args.beam, "length_penalty": args.length_penalty, "max_len_a": args.max_len_a,
+               "max_len_b": args.max_len_b, "too_long": args.too_long}
     if getattr(args, "sample", False):
         options.update(sample=True, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     return options
@@ -87,15 +101,49 @@ def _jsonl(translation: Translation) -> dict[str, object]:
     return {"translation": translation.text, "score": translation.score, "tokens": translation.tokens}
 
 
+def _load_translator(args: argparse.Namespace):
+    from nmtkit.checkpoint import resolve_checkpoint
+    from nmtkit.translator import Translator
+
+    paths = args.checkpoint if isinstance(args.checkpoint, list) else [args.checkpoint]
+    return Translator.load([resolve_checkpoint(p) for p in paths], args.device,
+                           quantize=getattr(args, "quantize", None))
+
+
+class _TooLong:
+    """Counts the inputs the translator truncated or skipped over a whole stream, for one
+    warning line at the end (instead of one per batch)."""
+
+    def __init__(self) -> None:
+        self.count, self.first, self.seen, self.limit = 0, 0, 0, 0
+
+    def add(self, translator, n_lines: int) -> None:
+        if translator.last_too_long and not self.count:
+            self.first = self.seen + translator.last_too_long[0] + 1
+        self.count += len(translator.last_too_long)
+        self.seen += n_lines
+        self.limit = translator.max_input_tokens
+
+    def report(self, policy: str, name: str) -> None:
+        if self.count:
+            done = "truncated to" if policy == "truncate" else "skipped (empty output), longer than"
+            print(f"nmtkit: warning: {self.count} input line(s) {done} {self.limit} subword tokens "
+                  f"(first: {name} line {self.first})", file=sys.stderr)
+
+
 def cmd_translate(args: argparse.Namespace) -> None:
     import io
     import json
+    import warnings
 
     import torch
 
-    from nmtkit.translator import Translator
+    from nmtkit.errors import NMTKitWarning
+    from nmtkit.files import check_input_file
 
-    translator = Translator.load(args.checkpoint, args.device, quantize=args.quantize)
+    if args.input:
+        check_input_file(Path(args.input), "--input", allow_stream=True)
+    translator = _load_translator(args)
     options = _search_options(args)
     if args.sample:  # one generator for the whole stream: a seed fixes every sample in it
         generator = torch.Generator(translator.device)
@@ -105,19 +153,22 @@ def cmd_translate(args: argparse.Namespace) -> None:
             generator.manual_seed(args.seed)
         options["seed"] = generator
     details = args.output_format == "jsonl" or args.nbest > 1
+    name = args.input or "standard input"
     if args.input:
-        if not Path(args.input).is_file():
-            raise NMTKitError(f"file not found: {args.input}")
-        stream: TextIO = open(args.input, encoding="utf-8")  # noqa: SIM115
+        stream: TextIO = open(args.input, encoding="utf-8", newline="\n")  # noqa: SIM115
     elif hasattr(sys.stdin, "buffer"):  # strict UTF-8 (not the locale's escapes for bad bytes)
-        stream = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8")
+        stream = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", newline="\n")
     else:
         stream = sys.stdin
     out = sys.stdout
+    too_long = _TooLong()
     try:
-        for lines in _arriving_lines(stream, args.chunk_lines):
-            results = translator.translate(lines, args.batch_tokens, return_details=details,
-                                           attention=False, nbest=args.nbest, **options)
+        for lines in _arriving_lines(stream, args.chunk_lines, name):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NMTKitWarning)  # counted, reported once at the end
+                results = translator.translate(lines, args.batch_tokens, return_details=details,
+                                               attention=False, nbest=args.nbest, **options)
+            too_long.add(translator, len(lines))
             for result in results:
                 if args.output_format == "jsonl":  # one object per input line
                     record = _jsonl(result)
@@ -130,23 +181,35 @@ def cmd_translate(args: argparse.Namespace) -> None:
                 else:
                     out.write(result + "\n")
             out.flush()
-    except UnicodeDecodeError:
-        raise NMTKitError(f"{args.input or 'standard input'}: not valid UTF-8") from None
     finally:
         if args.input:
             stream.close()
+    too_long.report(args.too_long or translator.decoding.too_long, name)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    import warnings
+
     from nmtkit.data import read_parallel
+    from nmtkit.errors import NMTKitWarning
+    from nmtkit.files import check_output_file, write_text_atomic
     from nmtkit.metrics import score
-    from nmtkit.translator import Translator
 
     src, ref = read_parallel(Path(args.src), Path(args.ref))  # exist, UTF-8, same line count
-    translator = Translator.load(args.checkpoint, args.device, quantize=args.quantize)
-    hyps = translator.translate(src, batch_tokens=args.batch_tokens, **_search_options(args))
+    if not any(line.strip() for line in src):
+        raise NMTKitError(f"--src {args.src}: no sentence to translate (the file is empty or blank)")
     if args.output:
-        Path(args.output).write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+        check_output_file(Path(args.output), [Path(args.src), Path(args.ref)], option="--output")
+    translator = _load_translator(args)
+    policy = args.too_long or translator.decoding.too_long
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NMTKitWarning)
+        hyps = translator.translate(src, batch_tokens=args.batch_tokens, **_search_options(args))
+    too_long = _TooLong()
+    too_long.add(translator, len(src))
+    too_long.report(policy, args.src)
+    if args.output:
+        write_text_atomic(Path(args.output), "".join(h + "\n" for h in hyps))
     print(score(hyps, ref, args.tokenize))
 
 
@@ -181,10 +244,10 @@ def transformer_attention(translator, source: str, pieces: list[str], layer: int
 
 
 def cmd_plot_attention(args: argparse.Namespace) -> None:
-    from nmtkit.plotting import plot_attention
-    from nmtkit.translator import Translator
+    from nmtkit.plotting import check_picture_path, plot_attention
 
-    translator = Translator.load(args.checkpoint, args.device)
+    check_picture_path(Path(args.out))
+    translator = _load_translator(args)
     (result,) = translator.translate([args.sentence], return_details=True)
     if result.attention is None:
         raise NMTKitError(f"{args.checkpoint}: this model has no attention (model.attention: none)")
@@ -202,12 +265,14 @@ def cmd_plot_attention(args: argparse.Namespace) -> None:
 
 
 def cmd_plot_curves(args: argparse.Namespace) -> None:
-    from nmtkit.plotting import plot_curves
+    from nmtkit.plotting import check_picture_path, plot_curves
     from nmtkit.training import load_log
 
     run_dir = Path(args.run_dir)
     out = Path(args.out) if args.out else run_dir / "curves.png"
-    plot_curves(load_log(run_dir), out, title=str(run_dir))
+    rows = load_log(run_dir)
+    check_picture_path(out)
+    plot_curves(rows, out, title=str(run_dir))
     print(f"wrote {out}")
 
 
@@ -224,9 +289,47 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(model=args.model, direction=args.direction, overrides=args.set)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line `nmtkit: error: ...` and exit 2, like every
+    other mistake (argparse prints its usage block first)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        command = self.prog.removeprefix("nmtkit").strip()
+        print(f"nmtkit: error: {command + ': ' if command else ''}{message} "
+              f"(see nmtkit {command + ' ' if command else ''}--help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _number(kind: type, low: float | None = None, strict: bool = False, high: float | None = None):
+    """An argparse type: a finite int or float within bounds, with a message that says so."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a {'whole number' if kind is int else 'number'}") from None
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number")
+        if low is not None and (value < low or (strict and value == low)):
+            raise argparse.ArgumentTypeError(f"{text!r}: must be {'>' if strict else '>='} {low:g}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"{text!r}: must be <= {high:g}")
+        return value
+
+    return parse
+
+
+POSITIVE = _number(int, 1)
+NON_NEGATIVE_INT = _number(int, 0)
+NON_NEGATIVE = _number(float, 0.0)
+POSITIVE_FLOAT = _number(float, 0.0, strict=True)
+PROBABILITY = _number(float, 0.0, strict=True, high=1.0)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nmtkit", description="Neural machine translation toolkit.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="nmtkit", description="Neural machine translation toolkit.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def with_config(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("config", help="YAML config file")
@@ -239,37 +342,53 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("train", help="train a model (prepares the data first if needed)")
     with_config(sp)
-    sp.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    sp.add_argument("--resume", nargs="?", const="yes", choices=["yes", "auto"], default=None,
+                    help="continue from the newest complete checkpoint of training.out_dir "
+                    "(an error if there is none); --resume auto starts a new run then")
+    sp.add_argument("--init-from", metavar="CKPT", default=None,
+                    help="fine-tune: start from this checkpoint's weights (or a run folder's best) "
+                    "and its subword models, with a new optimizer and schedule")
     sp.set_defaults(fn=cmd_train)
 
     def with_ckpt(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--checkpoint", required=True, help="checkpoint folder, e.g. runs/x/best")
-        sp.add_argument("--device", default="cpu")
-        sp.add_argument("--batch-tokens", type=int, default=None)
+        sp.add_argument("--checkpoint", required=True,
+                        help="checkpoint folder, e.g. runs/x/best, or a run folder (its best)")
+        sp.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+        sp.add_argument("--batch-tokens", type=POSITIVE, default=None,
+                        help="source tokens per batch (default: the config's decoding.batch_tokens)")
 
     def with_decoding(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--beam", type=int, default=None,
+        sp.add_argument("--beam", type=POSITIVE, default=None,
                         help="beam size, 1 = greedy (default: the config's decoding.beam)")
-        sp.add_argument("--length-penalty", type=float, default=None,
+        sp.add_argument("--length-penalty", type=NON_NEGATIVE, default=None,
                         help="GNMT length penalty alpha, 0 = none (default: the config's)")
+        sp.add_argument("--max-len-a", type=NON_NEGATIVE, default=None,
+                        help="outputs of at most a * source length + b tokens (default: the config's)")
+        sp.add_argument("--max-len-b", type=NON_NEGATIVE_INT, default=None, help="see --max-len-a")
+        sp.add_argument("--too-long", choices=["truncate", "skip", "error"], default=None,
+                        help="an input longer than the model's limit (decoding.max_input_len, else "
+                        "data.max_len): cut it, translate it as empty, or stop (default: the "
+                        "config's decoding.too_long, truncate)")
         sp.add_argument("--quantize", choices=["int8"], default=None,
                         help="int8 dynamic quantization of the linear layers (CPU)")
 
     sp = sub.add_parser("translate", help="translate stdin (or --input) to stdout, line by line")
     sp.add_argument("--checkpoint", required=True, action="append",
-                    help="checkpoint folder, e.g. runs/x/best; give it several times to ensemble")
-    sp.add_argument("--device", default="cpu")
-    sp.add_argument("--batch-tokens", type=int, default=None,
+                    help="checkpoint folder, e.g. runs/x/best, or a run folder (its best); give "
+                    "it several times to ensemble")
+    sp.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    sp.add_argument("--batch-tokens", type=POSITIVE, default=None,
                     help="source tokens per batch (default: the config's decoding.batch_tokens)")
     sp.add_argument("--input", help="read this file instead of stdin")
-    sp.add_argument("--chunk-lines", type=int, default=2000, help="most lines read per batch round")
+    sp.add_argument("--chunk-lines", type=POSITIVE, default=2000, help="most lines read per batch round")
     with_decoding(sp)
-    sp.add_argument("--nbest", type=int, default=1,
+    sp.add_argument("--nbest", type=POSITIVE, default=1,
                     help="output the N best (beam) or N samples per input line")
     sp.add_argument("--sample", action="store_true", help="sample each token (instead of --beam)")
-    sp.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
-    sp.add_argument("--top-k", type=int, default=0, help="sample from the k likeliest (0: all)")
-    sp.add_argument("--top-p", type=float, default=1.0, help="sample from the nucleus of mass p")
+    sp.add_argument("--temperature", type=POSITIVE_FLOAT, default=1.0, help="sampling temperature")
+    sp.add_argument("--top-k", type=NON_NEGATIVE_INT, default=0,
+                    help="sample from the k likeliest (0: all)")
+    sp.add_argument("--top-p", type=PROBABILITY, default=1.0, help="sample from the nucleus of mass p")
     sp.add_argument("--seed", type=int, default=None, help="seed for --sample")
     sp.add_argument("--output-format", choices=["text", "jsonl"], default="text",
                     help="jsonl: {translation, score, tokens[, nbest]} per input line")
@@ -278,18 +397,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("evaluate", help="sacreBLEU BLEU and chrF of translations of --src")
     with_ckpt(sp)
     with_decoding(sp)
-    sp.add_argument("--src", required=True)
-    sp.add_argument("--ref", required=True)
-    sp.add_argument("--output", help="also write the translations here")
-    sp.add_argument("--tokenize", default=None, help="sacreBLEU tokenizer (default 13a)")
+    sp.add_argument("--src", required=True, help="source sentences, one per line")
+    sp.add_argument("--ref", required=True, help="reference translations, line by line with --src")
+    sp.add_argument("--output", help="also write the translations here (a new file, or one "
+                    "that is not --src or --ref)")
+    sp.add_argument("--tokenize", default=None, choices=sorted(TOKENIZERS),
+                    help="sacreBLEU tokenizer for BLEU (default 13a; char or zh for text written "
+                    "without spaces)")
     sp.set_defaults(fn=cmd_evaluate)
 
     sp = sub.add_parser("plot-attention", help="attention heatmap of one sentence")
     with_ckpt(sp)
     sp.add_argument("--sentence", required=True)
     sp.add_argument("--out", required=True, help="PNG file to write")
-    sp.add_argument("--layer", type=int, default=None, help="Transformer: decoder layer (default last)")
-    sp.add_argument("--head", type=int, default=None, help="Transformer: head (default mean of heads)")
+    sp.add_argument("--layer", type=NON_NEGATIVE_INT, default=None,
+                    help="Transformer: decoder layer (default last)")
+    sp.add_argument("--head", type=NON_NEGATIVE_INT, default=None,
+                    help="Transformer: head (default mean of heads)")
     sp.set_defaults(fn=cmd_plot_attention)
 
     sp = sub.add_parser("plot-curves", help="training/validation curves of a run as PNG")
@@ -315,14 +439,38 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.fn(args)
     except NMTKitError as err:
-        print(f"nmtkit: error: {err}", file=sys.stderr)
+        print(f"\nnmtkit: error: {err}" if _bar_open() else f"nmtkit: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("nmtkit: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
+        _quiet_stdout()
         return 0
+    except OSError as err:  # a full disk, a read-only folder...: the user's to fix
+        print(f"nmtkit: error: {os_error(err)}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("nmtkit: error: out of memory (a smaller model, batch or input helps)", file=sys.stderr)
+        return 2
     return 0
+
+
+def _bar_open() -> bool:
+    """Whether a progress bar may have left the cursor mid-line."""
+    from tqdm import tqdm
+
+    return bool(getattr(tqdm, "_instances", None))
+
+
+def _quiet_stdout() -> None:
+    """After a closed pipe (`nmtkit translate ... | head`), Python's final flush of stdout
+    would fail again and print a traceback: point stdout at nothing."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from nmtkit.errors import NMTKitError
+from nmtkit.files import check_input_file
 
 
 class _Section(BaseModel):
@@ -166,7 +167,8 @@ class TrainingConfig(_Section):
     max_minutes: float = Field(0.0, ge=0.0, description="stop after this wall time; 0 = no limit")
     optimizer: Literal["adam", "adamw"] = "adam"
     lr: float = Field(1e-3, gt=0.0)
-    betas: tuple[float, float] = (0.9, 0.98)
+    betas: tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]] = (
+        0.9, 0.98)
     weight_decay: float = Field(0.0, ge=0.0)
     schedule: Literal["constant", "noam", "cosine", "plateau"] = "constant"
     warmup_steps: int = Field(0, ge=0)
@@ -202,11 +204,19 @@ class TrainingConfig(_Section):
 
 
 class DecodingConfig(_Section):
-    beam: int = Field(1, ge=1)
+    """Defaults for translating with a checkpoint (validation uses greedy search and max_len_*)."""
+
+    beam: int = Field(1, ge=1, le=1024, description="beam size; 1 = greedy search")
     length_penalty: float = Field(1.0, ge=0.0, description="GNMT alpha; 0 = none")
-    max_len_a: float = Field(1.5, ge=0.0)
+    max_len_a: float = Field(1.5, ge=0.0, description="output of at most a * source length + b tokens")
     max_len_b: int = Field(10, ge=0)
-    batch_tokens: int = Field(4096, ge=1)
+    batch_tokens: int = Field(4096, ge=1, description="source tokens per batch, padding included")
+    max_input_len: int = Field(
+        0, ge=0, description="longest input in subword tokens; 0 = data.max_len (the longest "
+        "the model was trained on); the model's positions cap it")
+    too_long: Literal["truncate", "skip", "error"] = Field(
+        "truncate", description="an input longer than that: cut to the limit (and warn), give "
+        "an empty translation (and warn), or stop with an error")
 
 
 class Config(_Section):
@@ -218,6 +228,16 @@ class Config(_Section):
 
     def to_json_dict(self) -> dict[str, Any]:
         return json.loads(self.model_dump_json())
+
+    @model_validator(mode="after")
+    def _lengths_fit_positions(self) -> Config:
+        positions = getattr(self.model, "max_positions", None)
+        if positions is not None and getattr(self.model, "positional", "none") != "none" \
+                and self.data.max_len + 2 > positions:
+            raise ValueError(f"data.max_len: {self.data.max_len} + 2 (for <s> or </s>) exceeds "
+                             f"model.max_positions ({positions}): lower data.max_len or raise "
+                             "model.max_positions")
+        return self
 
 
 MODEL_CONFIGS: dict[str, type[BaseModel]] = {"rnn": RNNConfig, "transformer": TransformerConfig}
@@ -271,7 +291,7 @@ def _format_error(err: ValidationError, source: str) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key" + _unknown_key_hint(parts)
-        elif e["type"] == "value_error" and re.match(r"^\w+: ", msg):
+        elif e["type"] == "value_error" and re.match(r"^[\w.]+: ", msg):
             key, msg = msg.split(": ", 1)  # a check across keys names the key it is about
             shown.append(key)
         lines.append(f"{'.'.join(shown) or 'config'}: {msg}")
@@ -311,16 +331,46 @@ def config_from_dict(raw: dict[str, Any], source: str = "<config>") -> Config:
         raise NMTKitError(_format_error(err, source)) from None
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but a key given twice in one mapping is an error (PyYAML would
+    silently keep the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise NMTKitError(f"line {line}: key {key!r} is given twice in one section "
+                                  f"(first on line {seen[key]})")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_error(path: Path, err: yaml.YAMLError) -> NMTKitError:
+    mark = getattr(err, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return NMTKitError(f"{path}: not valid YAML{where}: {problem}")
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read a YAML config; relative data paths are resolved against the current directory."""
-    path = Path(path)
-    if not path.is_file():
-        raise NMTKitError(f"config file not found: {path}")
+    path = check_input_file(Path(path), "config file", allow_stream=True)
+    raw_bytes = path.read_bytes()
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = raw_bytes.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw_bytes.count(b"\n", 0, err.start) + 1
+        raise NMTKitError(f"{path}: line {line} is not valid UTF-8") from None
+    try:
+        raw = yaml.load(text, Loader=_StrictLoader) or {}
     except yaml.YAMLError as err:
-        raise NMTKitError(f"{path}: not valid YAML: {err}") from None
+        raise _yaml_error(path, err) from None
+    except NMTKitError as err:
+        raise NMTKitError(f"{path}: {err}") from None
     if not isinstance(raw, dict):
-        raise NMTKitError(f"{path}: the top level must be a mapping of sections")
+        raise NMTKitError(f"{path}: the top level must be a mapping of sections "
+                          "(data:, vocab:, model:, training:, decoding:)")
     raw = apply_overrides(raw, overrides or [])
     return config_from_dict(raw, str(path))

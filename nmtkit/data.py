@@ -4,38 +4,47 @@
 
     meta.json                      fingerprint, split counts, tokenizer file names
     spm.model | src.model, tgt.model
-    {split}.{src,tgt}.bin          np.int32 token ids of all kept pairs, concatenated (no BOS/EOS)
-    {split}.{src,tgt}.idx          np.int64 offsets into .bin, length N+1
+    {split}.{src,tgt}.bin          token ids of all kept pairs, concatenated (no BOS/EOS)
+    {split}.{src,tgt}.idx          offsets into .bin, N+1 of them
     {valid,test}.{src,tgt}.txt     the raw lines of the kept pairs (BLEU needs untokenized refs)
 
+Every .bin and .idx file starts with a header (magic, format version, item size, count), and
+loading checks it against the file's size, the offsets against the ids, and the ids against the
+vocabulary, so a truncated or damaged file is caught rather than trained on. `prepare` streams:
+the corpus is read, validated and binarized line by line and in chunks, so its memory does not
+grow with the corpus (sentencepiece samples at most vocab.max_sentences lines).
+
 Training then reads ids through `BinarizedCorpus` (memory-mapped, so RAM does not grow with the
-corpus), groups them with `TokenBatchSampler` and pads them with `collate`.
+corpus either), groups them with `TokenBatchSampler` and pads them with `collate`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
 import shutil
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
+import struct
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice, zip_longest
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 
 from nmtkit.config import DataConfig, VocabConfig
 from nmtkit.errors import NMTKitError
-from nmtkit.vocabulary import BOS_ID, EOS_ID, PAD_ID, Tokenizer, train_sentencepiece
+from nmtkit.files import check_input_file, remove_stale, temp_folder
+from nmtkit.vocabulary import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, train_sentencepiece
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 META_FILE = "meta.json"
 SIDES = ("src", "tgt")
 SPLITS = ("train", "valid", "test")
+CHUNK_LINES = 20_000  # lines encoded and written at a time: bounds prepare's memory
 
 # The length-ratio filter only looks at pairs whose longer side has at least this many tokens:
 # subword counts of short phrases ("Yes." / "Oui, bien sûr.") vary too much for a ratio to mean
@@ -43,83 +52,132 @@ SPLITS = ("train", "valid", "test")
 RATIO_MIN_TOKENS = 8
 
 
+class DamagedData(NMTKitError):
+    """A prepared data file that fails its checks: `prepare` rebuilds the folder."""
+
+
 # ---------------------------------------------------------------------------------------------
 # Reading text
 
 
-def _read_lines(path: Path) -> list[str]:
-    """All lines of a UTF-8 file, stripped; NMTKitError names the file and the bad line."""
-    if not path.is_file():
-        raise NMTKitError(f"data file not found: {path}")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = raw.count(b"\n", 0, err.start) + 1
-        raise NMTKitError(f"{path}: line {line} is not valid UTF-8") from None
-    text = text.removeprefix("\ufeff")  # a byte-order mark is not part of the first sentence
-    # split on "\n" only (str.splitlines would also split on U+2028 etc. and shift line counts)
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()  # the final newline does not start another line
-    return [line.strip() for line in lines]
+def read_lines(path: Path, what: str = "data file") -> Iterator[str]:
+    """The lines of a UTF-8 file, stripped of surrounding whitespace (a Windows "\\r" too),
+    streamed. Lines end at "\\n" only (a lone "\\r" or U+2028 inside a line does not split it);
+    a byte-order mark is not part of the first line. NMTKitError names the file and line."""
+    path = check_input_file(Path(path), what)
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise NMTKitError(f"{path}: line {n} is not valid UTF-8") from None
+            yield (line.removeprefix("\ufeff") if n == 1 else line).strip()
+
+
+def read_pairs(src: Path, tgt: Path) -> Iterator[tuple[str, str]]:
+    """The aligned lines of a source and a target file, streamed; files of unequal length end
+    with an error that gives both line counts."""
+    n = 0
+    src_lines, tgt_lines = read_lines(src), read_lines(tgt)
+    for s, t in zip_longest(src_lines, tgt_lines):
+        if s is None or t is None:
+            more_src = n + (s is not None) + sum(1 for _ in src_lines)
+            more_tgt = n + (t is not None) + sum(1 for _ in tgt_lines)
+            raise NMTKitError(f"{src} has {more_src} lines but {tgt} has {more_tgt} lines")
+        n += 1
+        yield s, t
 
 
 def read_parallel(src: Path, tgt: Path) -> tuple[list[str], list[str]]:
-    """Read a sentence-aligned pair of files, checking that they exist, are UTF-8 and align.
-
-    Lines are stripped of surrounding whitespace (including a Windows "\\r").
-    """
-    src, tgt = Path(src), Path(tgt)
-    src_lines = _read_lines(src)
-    tgt_lines = _read_lines(tgt)
-    if len(src_lines) != len(tgt_lines):
-        raise NMTKitError(f"{src} has {len(src_lines)} lines but {tgt} has {len(tgt_lines)} lines")
+    """All aligned lines of two files, checked (they exist, are UTF-8 and align)."""
+    src_lines: list[str] = []
+    tgt_lines: list[str] = []
+    for s, t in read_pairs(Path(src), Path(tgt)):
+        src_lines.append(s)
+        tgt_lines.append(t)
     return src_lines, tgt_lines
 
 
 # ---------------------------------------------------------------------------------------------
-# Binarized splits
+# Binarized splits: a header, then a flat array
+
+_HEADER = struct.Struct("<8sIIQQ")  # magic, format version, item size, count, reserved: 32 bytes
+_MAGIC = {"ids": b"NMTKIDS\0", "offsets": b"NMTKOFF\0"}
+_DTYPE = {"ids": np.dtype("<i4"), "offsets": np.dtype("<i8")}
 
 
-def _write_ids(prefix: Path, seqs: list[list[int]]) -> None:
-    """Write `{prefix}.bin` (int32 ids) and `{prefix}.idx` (int64 offsets, N+1)."""
-    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
-    offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    ids = np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int32, count=int(offsets[-1]))
-    with open(f"{prefix}.bin", "wb") as f:
-        f.write(ids.tobytes())
-    with open(f"{prefix}.idx", "wb") as f:
-        f.write(offsets.tobytes())
+class _ArrayWriter:
+    """Appends to one flat array file; the header's count is written when it is closed."""
+
+    def __init__(self, path: Path, kind: str) -> None:
+        self.kind, self.count = kind, 0
+        self.file: BinaryIO = open(path, "wb")  # noqa: SIM115
+        self.file.write(bytes(_HEADER.size))
+
+    def write(self, values: np.ndarray) -> None:
+        self.file.write(np.ascontiguousarray(values, dtype=_DTYPE[self.kind]).tobytes())
+        self.count += len(values)
+
+    def close(self) -> None:
+        self.file.seek(0)
+        self.file.write(_HEADER.pack(_MAGIC[self.kind], FORMAT_VERSION,
+                                     _DTYPE[self.kind].itemsize, self.count, 0))
+        self.file.close()
 
 
-def _map(path: Path, dtype: type[np.generic]) -> np.ndarray:
-    """Memory-map a flat binary array (np.memmap refuses empty files, so handle those here)."""
+def _map(path: Path, kind: str) -> np.ndarray:
+    """Memory-map a flat array file after checking its header against its size."""
     if not path.is_file():
-        raise NMTKitError(f"missing file in prepared data folder: {path}")
-    if path.stat().st_size == 0:
-        return np.zeros(0, dtype=dtype)
-    return np.memmap(path, dtype=dtype, mode="r")
+        raise DamagedData(f"{path}: missing from the prepared data folder; run `nmtkit prepare` again")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(_HEADER.size)
+    if len(head) < _HEADER.size:
+        raise DamagedData(f"{path}: truncated (no header); run `nmtkit prepare` again")
+    magic, version, itemsize, count, _ = _HEADER.unpack(head)
+    dtype = _DTYPE[kind]
+    if magic != _MAGIC[kind] or version != FORMAT_VERSION or itemsize != dtype.itemsize:
+        raise DamagedData(f"{path}: not an nmtkit {kind} file of format {FORMAT_VERSION}; "
+                          "run `nmtkit prepare` again")
+    if size != _HEADER.size + count * itemsize:
+        raise DamagedData(f"{path}: damaged or truncated ({size} bytes, its header says "
+                          f"{_HEADER.size + count * itemsize}); run `nmtkit prepare` again")
+    if count == 0:
+        return np.zeros(0, dtype=dtype)  # np.memmap refuses an empty map
+    return np.memmap(path, dtype=dtype, mode="r", offset=_HEADER.size, shape=(count,))
 
 
 class BinarizedCorpus:
-    """One prepared split, read through memory maps; examples are (src_ids, tgt_ids) arrays."""
+    """One prepared split, read through memory maps; examples are (src_ids, tgt_ids) arrays.
 
-    def __init__(self, dir: Path, split: str) -> None:
+    Opening it checks every file: headers against sizes, offsets that start at 0, never fall
+    and end at the number of ids, and (given the vocabulary sizes) ids within the vocabulary."""
+
+    def __init__(self, dir: Path, split: str, vocab_sizes: tuple[int, int] | None = None) -> None:
         self.dir = Path(dir)
         self.split = split
         self._ids: dict[str, np.ndarray] = {}
         self._offsets: dict[str, np.ndarray] = {}
-        for side in SIDES:
+        lengths = {}
+        for k, side in enumerate(SIDES):
             prefix = self.dir / f"{split}.{side}"
-            self._ids[side] = _map(Path(f"{prefix}.bin"), np.int32)
-            self._offsets[side] = _map(Path(f"{prefix}.idx"), np.int64)
-        n_src, n_tgt = len(self._offsets["src"]) - 1, len(self._offsets["tgt"]) - 1
-        if n_src != n_tgt or n_src < 0:
-            raise NMTKitError(f"{self.dir}: {split}.src.idx and {split}.tgt.idx disagree")
-        self.src_lengths: np.ndarray = np.diff(self._offsets["src"])  # (N,) int64
-        self.tgt_lengths: np.ndarray = np.diff(self._offsets["tgt"])  # (N,) int64
+            ids = _map(Path(f"{prefix}.bin"), "ids")
+            offsets = _map(Path(f"{prefix}.idx"), "offsets")
+            lengths[side] = np.diff(offsets)  # (N,) int64
+            if len(offsets) == 0 or offsets[0] != 0 or offsets[-1] != len(ids) or \
+                    (lengths[side] < 0).any():
+                raise DamagedData(f"{prefix}.idx: its offsets do not match {prefix}.bin; "
+                                  "run `nmtkit prepare` again")
+            if vocab_sizes is not None and len(ids) and \
+                    (int(ids.min()) < 0 or int(ids.max()) >= vocab_sizes[k]):
+                raise DamagedData(f"{prefix}.bin: ids outside the vocabulary of "
+                                  f"{vocab_sizes[k]}; run `nmtkit prepare` again")
+            self._ids[side], self._offsets[side] = ids, offsets
+        if len(lengths["src"]) != len(lengths["tgt"]):
+            raise DamagedData(f"{self.dir}: {split}.src.idx and {split}.tgt.idx disagree; "
+                              "run `nmtkit prepare` again")
+        self.src_lengths: np.ndarray = lengths["src"]
+        self.tgt_lengths: np.ndarray = lengths["tgt"]
 
     def __len__(self) -> int:
         return len(self.src_lengths)
@@ -179,17 +237,16 @@ class PreparedData:
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise NMTKitError(f"{meta_path}: unreadable ({err})") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
-            raise NMTKitError(
+            raise DamagedData(f"{meta_path}: unreadable ({err}); run `nmtkit prepare` again") from None
+        keys = ("joint", "src_model", "tgt_model", "splits")
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION or \
+                not all(k in meta for k in keys) or not isinstance(meta["splits"], dict):
+            raise DamagedData(
                 f"{meta_path}: not a prepared data folder of format {FORMAT_VERSION}; "
-                "run prepare again"
+                "run `nmtkit prepare` again"
             )
         src_tok = Tokenizer(dir / meta["src_model"])
-        if meta["joint"]:
-            tgt_tok = src_tok
-        else:
-            tgt_tok = Tokenizer(dir / meta["tgt_model"])
+        tgt_tok = src_tok if meta["joint"] else Tokenizer(dir / meta["tgt_model"])
         return cls(dir, src_tok, tgt_tok, meta)
 
     @property
@@ -203,7 +260,16 @@ class PreparedData:
         if name not in self.meta["splits"]:
             have = ", ".join(self.meta["splits"])
             raise NMTKitError(f"{self.dir}: no '{name}' split (it has: {have})")
-        return BinarizedCorpus(self.dir, name)
+        corpus = BinarizedCorpus(self.dir, name, (len(self.src_tokenizer), len(self.tgt_tokenizer)))
+        if len(corpus) != self.meta["splits"][name]["kept"]:
+            raise DamagedData(f"{self.dir}: the {name} split has {len(corpus)} pairs, meta.json "
+                              f"says {self.meta['splits'][name]['kept']}; run `nmtkit prepare` again")
+        return corpus
+
+    def verify(self) -> None:
+        """Open every split (which checks its files); DamagedData if one fails."""
+        for name in self.split_names():
+            self.split(name)
 
     @property
     def report(self) -> PrepareReport:
@@ -221,30 +287,42 @@ def drop_reason(
 ) -> str | None:
     """Why a pair of encoded lengths is dropped ('empty', 'too_long', 'ratio'), or None to keep.
 
-    Only the training split is filtered by length and ratio; valid/test keep every non-empty
-    pair so that scores are comparable across settings.
+    Every split drops empty pairs and pairs longer than max_len (the model cannot be trained or
+    validated on what does not fit); only the training split is filtered by length ratio (a
+    filter for misaligned pairs), so valid/test scores compare across settings.
     """
     if src_len == 0 or tgt_len == 0:
         return "empty"
-    if not train:
-        return None
     if src_len > max_len or tgt_len > max_len:
         return "too_long"
+    if not train:
+        return None
     longer, shorter = max(src_len, tgt_len), min(src_len, tgt_len)
     if longer >= RATIO_MIN_TOKENS and longer / max(1, shorter) > max_len_ratio:
         return "ratio"
     return None
 
 
-def _file_digest(path: Path) -> dict[str, Any]:
+def _digest(path: Path) -> str:
     h = hashlib.sha1()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    return {"path": str(path), "size": path.stat().st_size, "sha1": h.hexdigest()}
+    return h.hexdigest()
 
 
-def _split_files(data: DataConfig) -> dict[str, tuple[Path, Path]]:
+def file_digests(data: DataConfig) -> dict[str, dict[str, Any]]:
+    """{split.side: {path, size, sha1}} of every input file: what a run was trained on."""
+    return {
+        f"{split}.{side}": {"path": str(path), "size": Path(path).stat().st_size,
+                            "sha1": _digest(Path(path))}
+        for split, pair in split_files(data).items()
+        for side, path in zip(SIDES, pair, strict=True)
+    }
+
+
+def split_files(data: DataConfig) -> dict[str, tuple[Path, Path]]:
+    """{split: (src file, tgt file)}, each checked to be a readable file."""
     if (data.test_src is None) != (data.test_tgt is None):
         given, missing = (
             ("data.test_src", "data.test_tgt")
@@ -255,32 +333,27 @@ def _split_files(data: DataConfig) -> dict[str, tuple[Path, Path]]:
     files = {"train": (data.train_src, data.train_tgt), "valid": (data.valid_src, data.valid_tgt)}
     if data.test_src is not None and data.test_tgt is not None:
         files["test"] = (data.test_src, data.test_tgt)
+    for pair in files.values():
+        for path in pair:
+            check_input_file(Path(path), "data file")
     return files
 
 
-def _fingerprint(
-    data: DataConfig, vocab: VocabConfig, files: dict[str, tuple[Path, Path]]
-) -> tuple[str, dict[str, dict[str, Any]]]:
-    """(hash, inputs): changes whenever the config sections or any input file's bytes change."""
-    for src, tgt in files.values():
-        for path in (src, tgt):
-            if not Path(path).is_file():
-                raise NMTKitError(f"data file not found: {path}")
-    inputs = {
-        f"{split}.{side}": _file_digest(Path(path))
-        for split, pair in files.items()
-        for side, path in zip(SIDES, pair, strict=True)
-    }
+def _fingerprint(data: DataConfig, vocab: VocabConfig, inputs: dict[str, Any],
+                 tokenizers: tuple[Tokenizer, Tokenizer] | None) -> str:
+    """Changes whenever the config sections, an input file's bytes or given tokenizers change."""
     blob = json.dumps(
         {
             "format": FORMAT_VERSION,
             "data": data.model_dump(mode="json"),
             "vocab": vocab.model_dump(mode="json"),
             "inputs": inputs,
+            "tokenizers": None if tokenizers is None else
+            [hashlib.sha1(t.to_bytes()).hexdigest() for t in tokenizers],
         },
         sort_keys=True,
     )
-    return hashlib.sha1(blob.encode("utf-8")).hexdigest(), inputs
+    return hashlib.sha1(blob.encode("utf-8")).hexdigest()
 
 
 def _existing_fingerprint(out_dir: Path) -> str | None:
@@ -308,66 +381,75 @@ def _existing_fingerprint(out_dir: Path) -> str | None:
     return meta.get("fingerprint", "") if isinstance(meta, dict) else ""
 
 
-def _write_lines(path: Path, lines: Sequence[str]) -> None:
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
-        for line in lines:
-            f.write(line + "\n")
-
-
 def _replace_dir(tmp: Path, out_dir: Path) -> None:
     """Swap the finished temp folder in. A crash leaves either the old or the new folder
     (or, between the two renames, none), never a half-written one."""
     old: Path | None = None
     if out_dir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-        old.rmdir()
-        os.replace(out_dir, old)
+        old = temp_folder(out_dir, "old")
+        os.replace(out_dir, old / out_dir.name)
     os.replace(tmp, out_dir)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
 
 def prepare(
-    data: DataConfig, vocab: VocabConfig, log: Callable[[str], None] = print
+    data: DataConfig, vocab: VocabConfig, log: Callable[[str], None] = print,
+    tokenizers: tuple[Tokenizer, Tokenizer] | None = None,
 ) -> PreparedData:
-    """Validate the text, learn subwords on the training data, filter, binarize, write meta.json.
+    """Validate the text, learn subwords on the training data (or use `tokenizers`, a
+    checkpoint's, to continue training or fine-tune it), filter, binarize, write meta.json.
 
     Reuses `data.out_dir` when it was prepared from the same config sections and the same input
-    bytes (sha1 of every file), so re-running a pipeline is cheap.
+    bytes (sha1 of every file) and its files pass their checks, so re-running a pipeline is
+    cheap; a damaged folder is prepared again.
     """
     out_dir = Path(data.out_dir)
-    files = _split_files(data)
-    fingerprint, inputs = _fingerprint(data, vocab, files)
+    remove_stale(out_dir)  # temp folders of a prepare that was killed
+    files = split_files(data)
+    inputs = file_digests(data)
+    fingerprint = _fingerprint(data, vocab, inputs, tokenizers)
     if _existing_fingerprint(out_dir) == fingerprint:
-        log(f"prepare: {out_dir} is up to date (same config and inputs); reusing it")
-        return PreparedData.load(out_dir)
+        try:
+            prepared = PreparedData.load(out_dir)
+            prepared.verify()
+            log(f"prepare: {out_dir} is up to date (same config and inputs); reusing it")
+            return prepared
+        except DamagedData as err:
+            log(f"prepare: {out_dir} is damaged ({err}); preparing it again")
 
-    # read and validate every split before spending time on training sentencepiece
-    texts = {split: read_parallel(src, tgt) for split, (src, tgt) in files.items()}
-
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    # read and validate the small splits before spending time on the training text
+    for split in ("valid", "test"):
+        if split in files and not any(s and t for s, t in read_pairs(*files[split])):
+            raise NMTKitError(f"data.{split}_src / data.{split}_tgt ({files[split][0]}): no pair "
+                              f"with both sides non-empty; the {split} set cannot be empty")
+    tmp = temp_folder(out_dir)
     try:
-        src_tok, tgt_tok, models = _learn_vocab(texts["train"], vocab, tmp)
+        spm_inputs = _training_text(files["train"], tmp)
+        if tokenizers is None:
+            src_tok, tgt_tok, models = _learn_vocab(spm_inputs, vocab, tmp)
+        else:
+            src_tok, tgt_tok, models = _given_vocab(tokenizers, tmp)
         splits: dict[str, dict[str, int]] = {}
-        for split, (src_lines, tgt_lines) in texts.items():
-            counts = _binarize_split(split, src_lines, tgt_lines, src_tok, tgt_tok, data, tmp)
+        chars: dict[str, Counter] = {side: Counter() for side in SIDES}
+        for split, (src, tgt) in files.items():
+            counts = _binarize_split(split, read_pairs(src, tgt), src_tok, tgt_tok, data, tmp,
+                                     chars)
             splits[split] = counts
-            log(
-                f"prepare: {split}: kept {counts['kept']} pairs; dropped "
-                f"{counts['dropped_empty']} empty, {counts['dropped_too_long']} too long "
-                f"(> {data.max_len} tokens), {counts['dropped_ratio']} bad length ratio "
-                f"(> {data.max_len_ratio})"
-            )
+            log(_split_report(split, counts, data))
         if splits["train"]["kept"] == 0:
             raise NMTKitError(
                 f"{data.train_src}: no training pair survived filtering "
                 "(check data.max_len / data.max_len_ratio)"
             )
+        for side, tok in (("src", src_tok), ("tgt", tgt_tok)):
+            line = _coverage_report(side, chars[side], tok)
+            if line:
+                log(line)
         meta = {
             "format": FORMAT_VERSION,
             "fingerprint": fingerprint,
-            "joint": vocab.joint,
+            "joint": models[0] == models[1],
             "src_model": models[0],
             "tgt_model": models[1],
             "src_vocab_size": len(src_tok),
@@ -378,6 +460,7 @@ def prepare(
                 "data": data.model_dump(mode="json"),
                 "vocab": vocab.model_dump(mode="json"),
             },
+            "vocabulary_from": "given" if tokenizers is not None else "learned",
         }
         # meta.json last: its presence marks a complete folder
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
@@ -389,59 +472,152 @@ def prepare(
     return PreparedData.load(out_dir)
 
 
+def _split_report(split: str, counts: dict[str, Any], data: DataConfig) -> str:
+    line = (f"prepare: {split}: kept {counts['kept']} pairs; dropped {counts['dropped_empty']} "
+            f"empty, {counts['dropped_too_long']} too long (> {data.max_len} tokens)")
+    if counts.get("first_too_long"):
+        line += f" (first at line {counts['first_too_long']})"
+    if split == "train":
+        line += f", {counts['dropped_ratio']} bad length ratio (> {data.max_len_ratio})"
+    return line
+
+
+def _training_text(train: tuple[Path, Path], dir: Path) -> dict[str, Path]:
+    """Stream the training pairs with both sides non-empty into one text file per side, for
+    sentencepiece to learn from (and to sample at most vocab.max_sentences lines of)."""
+    paths = {side: dir / f".spm-input.{side}.txt" for side in SIDES}
+    kept = 0
+    with open(paths["src"], "w", encoding="utf-8") as fs, open(paths["tgt"], "w", encoding="utf-8") as ft:
+        for s, t in read_pairs(*train):
+            if s and t:
+                fs.write(s + "\n")
+                ft.write(t + "\n")
+                kept += 1
+    if not kept:
+        raise NMTKitError(f"{train[0]}: the training data has no pair with both sides non-empty")
+    return paths
+
+
 def _learn_vocab(
-    train: tuple[list[str], list[str]], vocab: VocabConfig, dir: Path
+    texts: dict[str, Path], vocab: VocabConfig, dir: Path
 ) -> tuple[Tokenizer, Tokenizer, tuple[str, str]]:
-    """Train the subword model(s) on the non-empty training pairs; returns tokenizers and the
-    model file names (relative to dir)."""
-    pairs = [(s, t) for s, t in zip(*train, strict=True) if s and t]
-    if not pairs:
-        raise NMTKitError("the training data has no pair with both sides non-empty")
-    text_files = {}
-    for k, side in enumerate(SIDES):
-        text_files[side] = dir / f".spm-input.{side}.txt"
-        _write_lines(text_files[side], [p[k] for p in pairs])
+    """Train the subword model(s) on the training text; returns tokenizers and the model file
+    names (relative to dir)."""
     try:
         if vocab.joint:
-            model = train_sentencepiece([text_files["src"], text_files["tgt"]], dir / "spm", vocab)
+            model = train_sentencepiece([texts["src"], texts["tgt"]], dir / "spm", vocab)
             tok = Tokenizer(model)
             return tok, tok, (model.name, model.name)
-        src_model = train_sentencepiece([text_files["src"]], dir / "src", vocab)
-        tgt_model = train_sentencepiece([text_files["tgt"]], dir / "tgt", vocab)
+        src_model = train_sentencepiece([texts["src"]], dir / "src", vocab)
+        tgt_model = train_sentencepiece([texts["tgt"]], dir / "tgt", vocab)
         return Tokenizer(src_model), Tokenizer(tgt_model), (src_model.name, tgt_model.name)
     finally:
-        for path in text_files.values():
+        for path in texts.values():
             path.unlink(missing_ok=True)
+
+
+def _given_vocab(
+    tokenizers: tuple[Tokenizer, Tokenizer], dir: Path
+) -> tuple[Tokenizer, Tokenizer, tuple[str, str]]:
+    """Write given subword models (a checkpoint's) into the folder, as learned ones would be."""
+    src, tgt = tokenizers
+    for path in dir.glob(".spm-input.*"):
+        path.unlink()
+    if src.to_bytes() == tgt.to_bytes():
+        (dir / "spm.model").write_bytes(src.to_bytes())
+        return src, src, ("spm.model", "spm.model")
+    (dir / "src.model").write_bytes(src.to_bytes())
+    (dir / "tgt.model").write_bytes(tgt.to_bytes())
+    return src, tgt, ("src.model", "tgt.model")
+
+
+def _chunks(pairs: Iterable[tuple[str, str]], size: int) -> Iterator[list[tuple[str, str]]]:
+    it = iter(pairs)
+    while chunk := list(islice(it, size)):
+        yield chunk
 
 
 def _binarize_split(
     split: str,
-    src_lines: list[str],
-    tgt_lines: list[str],
+    pairs: Iterable[tuple[str, str]],
     src_tok: Tokenizer,
     tgt_tok: Tokenizer,
     data: DataConfig,
     dir: Path,
+    chars: dict[str, Counter],
 ) -> dict[str, int]:
-    """Encode, filter and write one split; returns its counts."""
-    src_ids = src_tok.encode_batch(src_lines)
-    tgt_ids = tgt_tok.encode_batch(tgt_lines)
-    counts = {"kept": 0, "dropped_empty": 0, "dropped_too_long": 0, "dropped_ratio": 0}
-    keep: list[int] = []
-    for i, (s, t) in enumerate(zip(src_ids, tgt_ids, strict=True)):
-        # an empty line encodes to no ids; so may a line of characters normalization removes
-        reason = drop_reason(len(s), len(t), data.max_len, data.max_len_ratio, split == "train")
-        if reason is None:
-            keep.append(i)
-        else:
-            counts[f"dropped_{reason}"] += 1
-    counts["kept"] = len(keep)
-    _write_ids(dir / f"{split}.src", [src_ids[i] for i in keep])
-    _write_ids(dir / f"{split}.tgt", [tgt_ids[i] for i in keep])
+    """Encode, filter and write one split, a chunk of lines at a time; returns its counts.
+    Also counts the characters of every kept line into `chars`."""
+    counts = {"kept": 0, "dropped_empty": 0, "dropped_too_long": 0, "dropped_ratio": 0,
+              "first_too_long": 0}
+    ids = {side: _ArrayWriter(dir / f"{split}.{side}.bin", "ids") for side in SIDES}
+    offsets = {side: _ArrayWriter(dir / f"{split}.{side}.idx", "offsets") for side in SIDES}
+    for side in SIDES:
+        offsets[side].write(np.zeros(1))
+    ends = {side: 0 for side in SIDES}
+    text = None
     if split != "train":
-        _write_lines(dir / f"{split}.src.txt", [src_lines[i] for i in keep])
-        _write_lines(dir / f"{split}.tgt.txt", [tgt_lines[i] for i in keep])
+        text = {side: open(dir / f"{split}.{side}.txt", "w", encoding="utf-8", newline="\n")  # noqa: SIM115
+                for side in SIDES}
+    line = 0
+    try:
+        for chunk in _chunks(pairs, CHUNK_LINES):
+            src_ids = src_tok.encode_batch([s for s, _ in chunk])
+            tgt_ids = tgt_tok.encode_batch([t for _, t in chunk])
+            keep = []
+            for i, (s, t) in enumerate(zip(src_ids, tgt_ids, strict=True)):
+                line += 1
+                # an empty line encodes to no ids; so may a line of characters normalization removes
+                reason = drop_reason(len(s), len(t), data.max_len, data.max_len_ratio, split == "train")
+                if reason is None:
+                    keep.append(i)
+                else:
+                    counts[f"dropped_{reason}"] += 1
+                    if reason == "too_long" and not counts["first_too_long"]:
+                        counts["first_too_long"] = line
+            counts["kept"] += len(keep)
+            for side, seqs, k in (("src", src_ids, 0), ("tgt", tgt_ids, 1)):
+                kept_seqs = [seqs[i] for i in keep]
+                lengths = np.fromiter((len(x) for x in kept_seqs), dtype=np.int64, count=len(keep))
+                ids[side].write(np.fromiter((t for x in kept_seqs for t in x), dtype=np.int32,
+                                            count=int(lengths.sum())))
+                offsets[side].write(ends[side] + np.cumsum(lengths))
+                ends[side] += int(lengths.sum())
+                lines = [chunk[i][k] for i in keep]
+                chars[side].update("".join(lines))
+                if text is not None:
+                    text[side].write("".join(x + "\n" for x in lines))
+    finally:
+        for writer in (*ids.values(), *offsets.values()):
+            writer.close()
+        for f in (text or {}).values():
+            f.close()
     return counts
+
+
+def _coverage_report(side: str, chars: Counter, tok: Tokenizer) -> str:
+    """A line naming the characters of the text that the vocabulary has no piece for: spelled
+    as bytes (byte fallback) or, without it, turned into <unk>. Empty if it covers them all."""
+    bytes_only: Counter = Counter()
+    unknown: Counter = Counter()
+    for ch, n in chars.items():
+        if ch.isspace():
+            continue
+        pieces = tok.sp.encode(ch, out_type=str)
+        if any(p.startswith("<0x") for p in pieces):
+            bytes_only[ch] = n
+        elif UNK_ID in tok.sp.encode(ch, out_type=int):
+            unknown[ch] = n
+    parts = []
+    for what, found in (("only through byte fallback (as UTF-8 bytes)", bytes_only),
+                        ("not at all (they become <unk>)", unknown)):
+        if found:
+            shown = " ".join(ch for ch, _ in found.most_common(8))
+            parts.append(f"{len(found)} characters ({sum(found.values())} occurrences) "
+                         f"{what}, e.g. {shown}")
+    if not parts:
+        return ""
+    return f"prepare: the {side} vocabulary covers " + "; ".join(parts)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from nmtkit.democorpus import make_demo_corpus
 from nmtkit.errors import NMTKitError
 from nmtkit.metrics import score
 from nmtkit.plotting import plot_attention
-from nmtkit.training import train
+from nmtkit.training import is_run_folder, train
 from nmtkit.translator import Translator
 
 CONFIGS = {"rnn": Path("configs/demo.yaml"), "transformer": Path("configs/demo-transformer.yaml")}
@@ -39,8 +39,10 @@ def run_demo(model: str = "rnn", direction: str = "ko-en", overrides: list[str] 
                                     f"training.out_dir=runs/demo-{suffix}",
                                     f"training.bleu_tokenize={tokenize}", *(overrides or [])])
     run_dir = Path(cfg.training.out_dir)
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # the demo always trains from scratch
+    if run_dir.exists():  # the demo always trains from scratch: an earlier demo run goes
+        if not run_dir.is_dir() or not (is_run_folder(run_dir) or not any(run_dir.iterdir())):
+            raise NMTKitError(f"{run_dir} exists and is not a run folder: move it to run the demo")
+        shutil.rmtree(run_dir)
     train(cfg)
 
     translator = Translator.load(run_dir / "best")

@@ -13,6 +13,9 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from nmtkit.errors import NMTKitError
+from nmtkit.files import write_text_atomic
+
 ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
         "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen",
         "eighteen", "nineteen"]
@@ -116,8 +119,12 @@ def make_demo_corpus(
         used.update(numbers)
         en_path, ko_path = out_dir / f"{split}.en", out_dir / f"{split}.ko"
         for path, fn in ((en_path, number_to_english), (ko_path, number_to_korean)):
-            tmp = path.with_suffix(path.suffix + ".tmp")
-            tmp.write_text("".join(fn(n) + "\n" for n in numbers), encoding="utf-8")
-            tmp.replace(path)
+            text = "".join(fn(n) + "\n" for n in numbers)
+            if path.exists():
+                if path.is_file() and path.read_text(encoding="utf-8", errors="replace") == text:
+                    continue  # this corpus, written before
+                raise NMTKitError(f"{path} exists and is not this demo corpus: move it, or "
+                                  "generate the corpus elsewhere")
+            write_text_atomic(path, text)
         files[split] = (en_path, ko_path)
     return files

@@ -33,14 +33,33 @@ def _fonts() -> list[str]:
     return families
 
 
+# what a picture nmtkit writes starts with, by file suffix: an existing file is replaced only if
+# it is such a picture
+SIGNATURES = {".png": b"\x89PNG", ".pdf": b"%PDF", ".svg": b"<?xml"}
+
+
+def check_picture_path(out: Path) -> Path:
+    """`out` must name a picture type we write, and may replace only a picture of that type."""
+    from nmtkit.errors import NMTKitError
+    from nmtkit.files import check_output_file
+
+    suffix = Path(out).suffix.lower()
+    if suffix not in SIGNATURES:
+        raise NMTKitError(f"--out {out}: give a file name ending in .png, .pdf or .svg")
+    return check_output_file(Path(out), magic=SIGNATURES[suffix], makes_folder=True)
+
+
 def _save(fig: Any, out: Path) -> Path:
     """Write to a temp file beside `out`, then rename: never a half-written picture."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".tmp-{os.getpid()}-{out.name}")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight", format=out.suffix.lstrip(".") or "png")
-    plt.close(fig)
-    os.replace(tmp, out)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-0{out.suffix}")
+    try:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format=out.suffix.lstrip(".") or "png")
+        os.replace(tmp, out)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return out
 
 

@@ -3,7 +3,10 @@
 One `Trainer` serves a single process and `torchrun` multi-process training (DDP) alike: with
 several ranks the batches are sharded, gradients are averaged by DDP, and only rank 0 writes
 checkpoints and logs. Everything needed to continue exactly where a run stopped (model,
-optimiser, schedule, RNG states, data position) is in each checkpoint.
+optimiser, schedule, every rank's RNG states, data position) is in each checkpoint, and
+`--resume` checks that what it continues is what was trained (model, vocabulary, data) before
+it touches anything. SIGINT (Ctrl-C) and SIGTERM stop after the current update with a
+checkpoint; a second one aborts at once.
 """
 
 from __future__ import annotations
@@ -12,9 +15,11 @@ import json
 import math
 import os
 import random
-import shutil
+import signal
+import threading
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +31,7 @@ from torch import nn
 from tqdm import tqdm
 
 from nmtkit.checkpoint import (
-    TMP_PREFIX,
+    Checkpoint,
     load_checkpoint,
     optimizer_from_tensors,
     optimizer_to_tensors,
@@ -35,10 +40,11 @@ from nmtkit.checkpoint import (
     remove_folder,
     save_checkpoint,
 )
-from nmtkit.config import Config
+from nmtkit.config import Config, config_from_dict
 from nmtkit.cpu import keep_freed_memory
-from nmtkit.data import PreparedData, TokenBatchSampler, collate, prepare
+from nmtkit.data import PreparedData, TokenBatchSampler, collate, file_digests, prepare
 from nmtkit.errors import NMTKitError
+from nmtkit.files import remove_stale, temp_name, write_text_atomic
 from nmtkit.loss import label_smoothed_nll, perplexity
 from nmtkit.metrics import bleu_score
 from nmtkit.model import build_model, count_parameters
@@ -48,10 +54,38 @@ from nmtkit.seq2seq import Seq2Seq
 
 CKPT_PREFIX = "ckpt-"
 
+# The keys of `training` a resumed run may change, and when each change takes effect. Every
+# other key of `training`, and all of `model`, `vocab` and `data` (but the file paths, when the
+# files' bytes are unchanged), must be as they were: `--resume` refuses to go on otherwise.
+RESUMABLE = {
+    "max_epochs": "at once: a run already past the new limit is finished",
+    "max_steps": "at once: a run already past the new limit is finished",
+    "max_minutes": "at once (training time, validation included, summed over the sessions)",
+    "early_stopping.patience": "at once, counting the evaluations without improvement so far",
+    "valid_every": "from the next update",
+    "valid_bleu": "from the next validation",
+    "valid_max_sentences": "from the next validation",
+    "bleu_tokenize": "from the next validation",
+    "keep_best": "at the next checkpoint",
+    "keep_last": "at the next checkpoint",
+    "log_every": "at once",
+    "num_threads": "at once",
+    "device": "at once (the optimizer state moves with the model)",
+    "precision": "from the next update",
+    "lr": "from the next update: the schedule goes on from the current update with this peak",
+    "min_lr": "from the next update",
+    "clip_norm": "from the next update",
+    "label_smoothing": "from the next update",
+    "max_bad_steps": "at once",
+    "out_dir": "(it is where the run is)",
+}
+WARN_AFTER = 20  # updates measured before the time-budget check
+
 
 def resolve_device(choice: str) -> torch.device:
     if choice == "cuda" and not torch.cuda.is_available():
-        raise NMTKitError("training.device is 'cuda' but no CUDA device is available")
+        raise NMTKitError("training.device is 'cuda' but no CUDA device is available "
+                          "(set training.device: cpu or auto)")
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
     if choice == "cuda" and dist.is_available() and "LOCAL_RANK" in os.environ:
@@ -69,16 +103,39 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     """Complete checkpoints, oldest first (temp folders of interrupted writes are not listed)."""
     if not run_dir.is_dir():
         return []
-    return sorted(p for p in run_dir.iterdir() if p.is_dir() and p.name.startswith(CKPT_PREFIX))
+    return sorted(p for p in run_dir.iterdir()
+                  if p.is_dir() and not p.is_symlink() and p.name.startswith(CKPT_PREFIX))
+
+
+def is_run_folder(path: Path) -> bool:
+    """A folder `nmtkit train` made: it has a training log or checkpoints."""
+    return (path / "log.jsonl").is_file() or bool(list_checkpoints(path))
 
 
 def point_link(link: Path, target: Path) -> None:
     """Atomically (re)point a symlink such as `best` or `last` at a checkpoint folder."""
-    tmp = link.with_name(f"{TMP_PREFIX}{link.name}-link")
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
+    tmp = temp_name(link, "tmp")
+    tmp.unlink(missing_ok=True)
     tmp.symlink_to(target.name)
     os.replace(tmp, link)
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str,
+                       allowed: set[str] = frozenset()) -> list[str]:
+    """'key: old -> new' for each key (outside `allowed`) whose value differs."""
+    a, b = _flat(old), _flat(new)
+    return [f"{prefix}{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys())
+            if a.get(k) != b.get(k) and k not in allowed]
 
 
 @dataclass
@@ -96,7 +153,7 @@ class TrainState:
     """Counters that must survive a restart (saved as JSON)."""
 
     step: int = 0  # optimizer updates done
-    epoch: int = 0
+    epoch: int = 0  # epochs completed
     batches_in_epoch: int = 0
     bad_steps: int = 0
     evals_without_improvement: int = 0
@@ -107,10 +164,11 @@ class TrainState:
 
 
 class Trainer:
-    def __init__(self, config: Config, log: Any = print) -> None:
+    def __init__(self, config: Config, log: Any = print, resume_command: str | None = None) -> None:
         self.cfg = config
         self.tcfg = config.training
         self.log_fn = log
+        self.resume_command = resume_command or "the same command with --resume"
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.distributed = self.world > 1
@@ -120,6 +178,10 @@ class Trainer:
         self._jsonl = None
         self._tb = None
         self.last_saved_step = -1
+        self.finished = False  # a resumed run that had already ended
+        self._signal: str | None = None
+        self._speed: list[float] | None = None  # [seconds, updates, tokens] measured so far
+        self.init_from: Path | None = None
 
     # ---- logging (rank 0 only) ----
     @property
@@ -130,10 +192,16 @@ class Trainer:
         if self.is_main:
             tqdm.write(msg) if self.log_fn is print else self.log_fn(msg)
 
+    @property
+    def epochs_done(self) -> float:
+        """Completed epochs, with the fraction of the current one."""
+        n = len(self.sampler) if getattr(self, "sampler", None) is not None else 0
+        return self.state.epoch + (self.state.batches_in_epoch / n if n else 0.0)
+
     def record(self, kind: str, **values: Any) -> None:
         if not self.is_main:
             return
-        row = {"type": kind, "step": self.state.step, "epoch": self.state.epoch, **values}
+        row = {"type": kind, "step": self.state.step, "epoch": round(self.epochs_done, 4), **values}
         if self._jsonl is None:
             self._jsonl = open(self.run_dir / "log.jsonl", "a", encoding="utf-8")  # noqa: SIM115
         self._jsonl.write(json.dumps(row) + "\n")
@@ -144,7 +212,10 @@ class Trainer:
                     self._tb.add_scalar(f"{kind}/{k}", v, self.state.step)
 
     # ---- set-up ----
-    def setup(self, resume: bool) -> None:
+    def setup(self, resume: str | bool | None = None, init_from: Path | None = None) -> None:
+        """resume: None/False (a new run), True/'yes' (continue; an error if there is nothing to
+        continue) or 'auto' (continue if there is a checkpoint, else start). init_from: start
+        from a checkpoint's weights and subword models (fine-tuning)."""
         tcfg = self.tcfg
         if tcfg.num_threads:
             torch.set_num_threads(tcfg.num_threads)
@@ -154,10 +225,31 @@ class Trainer:
             torch.cuda.set_device(self.device)
         else:
             keep_freed_memory()  # reuse the big per-update buffers instead of faulting them in
-        seed_everything(tcfg.seed)
+        # each rank draws its own dropout masks
+        seed_everything(tcfg.seed + self.rank)
+        resume_from = self._find_resume_point(resume) if resume else None
+        if resume_from is None and resume not in (None, False, "auto"):
+            raise NMTKitError(f"--resume: no checkpoint in {self.run_dir} to continue from; "
+                              "run without --resume to start (or with --resume auto)")
+        self._check_run_dir(resume_from is not None)
+        tokenizers = None
+        source: Checkpoint | None = None
+        if resume_from is not None:
+            source = resume_from
+            self._check_resumable(resume_from)
+        elif init_from is not None:
+            source = load_checkpoint(init_from)
+            self.init_from = Path(init_from)
+            diffs = config_differences(source.config.model.model_dump(mode="json"),
+                                       self.cfg.model.model_dump(mode="json"), "model.")
+            if diffs:
+                raise NMTKitError(f"--init-from {init_from}: the config's model differs from the "
+                                  f"checkpoint's ({diffs[0]}); fine-tuning keeps the model as it is")
+        if source is not None:
+            tokenizers = (source.src_tokenizer, source.tgt_tokenizer)
         # rank 0 prepares the data; the others wait and then read the prepared folder
         if self.is_main:
-            self.data = prepare(self.cfg.data, self.cfg.vocab, log=self.log)
+            self.data = prepare(self.cfg.data, self.cfg.vocab, log=self.log, tokenizers=tokenizers)
         self._barrier()
         if not self.is_main:
             self.data = PreparedData.load(Path(self.cfg.data.out_dir))
@@ -165,9 +257,8 @@ class Trainer:
         self.valid_corpus = self.data.split("valid")
         if len(self.train_corpus) == 0:
             raise NMTKitError(f"{self.cfg.data.train_src}: no training pairs left after filtering")
-        self.model: Seq2Seq = build_model(
-            self.cfg.model, len(self.data.src_tokenizer), len(self.data.tgt_tokenizer)
-        ).to(self.device)
+        self.model: Seq2Seq = _build(self.cfg, len(self.data.src_tokenizer),
+                                     len(self.data.tgt_tokenizer)).to(self.device)
         opt_cls = torch.optim.AdamW if tcfg.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = opt_cls(
             self.model.parameters(), lr=tcfg.lr, betas=tcfg.betas, weight_decay=tcfg.weight_decay
@@ -186,54 +277,162 @@ class Trainer:
             self.ddp_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
-        if self.is_main:
+        if resume_from is not None:
+            self._resume(resume_from)
+            self.finished = bool(self._limit_reached())
+        elif source is not None:
+            self.model.load_state_dict(source.model.state_dict())
+            self.log(f"fine-tuning from {init_from}: its weights and subword models; a new "
+                     "optimizer and schedule")
+        if self.is_main and not self.finished:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            for stale in self.run_dir.glob(f"{TMP_PREFIX}*"):  # left by a crash mid-write
-                shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink()
-            if not resume and list_checkpoints(self.run_dir):
-                raise NMTKitError(
-                    f"{self.run_dir} already holds checkpoints: pass --resume to continue, "
-                    "or choose another training.out_dir"
-                )
+            if resume_from is None:
+                self._drop_log_rows_after(0)  # a run that never saved a checkpoint starts over
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+                self._tb = SummaryWriter(str(self.run_dir / "tensorboard"),
+                                         purge_step=self.state.step + 1 if resume_from else None)
             except ImportError:
                 self._tb = None
         self._barrier()
-        if resume:
-            self._resume()
+
+    def _check_run_dir(self, resuming: bool) -> None:
+        """The run folder is new, or a run folder (never a user's other folder or file)."""
+        run = self.run_dir
+        if run.exists() and not run.is_dir():
+            raise NMTKitError(f"training.out_dir {run} is a file, not a folder")
+        if run.is_dir():
+            remove_stale(run / f"{CKPT_PREFIX}*")  # left by a crash mid-write
+            for link in ("best", "last"):
+                remove_stale(run / link)
+            if not resuming and list_checkpoints(run):
+                raise NMTKitError(
+                    f"{run} already holds checkpoints: pass --resume to continue, "
+                    "or choose another training.out_dir"
+                )
+            if not is_run_folder(run) and any(p for p in run.iterdir() if p.name != "tensorboard"):
+                raise NMTKitError(f"training.out_dir {run} is a folder with other files in it, not "
+                                  "a run folder: choose a new or empty folder")
 
     def _barrier(self) -> None:
         if self.distributed:
             dist.barrier()
 
+    # ---- resuming ----
+    def _find_resume_point(self, resume: str | bool) -> Checkpoint | None:
+        """The newest checkpoint that loads completely; damaged newer ones are skipped with a
+        warning (an older complete one is the last state known to be whole)."""
+        for path in reversed(list_checkpoints(self.run_dir)):
+            try:
+                ckpt = load_checkpoint(path, self.device)
+                read_tensors(path / "training.safetensors")
+                read_json(path / "training.json")
+                return ckpt
+            except NMTKitError as err:
+                self.log(f"warning: skipping damaged checkpoint {path} ({err})")
+        return None
+
+    def _check_resumable(self, ckpt: Checkpoint) -> None:
+        """What the checkpoint was trained with must be what the config asks for now."""
+        old, new = ckpt.config, self.cfg
+        hint = ("a run resumes as it was trained; to go on with other settings or data, start "
+                f"a new run with --init-from {ckpt.path}")
+        paths = {"train_src", "train_tgt", "valid_src", "valid_tgt", "test_src", "test_tgt", "out_dir"}
+        diffs = []
+        for section, allowed in (("model", set()), ("vocab", set()), ("data", paths),
+                                 ("training", set(RESUMABLE))):
+            diffs += config_differences(getattr(old, section).model_dump(mode="json"),
+                                        getattr(new, section).model_dump(mode="json"),
+                                        f"{section}.", allowed)
+        if diffs:
+            raise NMTKitError(f"--resume: {diffs[0]} since {ckpt.path} ({hint})")
+        trained_on = ckpt.info.get("data_inputs") or {}
+        for name, now in file_digests(new.data).items():
+            then = trained_on.get(name)
+            if then is not None and then.get("sha1") != now["sha1"]:
+                split, side = name.split(".")
+                raise NMTKitError(f"--resume: data.{split}_{side} ({now['path']}) is not the file "
+                                  f"{ckpt.path} was trained on (its content changed) ({hint})")
+        saved_world = read_json(ckpt.path / "training.json").get("world", 1)
+        if saved_world != self.world:
+            raise NMTKitError(f"--resume: {ckpt.path} was trained by {saved_world} process(es), "
+                              f"this is {self.world}; resume with the same number")
+
+    def _resume(self, ckpt: Checkpoint) -> None:
+        path = ckpt.path
+        self.model.load_state_dict(ckpt.model.state_dict())
+        tensors = read_tensors(path / "training.safetensors")
+        meta = read_json(path / "training.json")
+        try:
+            self.optimizer.load_state_dict(optimizer_from_tensors(tensors, meta["optimizer"]))
+            self.schedule.load_state_dict(meta["schedule"])
+            self.sampler.load_state_dict(meta["sampler"])
+            self.state = TrainState(**meta["trainer"])
+            torch.set_rng_state(tensors[f"rng.torch.{self.rank}"])
+            if self.device.type == "cuda":
+                torch.cuda.set_rng_state(tensors[f"rng.cuda.{self.rank}"], self.device)
+            v, s, g = meta["rng_python"][self.rank]
+            random.setstate((v, tuple(s), g))
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise NMTKitError(f"{path / 'training.json'}: not the training state this version "
+                              f"writes ({type(err).__name__}: {err})") from None
+        self.state.stopped = ""
+        self.last_saved_step = self.state.step
+        if self.is_main:
+            self._drop_log_rows_after(self.state.step)
+        self.log(f"resumed from {path} (update {self.state.step}, epoch {self.epochs_done:.2f})")
+
+    def _drop_log_rows_after(self, step: int) -> None:
+        """Rows logged after the checkpoint we resume from were lost with the rest of that
+        work: drop them, so the log has each update once."""
+        path = self.run_dir / "log.jsonl"
+        if not path.is_file():
+            return
+        rows = [line for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
+                if line.strip()]
+        kept = [line for line in rows if _row_step(line) <= step]
+        if len(kept) != len(rows):
+            write_text_atomic(path, "".join(kept))
+
     # ---- checkpoints ----
+    def _rng_states(self) -> tuple[dict[str, torch.Tensor], list[Any]]:
+        """Every rank's generator states (gathered to all ranks): torch's (and CUDA's) as
+        tensors, Python's as JSON."""
+        py = random.getstate()
+        mine = {"torch": torch.get_rng_state(), "python": [py[0], list(py[1]), py[2]]}
+        if self.device.type == "cuda":
+            mine["cuda"] = torch.cuda.get_rng_state(self.device)
+        states = [mine]
+        if self.distributed:
+            states = [None] * self.world
+            dist.all_gather_object(states, mine)
+        tensors = {f"rng.{kind}.{r}": s[kind] for r, s in enumerate(states)
+                   for kind in ("torch", "cuda") if kind in s}
+        return tensors, [s["python"] for s in states]
+
     def _save(self, eval_result: EvalResult | None) -> Path | None:
+        rng_tensors, rng_python = self._rng_states()  # a collective: every rank takes part
         if not self.is_main:
             return None
         st = self.state
         opt_tensors, opt_json = optimizer_to_tensors(self.optimizer)
-        tensors = dict(opt_tensors)
-        tensors["rng.torch"] = torch.get_rng_state()
-        if torch.cuda.is_available():
-            for i, s in enumerate(torch.cuda.get_rng_state_all()):
-                tensors[f"rng.cuda.{i}"] = s
-        py_state = random.getstate()
         training_json = {
             "optimizer": opt_json,
             "schedule": self.schedule.state_dict(),
             "sampler": self.sampler.state_dict(),
             "trainer": st.__dict__,
-            "rng_python": [py_state[0], list(py_state[1]), py_state[2]],
+            "rng_python": rng_python,
+            "world": self.world,
         }
         metrics = None if eval_result is None else eval_result.__dict__
         path = self.run_dir / f"{CKPT_PREFIX}{st.step:08d}"
-        save_checkpoint(
-            path, self.model, self.cfg, self.data.src_tokenizer, self.data.tgt_tokenizer,
-            {"step": st.step, "epoch": st.epoch, "metrics": metrics}, tensors, training_json,
-        )
+        info = {"step": st.step, "epoch": round(self.epochs_done, 4), "metrics": metrics,
+                "train_seconds": round(st.train_seconds, 1), "data_inputs": self.data.meta["inputs"]}
+        if self.init_from is not None:
+            info["init_from"] = str(self.init_from)
+        save_checkpoint(path, self.model, self.cfg, self.data.src_tokenizer, self.data.tgt_tokenizer,
+                        info, {**opt_tensors, **rng_tensors}, training_json)
         point_link(self.run_dir / "last", path)
         self._prune()
         return path
@@ -266,31 +465,6 @@ class Trainer:
         del st.best[self.tcfg.keep_best :]
         self.schedule.on_validation(value, higher)
         return improved
-
-    def _resume(self) -> None:
-        ckpts = list_checkpoints(self.run_dir)
-        if not ckpts:
-            self.log(f"--resume: no checkpoint in {self.run_dir}, starting from scratch")
-            return
-        path = ckpts[-1]
-        ckpt = load_checkpoint(path, self.device)
-        self.model.load_state_dict(ckpt.model.state_dict())
-        tensors = read_tensors(path / "training.safetensors")
-        meta = read_json(path / "training.json")
-        self.optimizer.load_state_dict(optimizer_from_tensors(tensors, meta["optimizer"]))
-        self.schedule.load_state_dict(meta["schedule"])
-        self.sampler.load_state_dict(meta["sampler"])
-        self.state = TrainState(**meta["trainer"])
-        self.state.stopped = ""
-        self.last_saved_step = self.state.step
-        torch.set_rng_state(tensors["rng.torch"])
-        if torch.cuda.is_available():
-            cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
-            if cuda_states:
-                torch.cuda.set_rng_state_all(cuda_states)
-        v, s, g = meta["rng_python"]
-        random.setstate((v, tuple(s), g))
-        self.log(f"resumed from {path} (update {self.state.step}, epoch {self.state.epoch + 1})")
 
     # ---- evaluation ----
     @torch.inference_mode()
@@ -338,29 +512,122 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     # ---- training ----
-    def train(self, resume: bool = False) -> TrainState:
-        self.setup(resume)
-        tcfg, st = self.tcfg, self.state
+    def train(self, resume: str | bool | None = None, init_from: Path | None = None) -> TrainState:
+        self.setup(resume, init_from)
+        st = self.state
+        if self.finished:
+            self.log(f"nothing to do: the run in {self.run_dir} has finished "
+                     f"({self._limit_reached()}); raise that limit to train on")
+            return st
         n_params = count_parameters(self.model)
         self.log(f"model: {self.cfg.model.type}, {n_params:,} parameters; device {self.device}"
                  f"{f', {self.world} processes' if self.distributed else ''}; "
                  f"{len(self.train_corpus):,} training pairs, {len(self.sampler)} batches/epoch")
         started = time.monotonic() - st.train_seconds
         self.model.train()
-        while not st.stopped:
-            if st.epoch >= tcfg.max_epochs:
-                st.stopped = f"reached max_epochs={tcfg.max_epochs}"
-                break
-            self._train_epoch(started)
-        self.log(f"stopped: {st.stopped}")
+        with self._stop_on_signals():
+            while not st.stopped:
+                self._train_epoch(started)
         if self.last_saved_step != st.step:
-            self._validate_and_save()
+            if self._signal:  # quick: a checkpoint of where it is, no validation
+                st.train_seconds = time.monotonic() - started
+                self._save(None)
+            else:
+                self._validate_and_save()
         self._barrier()
+        self._summary(started)
         if self._jsonl:
             self._jsonl.close()
         if self._tb is not None:
             self._tb.close()
         return st
+
+    def _summary(self, started: float) -> None:
+        st = self.state
+        minutes = (time.monotonic() - started) / 60
+        lines = [f"stopped: {st.stopped} after {st.step} updates, epoch {self.epochs_done:.2f}, "
+                 f"{minutes:.1f} min of training"]
+        if st.best:
+            metric = self.tcfg.early_stopping.metric
+            if metric == "bleu" and not self.tcfg.valid_bleu:
+                metric = "loss"
+            lines.append(f"best: valid {metric} {st.best[0][0]:.2f} at update {int(st.best[0][1])} "
+                         f"-> {self.run_dir / 'best'}")
+        lines.append(f"last: {self.run_dir / 'last'}")
+        if self._signal:
+            lines.append(f"to continue: {self.resume_command}")
+        self.log("\n".join(lines))
+
+    @contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        """SIGINT/SIGTERM: finish the update, write a checkpoint, stop; a second one aborts."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            if self._signal:
+                raise KeyboardInterrupt
+            self._signal = signal.Signals(signum).name
+            self.log(f"\n{self._signal}: stopping after this update with a checkpoint "
+                     "(send it again to abort at once)")
+
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def _interrupted(self) -> bool:
+        """Whether a signal asked to stop (on any rank: all stop after the same update)."""
+        flag = self._signal is not None
+        if self.distributed:
+            t = torch.tensor([float(flag)], device=self.device)
+            dist.all_reduce(t)
+            if t.item() and not self._signal:
+                self._signal = "SIGTERM"
+            flag = bool(t.item())
+        return flag
+
+    def _limit_reached(self) -> str:
+        """Why the run must stop before another update ('' if it may go on)."""
+        tcfg, st = self.tcfg, self.state
+        es = tcfg.early_stopping
+        if tcfg.max_steps and st.step >= tcfg.max_steps:
+            return f"reached max_steps={tcfg.max_steps}"
+        if st.epoch >= tcfg.max_epochs:
+            return f"reached max_epochs={tcfg.max_epochs}"
+        if tcfg.max_minutes and st.train_seconds >= tcfg.max_minutes * 60:
+            return f"reached max_minutes={tcfg.max_minutes:g}"
+        if es.patience and st.evals_without_improvement >= es.patience:
+            return f"early stopping: valid {es.metric} did not improve for {es.patience} evaluations"
+        return ""
+
+    def _check_budget(self, updates_per_min: float, tokens_per_s: float) -> None:
+        """Once, early: say how fast training goes, and warn when the limits end it before the
+        warm-up, the first validation or one epoch."""
+        tcfg = self.tcfg
+        per_epoch = math.ceil(len(self.sampler) / tcfg.update_freq)
+        self.log(f"speed: {updates_per_min:.1f} updates/min ({tokens_per_s:,.0f} target tokens/s); "
+                 f"one epoch is {per_epoch} updates, about {per_epoch / updates_per_min:.1f} min")
+        ends = [(tcfg.max_epochs * per_epoch, f"training.max_epochs={tcfg.max_epochs}")]
+        if tcfg.max_steps:
+            ends.append((tcfg.max_steps, f"training.max_steps={tcfg.max_steps}"))
+        if tcfg.max_minutes:
+            ends.append((int(tcfg.max_minutes * updates_per_min),
+                         f"training.max_minutes={tcfg.max_minutes:g}"))
+        last, why = min(ends)
+        first_valid = tcfg.valid_every or per_epoch
+        for milestone, name, fix in (
+            (tcfg.warmup_steps, f"the warm-up (training.warmup_steps={tcfg.warmup_steps})",
+             "lower warmup_steps"),
+            (first_valid, f"the first validation (after {first_valid} updates)", "lower valid_every"),
+            (per_epoch, f"one epoch ({per_epoch} updates)", "lower max_tokens or use more data"),
+        ):
+            if milestone and last < milestone:
+                self.log(f"warning: at {updates_per_min:.1f} updates/min, {why} ends training after "
+                         f"about {last} updates, before {name}: {fix} or raise the limit")
 
     def _train_epoch(self, started: float) -> None:
         tcfg, st = self.tcfg, self.state
@@ -372,65 +639,78 @@ class Trainer:
         bar = tqdm(total=n_batches, initial=st.batches_in_epoch, desc=f"epoch {st.epoch + 1}",
                    disable=not self.is_main, dynamic_ncols=True, leave=False)
         window_tokens, window_start, window_loss, window_n = 0, time.monotonic(), 0.0, 0
-        while True:
-            group = []
-            for indices in batches:
-                group.append(indices)
-                if len(group) == tcfg.update_freq:
+        try:
+            while True:
+                st.stopped = self._limit_reached()
+                if st.stopped:
+                    return
+                group = []
+                for indices in batches:
+                    group.append(indices)
+                    if len(group) == tcfg.update_freq:
+                        break
+                if not group:
                     break
-            if not group:
-                break
-            loss_sum, nll_sum, n_tokens = self._update(group)
-            st.batches_in_epoch += len(group)
-            bar.update(len(group))
-            if n_tokens == 0:
-                continue
-            window_tokens += n_tokens
-            window_loss += loss_sum
-            window_n += n_tokens
-            elapsed = time.monotonic() - window_start
-            tok_s = window_tokens * self.world / max(elapsed, 1e-9)
-            bar.set_postfix(loss=f"{loss_sum / n_tokens:.3f}", lr=f"{self.schedule(st.step):.2e}",
-                            tok_s=f"{tok_s:,.0f}")
-            if st.step % tcfg.log_every == 0:
-                self.record("train", loss=window_loss / max(1, window_n),
-                            lr=self.schedule(st.step), tokens_per_s=tok_s,
-                            elapsed_s=time.monotonic() - started)
-                window_tokens, window_start, window_loss, window_n = 0, time.monotonic(), 0.0, 0
-            st.train_seconds = time.monotonic() - started
-            if tcfg.max_steps and st.step >= tcfg.max_steps:
-                st.stopped = f"reached max_steps={tcfg.max_steps}"
-            elif tcfg.max_minutes and st.train_seconds >= tcfg.max_minutes * 60:
-                st.stopped = f"reached max_minutes={tcfg.max_minutes}"
-            if tcfg.valid_every and st.step % tcfg.valid_every == 0:
-                self._validate_and_save()
-            if st.stopped:
-                break
-        bar.close()
-        if not st.stopped:
-            st.epoch += 1
-            st.batches_in_epoch = 0
-            self.sampler.set_epoch(st.epoch)
-            if not tcfg.valid_every:
-                self._validate_and_save()
+                update_start = time.monotonic()
+                loss_sum, nll_sum, n_tokens = self._update(group)
+                st.batches_in_epoch += len(group)
+                bar.update(len(group))
+                st.train_seconds = time.monotonic() - started
+                if n_tokens:
+                    window_tokens += n_tokens
+                    window_loss += loss_sum
+                    window_n += n_tokens
+                    elapsed = time.monotonic() - window_start
+                    tok_s = window_tokens * self.world / max(elapsed, 1e-9)
+                    bar.set_postfix(loss=f"{loss_sum / n_tokens:.3f}", lr=f"{self.schedule(st.step):.2e}",
+                                    tok_s=f"{tok_s:,.0f}")
+                    if st.step % tcfg.log_every == 0:
+                        self.record("train", loss=window_loss / max(1, window_n),
+                                    lr=self.schedule(st.step), tokens_per_s=tok_s,
+                                    elapsed_s=st.train_seconds)
+                        window_tokens, window_start, window_loss, window_n = 0, time.monotonic(), 0.0, 0
+                self._measure_speed(n_tokens, time.monotonic() - update_start)
+                if tcfg.valid_every and st.step % tcfg.valid_every == 0:
+                    self._validate_and_save()
+                if self._interrupted():
+                    st.stopped = f"{self._signal or 'a signal'} (interrupted)"
+                    return
+        finally:
+            bar.close()
+        # the epoch is complete (on a resume, it may have been before the checkpoint was saved)
+        st.epoch += 1
+        st.batches_in_epoch = 0
+        self.sampler.set_epoch(st.epoch)
+        if not tcfg.valid_every and self.last_saved_step != st.step:
+            self._validate_and_save()
+
+    def _measure_speed(self, tokens: int, seconds: float) -> None:
+        """Time WARN_AFTER updates (after this session's first, which pays one-off costs),
+        then check the time budget, once."""
+        if self._speed is None:
+            self._speed = [0.0, 0, 0]
+            return
+        if self._speed[1] >= WARN_AFTER:
+            return
+        self._speed = [self._speed[0] + seconds, self._speed[1] + 1, self._speed[2] + tokens]
+        if self._speed[1] == WARN_AFTER:
+            seconds, updates, tokens = self._speed
+            self._check_budget(60 * updates / seconds, tokens * self.world / seconds)
 
     def _validate_and_save(self) -> None:
         self.last_saved_step = self.state.step
         start = time.monotonic()
         result = self.evaluate()
-        self._report_eval(result, time.monotonic() - start)
+        seconds = time.monotonic() - start
+        self._report_eval(result, seconds)
         improved = self._update_best(result)
         path = self._save(result)
         if improved and path is not None:
             point_link(self.run_dir / "best", path)
-        es = self.tcfg.early_stopping
-        if es.patience and self.state.evals_without_improvement >= es.patience:
-            self.state.stopped = (f"early stopping: valid {es.metric} did not improve for "
-                                  f"{es.patience} evaluations")
 
     def _report_eval(self, r: EvalResult, seconds: float) -> None:
         bleu = "" if r.bleu is None else f", BLEU {r.bleu:.2f}"
-        self.log(f"[valid] update {self.state.step}, epoch {self.state.epoch}: "
+        self.log(f"[valid] update {self.state.step}, epoch {self.epochs_done:.2f}: "
                  f"loss {r.loss:.4f}, ppl {r.ppl:.2f}{bleu} ({seconds:.1f} s)")
         self.record("valid", loss=r.loss, ppl=r.ppl, bleu=r.bleu, valid_s=seconds,
                     elapsed_s=self.state.train_seconds)
@@ -492,11 +772,43 @@ class Trainer:
         return loss_total, nll_total, tokens
 
 
-def train(config: Config, resume: bool = False) -> Path:
-    """Train per `config`; returns the run folder (with `best` and `last` checkpoint links)."""
-    trainer = Trainer(config)
+def _row_step(line: str) -> int:
     try:
-        trainer.train(resume)
+        row = json.loads(line)
+        return int(row.get("step", 0)) if isinstance(row, dict) else 0
+    except (json.JSONDecodeError, TypeError, ValueError):
+        return 0
+
+
+def _build(cfg: Config, src_vocab: int, tgt_vocab: int) -> Seq2Seq:
+    """build_model, with a clear error when the model cannot fit in memory."""
+    with torch.device("meta"):
+        n = count_parameters(build_model(cfg.model, src_vocab, tgt_vocab))
+    need = n * 4 * 4  # fp32 weights, gradients and two Adam moments
+    available = _available_memory()
+    if available and need > available:
+        raise NMTKitError(f"model: {n:,} parameters need about {need / 2**30:.1f} GiB to train, more "
+                          f"than the {available / 2**30:.1f} GiB available; make the model smaller")
+    return build_model(cfg.model, src_vocab, tgt_vocab)
+
+
+def _available_memory() -> int:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def train(config: Config, resume: str | bool | None = None, init_from: Path | None = None,
+          resume_command: str | None = None) -> Path:
+    """Train per `config`; returns the run folder (with `best` and `last` checkpoint links)."""
+    trainer = Trainer(config, resume_command=resume_command)
+    try:
+        trainer.train(resume, init_from)
     finally:
         if trainer.distributed and dist.is_initialized():
             dist.destroy_process_group()
@@ -511,8 +823,15 @@ def load_log(run_dir: Path) -> list[dict[str, Any]]:
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
                 raise NMTKitError(f"{path}: line {n} is not valid JSON") from None
+            if isinstance(row, dict):
+                rows.append(row)
     return rows
 
+
+def checkpoint_config(path: Path) -> Config:
+    """The config a checkpoint was trained with."""
+    return config_from_dict(read_json(Path(path) / "checkpoint.json").get("config", {}),
+                            str(Path(path) / "checkpoint.json"))

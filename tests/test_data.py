@@ -49,7 +49,7 @@ def write(path: Path, lines: list[str]) -> Path:
 # > max_len=40 tokens, and 1 word vs 30 words is a ratio far above 3)
 TRAIN_EXTRA_SRC = ["", "kalo mibe", " ".join(["kalo"] * 50), "kid"]
 TRAIN_EXTRA_TGT = ["TUR", "   ", " ".join(["TUR"] * 50), " ".join(["SOX"] * 30)]
-VALID_EXTRA_SRC = ["", " ".join(["hilo"] * 50)]  # the long pair is kept in valid
+VALID_EXTRA_SRC = ["", " ".join(["hilo"] * 50)]  # the long pair (line 2) is skipped in valid too
 VALID_EXTRA_TGT = ["WUVA", " ".join(["WUVA"] * 50)]
 
 
@@ -90,11 +90,22 @@ def prepared(
 
 
 def test_read_parallel_strips_lines(tmp_path: Path) -> None:
-    (tmp_path / "a").write_bytes("\ufeffhello  \r\n  world\n\n".encode())
+    (tmp_path / "a").write_bytes("\ufeffhello  \r\n  wor\rld\u2028!\n\n".encode())
     (tmp_path / "b").write_bytes(b"x\ny\nz")  # no final newline
     src, tgt = read_parallel(tmp_path / "a", tmp_path / "b")
-    assert src == ["hello", "world", ""]
+    assert src == ["hello", "wor\rld\u2028!", ""]  # lines end at "\n" only
     assert tgt == ["x", "y", "z"]
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo"])
+def test_read_parallel_names_a_folder_or_a_pipe(tmp_path: Path, kind: str) -> None:
+    import os
+
+    a = write(tmp_path / "a.src", ["1"])
+    b = tmp_path / "b.tgt"
+    b.mkdir() if kind == "folder" else os.mkfifo(b)
+    with pytest.raises(NMTKitError, match="is a folder, not a file" if kind == "folder" else "not a regular file"):
+        read_parallel(a, b)
 
 
 def test_read_parallel_missing_file(tmp_path: Path) -> None:
@@ -129,7 +140,7 @@ def test_drop_reason() -> None:
     assert drop_reason(5, 0, 40, 3.0, train=False) == "empty"
     assert drop_reason(41, 20, 40, 3.0, train=True) == "too_long"
     assert drop_reason(20, 41, 40, 3.0, train=True) == "too_long"
-    assert drop_reason(41, 20, 40, 3.0, train=False) is None  # valid/test are never length-filtered
+    assert drop_reason(41, 20, 40, 3.0, train=False) == "too_long"  # valid/test are length-checked too
     assert drop_reason(3, 10, 40, 3.0, train=True) == "ratio"
     assert drop_reason(10, 3, 40, 3.0, train=False) is None
     assert drop_reason(4, 12, 40, 3.0, train=True) is None  # exactly the ratio is kept
@@ -145,14 +156,15 @@ def test_drop_reason() -> None:
 def test_prepare_counts_and_logs(prepared) -> None:
     _, data, logs = prepared
     rep = data.report
-    assert rep.kept == {"train": 300, "valid": 21, "test": 10}
+    assert rep.kept == {"train": 300, "valid": 20, "test": 10}
     assert rep.dropped_empty == {"train": 2, "valid": 1, "test": 0}
-    assert rep.dropped_too_long == {"train": 1, "valid": 0, "test": 0}
+    assert rep.dropped_too_long == {"train": 1, "valid": 1, "test": 0}
     assert rep.dropped_ratio == {"train": 1, "valid": 0, "test": 0}
     split_logs = [line for line in logs if line.startswith("prepare: train:")]
     assert len(split_logs) == 1
     assert "kept 300" in split_logs[0] and "2 empty" in split_logs[0]
-    assert any(line.startswith("prepare: valid:") for line in logs)
+    valid_log = next(line for line in logs if line.startswith("prepare: valid:"))
+    assert "1 too long (> 40 tokens) (first at line 2)" in valid_log
     assert any(line.startswith("prepare: test:") for line in logs)
 
 
@@ -193,10 +205,9 @@ def test_valid_keeps_raw_text(prepared) -> None:
     cfg, data, _ = prepared
     src, tgt = read_parallel(cfg.valid_src, cfg.valid_tgt)
     valid = data.split("valid")
-    assert valid.raw_text("src") == src[1:]  # only the empty pair is gone, the long one stays
-    assert valid.raw_text("tgt") == tgt[1:]
-    assert data.tgt_tokenizer.decode(valid[0][1].tolist()) == tgt[1]
-    assert len(valid[0][0]) >= 50  # longer than max_len, still kept
+    assert valid.raw_text("src") == src[2:]  # the empty pair and the over-long one are gone
+    assert valid.raw_text("tgt") == tgt[2:]
+    assert data.tgt_tokenizer.decode(valid[0][1].tolist()) == tgt[2]
 
 
 def test_load_and_missing_split(prepared, tmp_path: Path) -> None:
@@ -299,11 +310,108 @@ def test_missing_input_file(tmp_path: Path) -> None:
 
 
 def test_binarized_corpus_empty_split(tmp_path: Path) -> None:
+    from nmtkit.data import _ArrayWriter
+
     for side in ("src", "tgt"):
-        (tmp_path / f"x.{side}.bin").write_bytes(b"")
-        (tmp_path / f"x.{side}.idx").write_bytes(np.zeros(1, dtype=np.int64).tobytes())
+        _ArrayWriter(tmp_path / f"x.{side}.bin", "ids").close()
+        offsets = _ArrayWriter(tmp_path / f"x.{side}.idx", "offsets")
+        offsets.write(np.zeros(1))
+        offsets.close()
     corpus = BinarizedCorpus(tmp_path, "x")
     assert len(corpus) == 0 and corpus.src_lengths.shape == (0,)
+
+
+def _damage(path: Path, how: str) -> None:
+    raw = bytearray(path.read_bytes())
+    if how == "truncated":
+        path.write_bytes(raw[: len(raw) - 6])
+    elif how == "header":
+        path.write_bytes(b"junk" + raw[4:])
+    elif how == "big id":
+        raw[-4:] = np.array([10_000], dtype="<i4").tobytes()
+        path.write_bytes(raw)
+    elif how == "falling offsets":
+        raw[-8:] = np.array([1], dtype="<i8").tobytes()
+        path.write_bytes(raw)
+
+
+@pytest.mark.parametrize("file, how", [("train.src.bin", "truncated"), ("train.tgt.idx", "truncated"),
+                                       ("valid.src.bin", "header"), ("train.tgt.bin", "big id"),
+                                       ("train.src.idx", "falling offsets")])
+def test_damaged_files_are_caught_and_prepare_rebuilds_them(tmp_path: Path, file: str, how: str) -> None:
+    from nmtkit.data import DamagedData
+
+    cfg = make_config(tmp_path)
+    data = prepare(cfg, VOCAB, log=lambda _: None)
+    _damage(Path(cfg.out_dir) / file, how)
+    with pytest.raises(DamagedData, match=f"{file}.*run `nmtkit prepare` again"):
+        data.split(file.split(".")[0])
+    logs: list[str] = []
+    again = prepare(cfg, VOCAB, log=logs.append)
+    assert any("is damaged" in line and "preparing it again" in line for line in logs)
+    again.verify()
+    assert len(again.split("train")) == 300
+
+
+def test_an_empty_valid_set_is_an_error(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path)
+    write(Path(cfg.valid_src), ["", "  "])
+    write(Path(cfg.valid_tgt), ["x", ""])
+    with pytest.raises(NMTKitError, match=r"data.valid_src / data.valid_tgt .*the valid set cannot be empty"):
+        prepare(cfg, VOCAB, log=lambda _: None)
+    assert not Path(cfg.out_dir).exists()
+
+
+def test_files_and_folders_follow_the_umask(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        cfg = make_config(tmp_path)
+        prepare(cfg, VOCAB, log=lambda _: None)
+    finally:
+        os.umask(old)
+    out = Path(cfg.out_dir)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    assert {stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == {0o644}
+
+
+def test_a_killed_prepare_leaves_nothing_the_next_run_keeps(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    cfg = make_config(tmp_path)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    stale = Path(cfg.out_dir).parent / f".bin.tmp-{dead}-abc"
+    stale.mkdir()
+    (stale / "train.src.bin").write_bytes(b"half")
+    prepare(cfg, VOCAB, log=lambda _: None)
+    assert not stale.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", "raw"]
+
+
+def test_given_tokenizers_are_used_not_learned(tmp_path: Path, prepared) -> None:
+    _, first, _ = prepared
+    other = make_config(tmp_path)
+    Path(other.train_src).write_text("completely different text\n" * 5, encoding="utf-8")
+    Path(other.train_tgt).write_text("GANZ ANDERER TEXT\n" * 5, encoding="utf-8")
+    data = prepare(other, VOCAB, log=lambda _: None,
+                   tokenizers=(first.src_tokenizer, first.tgt_tokenizer))
+    assert data.src_tokenizer.to_bytes() == first.src_tokenizer.to_bytes()
+    assert data.joint and data.meta["vocabulary_from"] == "given"
+    assert len(data.split("train")) == 5
+
+
+def test_prepare_reports_characters_the_vocabulary_lacks(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path)
+    src = Path(cfg.valid_src).read_text(encoding="utf-8")
+    Path(cfg.valid_src).write_text(src.replace("kalo", "kalo 🙂", 2), encoding="utf-8")
+    logs: list[str] = []
+    prepare(cfg, VOCAB, log=logs.append)  # no byte fallback: the emoji becomes <unk>
+    line = next(line for line in logs if "vocabulary covers" in line)
+    assert "1 characters (2 occurrences) not at all" in line and "🙂" in line
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,161 @@
+"""Reading inputs and writing outputs without surprises: clear errors, nothing half-written,
+and never a user's file or folder deleted or overwritten that nmtkit did not create.
+
+    check_input_file      a readable file (not a folder, not missing), else one clear error
+    temp_folder           a temp folder beside a final path, with the umask's permissions and a
+                          name that tells which process made it (so a later run can clean it up)
+    remove_stale          clean temp folders left by processes that were killed
+    write_text_atomic     write a file via a temp file and a rename
+    check_output_file     refuse to overwrite an input, a folder, or a file of another kind
+    os_error              an OSError (full disk, read-only folder, ...) as a one-line NMTKitError
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from nmtkit.errors import NMTKitError
+
+
+def check_input_file(path: Path, what: str, allow_stream: bool = False) -> Path:
+    """`path` must be a readable regular file (or, with allow_stream, a pipe such as
+    `<(command)`, read once). `what` names it in the error: 'data file', 'config file'..."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise NMTKitError(f"{what} not found: {path}") from None
+    except OSError as err:
+        raise NMTKitError(f"{what} {path}: {err.strerror}") from None
+    if stat.S_ISDIR(mode):
+        raise NMTKitError(f"{what} {path} is a folder, not a file")
+    if not stat.S_ISREG(mode) and not (allow_stream and (stat.S_ISFIFO(mode) or stat.S_ISCHR(mode))):
+        raise NMTKitError(f"{what} {path} is not a regular file (a pipe or device: nmtkit reads "
+                          "it more than once, so give it a file)")
+    if not os.access(path, os.R_OK):
+        raise NMTKitError(f"{what} {path}: permission denied (not readable)")
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def temp_folder(final: Path, kind: str = "tmp") -> Path:
+    """An empty folder beside `final`, renamed into place once complete. mkdtemp makes it
+    private (0700); it gets the permissions any folder the user makes would get, so that a
+    checkpoint or prepared data is as readable as the rest of their files. Its name carries
+    this process's id, so `remove_stale` knows a folder whose process is gone."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{kind}-{os.getpid()}-", dir=final.parent))
+    tmp.chmod(0o777 & ~_umask())
+    return tmp
+
+
+def remove_stale(final: Path) -> None:
+    """Delete the temp files and folders of `final` (see temp_folder; `final`'s name may be a
+    glob pattern such as 'ckpt-*') whose process no longer runs: what a `kill -9` or a power
+    cut left behind."""
+    final = Path(final)
+    if not final.parent.is_dir():
+        return
+    for path in final.parent.glob(f".{final.name}.*-*-*"):
+        match = _TEMP_NAME.search(path.name)
+        if match and not _alive(int(match.group(1))):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
+_TEMP_NAME = re.compile(r"\.(?:tmp|old|del)-(\d+)-[^/]*$")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def temp_name(final: Path, kind: str = "tmp") -> Path:
+    """A name beside `final` for a temp file or link, in remove_stale's pattern."""
+    final = Path(final)
+    return final.with_name(f".{final.name}.{kind}-{os.getpid()}-0")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` via a temp file beside it: a crash or a full disk leaves the old
+    file (or none), never half of the new one."""
+    path = Path(path)
+    tmp = temp_name(path)
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def check_output_file(path: Path, inputs: Iterable[Path] = (), magic: bytes | None = None,
+                      option: str = "--out", makes_folder: bool = False) -> Path:
+    """An output file may replace a file of its own kind (one starting with `magic`, when
+    given), never one of the command's inputs, a folder, or a file of another kind. Its folder
+    must exist, unless the writer makes it (`makes_folder`)."""
+    path = Path(path)
+    if path.is_dir():
+        raise NMTKitError(f"{option} {path} is a folder; give a file name")
+    if not path.exists():
+        parent = next((p for p in path.parents if p.exists()), Path("."))
+        if not parent.is_dir():
+            raise NMTKitError(f"{option} {path}: {parent} is a file, not a folder")
+        if not makes_folder and parent != path.parent:
+            raise NMTKitError(f"{option} {path}: the folder {path.parent} does not exist")
+        return path
+    for given in inputs:
+        if Path(given).exists() and path.samefile(given):
+            raise NMTKitError(f"{option} {path} is one of this command's inputs; it would be "
+                              "overwritten: choose another file")
+    if magic is not None:
+        with open(path, "rb") as f:
+            if f.read(len(magic)) != magic:
+                raise NMTKitError(f"{option} {path} exists and is not a file nmtkit wrote; "
+                                  "choose another name or remove it")
+    return path
+
+
+def os_error(err: OSError, doing: str = "") -> NMTKitError:
+    """A one-line error for an OSError a user can cause or fix: a full disk, a read-only or
+    missing folder, a file where a folder should be."""
+    where = err.filename or ""
+    reasons = {
+        errno.ENOSPC: "no space left on the device",
+        errno.EDQUOT: "disk quota exceeded",
+        errno.EFBIG: "file too large for the device or the process's file size limit",
+        errno.EROFS: "read-only file system",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "operation not permitted",
+        errno.ENOTDIR: "a file is in the way where a folder should be",
+        errno.EEXIST: "it already exists",
+        errno.ENOENT: "no such file or folder",
+        errno.EISDIR: "it is a folder",
+    }
+    reason = reasons.get(err.errno, err.strerror or str(err))
+    prefix = f"{doing}: " if doing else ""
+    return NMTKitError(f"{prefix}{where}{': ' if where else ''}{reason}")
