@@ -21,6 +21,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 import shutil
 import sys
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 
 from nmtkit.config import Config, config_from_dict
 from nmtkit.errors import NMTKitError
-from nmtkit.files import temp_folder
+from nmtkit.files import as_user_file, temp_folder
 from nmtkit.model import build_model
 from nmtkit.seq2seq import Seq2Seq
 from nmtkit.vocabulary import Tokenizer
@@ -58,6 +59,7 @@ def commit_folder(tmp: Path, final: Path) -> None:
     that exists is replaced only when the caller has checked it may be (`average` replacing
     its own earlier output)."""
     for f in tmp.iterdir():
+        as_user_file(f)
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
     _fsync_dir(tmp)
@@ -106,6 +108,12 @@ def save_checkpoint(
                       str(tmp / "training.safetensors"))
             write_json(tmp / "training.json", training_json or {})
         commit_folder(tmp, path)
+    except SafetensorError as err:  # its I/O errors (a full disk) are not OSErrors
+        shutil.rmtree(tmp, ignore_errors=True)
+        code = re.search(r"os error (\d+)", str(err))
+        if code:
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

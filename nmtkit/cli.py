@@ -153,6 +153,8 @@ def cmd_translate(args: argparse.Namespace) -> None:
             generator.manual_seed(args.seed)
         options["seed"] = generator
     details = args.output_format == "jsonl" or args.nbest > 1
+    # the options are checked now, not when the first line arrives
+    translator.translate([], args.batch_tokens, nbest=args.nbest, **options)
     name = args.input or "standard input"
     if args.input:
         stream: TextIO = open(args.input, encoding="utf-8", newline="\n")  # noqa: SIM115

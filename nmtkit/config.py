@@ -277,7 +277,7 @@ def _unknown_key_hint(loc: tuple[Any, ...]) -> str:
         if key in ANALOGUES and ANALOGUES[key].split(" ")[0] in cls.model_fields:
             hint += f": its key is {ANALOGUES[key]}"
         return hint + ")"
-    close = difflib.get_close_matches(key, list(cls.model_fields), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(key, list(cls.model_fields), n=1, cutoff=0.5)
     return f" (did you mean {close[0]}?)" if close else ""
 
 

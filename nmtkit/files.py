@@ -50,6 +50,12 @@ def _umask() -> int:
     return mask
 
 
+def as_user_file(path: Path) -> None:
+    """Give a file the permissions a file the user creates gets (some writers, safetensors
+    among them, make their files private)."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
 def temp_folder(final: Path, kind: str = "tmp") -> Path:
     """An empty folder beside `final`, renamed into place once complete. mkdtemp makes it
     private (0700); it gets the permissions any folder the user makes would get, so that a

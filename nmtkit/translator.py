@@ -99,6 +99,7 @@ class Translator:
     ) -> Translator:
         """One checkpoint folder, or a list of them to decode as an ensemble."""
         paths = [path] if isinstance(path, str | Path) else list(path)
+        device = _device(device)
         return cls([load_checkpoint(p, device) for p in paths], device, quantize, keep_memory, pack)
 
     def _batches(self, ids: list[list[int]], batch_tokens: int) -> list[list[int]]:

@@ -13,7 +13,9 @@ from nmtkit.training import Trainer
 if __name__ == "__main__":
     cfg = config_from_dict(json.loads(Path(sys.argv[1]).read_text()))
     trainer = Trainer(cfg)
-    trainer.train()
+    trainer.train(resume="--resume" in sys.argv)
     weights = {k: v.detach().clone().contiguous() for k, v in trainer.model.state_dict().items()}
-    save_file(weights, str(Path(sys.argv[2]) / f"rank{trainer.rank}.safetensors"))
+    out = Path(sys.argv[2])
+    out.mkdir(exist_ok=True)
+    save_file(weights, str(out / f"rank{trainer.rank}.safetensors"))
     dist.destroy_process_group()

@@ -91,3 +91,61 @@ def test_average_refuses_different_architectures(tiny_config, tmp_path) -> None:
     with pytest.raises(NMTKitError, match="architecture"):
         average_checkpoints([a / "last", b / "last"], tmp_path / "avg")
     assert not (tmp_path / "avg").exists()
+
+
+def test_average_never_replaces_a_users_folder_a_run_or_a_training_checkpoint(tiny_config, tmp_path) -> None:
+    import os
+    import stat
+
+    from nmtkit.checkpoint import average_checkpoints
+    from nmtkit.training import list_checkpoints
+
+    cfg = tiny_config.model_copy(update={"training": tiny_config.training.model_copy(
+        update={"valid_every": 2, "max_steps": 4, "keep_last": 3, "valid_bleu": False})})
+    run = train(cfg)
+    a, b = list_checkpoints(run)[-2:]
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("mine")
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    for out in (run, notes, a, run / "last", notes / "todo.txt"):
+        with pytest.raises(NMTKitError, match="--out .* (already exists|is one of)"):
+            average_checkpoints([a, b], out)
+    assert (notes / "todo.txt").read_text() == "mine"
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
+    assert (a / "training.json").is_file()  # the training state is still there
+    old = os.umask(0o022)
+    try:
+        out = average_checkpoints([a, b], tmp_path / "avg")
+        again = average_checkpoints([a], tmp_path / "avg")  # its own earlier output: replaced
+    finally:
+        os.umask(old)
+    assert out == again and json.loads((out / "checkpoint.json").read_text())["averaged_from"] == [str(a)]
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755  # the umask, not mkdtemp's 0700
+    assert {stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == {0o644}
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folders left
+
+
+def test_a_run_folder_resolves_to_its_best_and_mistakes_name_the_nearest(trained_run, capsys) -> None:
+    from nmtkit.checkpoint import resolve_checkpoint
+
+    run_dir, _ = trained_run
+    assert resolve_checkpoint(run_dir) == run_dir / "best"
+    assert "using" in capsys.readouterr().err
+    assert resolve_checkpoint(run_dir / "last") == run_dir / "last"
+    with pytest.raises(NMTKitError, match=f"not found: {run_dir}x .*nearest: {run_dir}"):
+        resolve_checkpoint(str(run_dir) + "x")
+    with pytest.raises(NMTKitError, match="not a checkpoint or a run folder.*nearest: .*ckpt-"):
+        resolve_checkpoint(run_dir / "tensorboard")
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", '{"format_version": 1}', "not json"])
+def test_checkpoint_json_of_the_wrong_shape_is_one_clear_error(trained_run, tmp_path, content) -> None:
+    import shutil
+
+    run_dir, _ = trained_run
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(run_dir / "last", ckpt)
+    (ckpt / "checkpoint.json").write_text(content)
+    with pytest.raises(NMTKitError, match="checkpoint.json: (not an nmtkit|not a JSON object|corrupted JSON)"):
+        load_checkpoint(ckpt)

@@ -102,3 +102,130 @@ def test_plot_attention_for_a_transformer_layer_and_head(tiny_config, tmp_path, 
     # the last layer's head-mean is what search returns as the attention alignment
     for a, b in zip(mean, r.attention, strict=False):
         assert max(abs(x - y) for x, y in zip(a, b, strict=False)) < 1e-4
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    """A tiny trained checkpoint for the command-line mistakes below."""
+    from nmtkit.config import config_from_dict
+    from nmtkit.democorpus import make_demo_corpus
+    from nmtkit.training import train
+
+    tmp = tmp_path_factory.mktemp("cli")
+    corpus = tmp / "corpus"
+    make_demo_corpus(corpus, seed=7, n_train=200, n_valid=20, n_test=20)
+    cfg = config_from_dict({
+        "data": {"train_src": str(corpus / "train.ko"), "train_tgt": str(corpus / "train.en"),
+                 "valid_src": str(corpus / "valid.ko"), "valid_tgt": str(corpus / "valid.en"),
+                 "out_dir": str(tmp / "bin"), "max_len": 40},
+        "vocab": {"size": 60, "joint": False, "byte_fallback": False},
+        "model": {"type": "rnn", "embed_size": 16, "hidden_size": 16, "encoder_layers": 1,
+                  "decoder_layers": 1},
+        "training": {"out_dir": str(tmp / "run"), "max_steps": 2, "valid_bleu": False}})
+    return train(cfg) / "last"
+
+
+def _mistakes(ckpt: Path, tmp: Path) -> list[tuple[list[str], str]]:
+    """(arguments, what the one error line must say) for a user's mistakes."""
+    folder = tmp / "folder"
+    folder.mkdir(exist_ok=True)
+    fifo = tmp / "fifo"
+    if not fifo.exists():
+        os.mkfifo(fifo)
+    text = tmp / "in.txt"
+    text.write_text("삼십\n")
+    empty = tmp / "empty.txt"
+    empty.write_text("")
+    latin1 = tmp / "latin1.yaml"
+    latin1.write_bytes(b"data:\n  train_src: caf\xe9\n")
+    dup = tmp / "dup.yaml"
+    dup.write_text("data: {train_src: a, train_tgt: b, valid_src: c, valid_tgt: d}\n"
+                   "training:\n  lr: 0.1\n  lr: 0.2\n")
+    c = str(ckpt)
+    return [
+        (["train", str(folder)], "config file " + str(folder) + " is a folder"),
+        (["train", str(latin1)], "latin1.yaml: line 2 is not valid UTF-8"),
+        (["train", str(dup)], "dup.yaml: line 4: key 'lr' is given twice in one section (first on line 3)"),
+        (["translate", "--checkpoint", c, "--input", str(folder)], "--input " + str(folder) + " is a folder"),
+        (["translate", "--checkpoint", c, "--beam", "0"], "argument --beam: '0': must be >= 1"),
+        (["translate", "--checkpoint", c, "--batch-tokens", "-5"], "argument --batch-tokens: '-5': must be >= 1"),
+        (["translate", "--checkpoint", c, "--nbest", "x"], "argument --nbest: 'x' is not a whole number"),
+        (["translate", "--checkpoint", c, "--temperature", "nan"], "--temperature: 'nan': must be a finite number"),
+        (["translate", "--checkpoint", c, "--temperature", "inf"], "--temperature: 'inf': must be a finite number"),
+        (["translate", "--checkpoint", c, "--length-penalty", "-1"], "--length-penalty: '-1': must be >= 0"),
+        (["translate", "--checkpoint", c, "--max-len-a", "nan"], "--max-len-a: 'nan': must be a finite number"),
+        (["translate", "--checkpoint", c, "--max-len-b", "-2"], "--max-len-b: '-2': must be >= 0"),
+        (["translate", "--checkpoint", c, "--nbest", "3", "--beam", "2"], "nbest (3) cannot exceed the beam size (2)"),
+        (["translate", "--checkpoint", c, "--device", "cuda"], "no CUDA device is available"),
+        (["translate", "--checkpoint", c, "--device", "tpu"], "unknown device 'tpu'"),
+        (["evaluate", "--checkpoint", c, "--src", str(text), "--ref", str(text), "--tokenize", "moses"],
+         "argument --tokenize: invalid choice: 'moses'"),
+        (["evaluate", "--checkpoint", c, "--src", str(empty), "--ref", str(empty)], "no sentence to translate"),
+        (["evaluate", "--checkpoint", c, "--src", str(fifo), "--ref", str(text)], "not a regular file"),
+        (["evaluate", "--checkpoint", c, "--src", str(text), "--ref", str(text), "--output", str(text)],
+         "--output " + str(text) + " is one of this command's inputs"),
+        (["plot-attention", "--checkpoint", c, "--sentence", "삼", "--out", str(text)], "give a file name ending in .png"),
+        (["plot-attention", "--checkpoint", c, "--sentence", "삼", "--out", str(tmp / "in.png")], None),
+        (["average", c, "--out", str(folder)], "--out " + str(folder) + " already exists"),
+        (["translate"], "the following arguments are required: --checkpoint"),
+    ]
+
+
+def test_every_mistake_is_one_line_and_exit_2(ckpt, tmp_path) -> None:
+    (tmp_path / "in.png").write_text("not a picture")
+    for args, message in _mistakes(ckpt, tmp_path):
+        result = run_cli(*args, cwd=tmp_path)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2, (args, result.stderr[-500:])
+        assert "Traceback" not in result.stderr and len(lines) == 1, (args, result.stderr[-800:])
+        assert lines[0].startswith("nmtkit: error: "), (args, lines)
+        assert message is None or message in lines[0], (args, lines[0])
+    assert (tmp_path / "in.png").read_text() == "not a picture"
+    assert (tmp_path / "in.txt").read_text() == "삼십\n"
+
+
+def test_full_disk_and_read_only_folders_are_one_line(ckpt, tmp_path) -> None:
+    """A file size limit stands in for a full disk (EFBIG where ENOSPC would come): the error
+    is one line and no half-written output is left."""
+    script = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000)); "
+              "from nmtkit.cli import main; sys.exit(main(sys.argv[1:]))")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    result = subprocess.run([sys.executable, "-c", script, "average", str(ckpt), "--out",
+                             str(tmp_path / "avg")], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-1500:]
+    assert "file too large" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "avg").exists() and not list(tmp_path.glob(".avg*"))
+    with open("/dev/full", "w") as full:  # translate's output on a full device
+        result = subprocess.run([sys.executable, "-m", "nmtkit.cli", "translate", "--checkpoint",
+                                 str(ckpt)], input="삼십\n", stdout=full, stderr=subprocess.PIPE,
+                                text=True, env=env, timeout=120)
+    assert result.returncode == 2 and "no space left on the device" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    if os.geteuid() != 0:  # root writes anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        result = run_cli("average", str(ckpt), "--out", str(ro / "avg"))
+        assert result.returncode == 2 and "permission denied" in result.stderr
+
+
+def test_translate_splits_lines_at_newline_only(ckpt) -> None:
+    result = run_cli("translate", "--checkpoint", str(ckpt), stdin="삼십\r사\n칠백\r\n\n오")
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.split("\n")) == 5  # 4 input lines (a lone \r splits nothing)
+
+
+def test_over_long_inputs_follow_the_policy_and_never_stop_the_stream(ckpt, tmp_path) -> None:
+    long = " ".join(["삼십사만"] * 400)
+    stdin = f"삼십\n{long}\n칠백\n{long}\n"
+    result = run_cli("translate", "--checkpoint", str(ckpt), stdin=stdin)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 4
+    assert "nmtkit: warning: 2 input line(s) truncated to 40 subword tokens (first: standard input line 2)" \
+        in result.stderr
+    result = run_cli("translate", "--checkpoint", str(ckpt), "--too-long", "skip", stdin=stdin)
+    assert result.stdout.split("\n")[1] == "" and result.stdout.split("\n")[0] != ""
+    assert "skipped" in result.stderr
+    result = run_cli("translate", "--checkpoint", str(ckpt), "--too-long", "error", stdin=stdin)
+    assert result.returncode == 2 and "input 2 has" in result.stderr and "limit of 40" in result.stderr

@@ -569,3 +569,18 @@ def test_sampler_costs_match_collated_tensors(prepared) -> None:
         batch = collate([corpus[i] for i in idx], idx)
         padded = len(idx) * max(batch.src.shape[1], batch.tgt_out.shape[1])
         assert padded <= 120 or len(idx) == 1
+
+
+def test_streaming_in_small_chunks_gives_the_same_folder(tmp_path: Path, monkeypatch) -> None:
+    from nmtkit import data as data_module
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    whole = prepare(make_config(tmp_path / "a"), VOCAB, log=lambda _: None)
+    monkeypatch.setattr(data_module, "CHUNK_LINES", 7)
+    chunked = prepare(make_config(tmp_path / "b"), VOCAB, log=lambda _: None)
+    for split in ("train", "valid", "test"):
+        a, b = whole.split(split), chunked.split(split)
+        assert len(a) == len(b) and all(np.array_equal(x, y) for i in range(len(a))
+                                        for x, y in zip(a[i], b[i], strict=True))
+        assert a.raw_text("src") == b.raw_text("src")

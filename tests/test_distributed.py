@@ -24,11 +24,11 @@ def test_two_ranks_match_each_other_and_one_process(tiny_config, tmp_path) -> No
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parents[1]))
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(WORKER), str(cfg_file), str(tmp_path)],
+         str(WORKER), str(cfg_file), str(tmp_path / "weights")],
         capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    rank0 = load_file(str(tmp_path / "rank0.safetensors"))
-    rank1 = load_file(str(tmp_path / "rank1.safetensors"))
+    rank0 = load_file(str(tmp_path / "weights" / "rank0.safetensors"))
+    rank1 = load_file(str(tmp_path / "weights" / "rank1.safetensors"))
     for k in rank0:
         assert torch.equal(rank0[k], rank1[k]), k
     # rank 0 alone wrote the checkpoint and the log
@@ -47,3 +47,34 @@ def test_two_ranks_match_each_other_and_one_process(tiny_config, tmp_path) -> No
     half = load_file(str(train(half_cfg) / "last" / "model.safetensors"))
     assert max(float((half[k] - rank0[k]).norm() / half[k].norm().clamp(min=1e-12))
                for k in half) > 1e-3
+
+
+def _torchrun(cfg, tmp_path, name: str, resume: bool = False) -> None:
+    cfg_file = tmp_path / f"{name}.json"
+    cfg_file.write_text(json.dumps(cfg.to_json_dict()))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parents[1]))
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(WORKER), str(cfg_file), str(tmp_path / name), *(["--resume"] if resume else [])],
+        capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_two_ranks_with_dropout_resume_bit_identically(tiny_config, tmp_path) -> None:
+    common = {"valid_bleu": False, "num_threads": 1, "max_epochs": 20, "valid_every": 3}
+    model = tiny_config.model.model_copy(update={"dropout": 0.3})  # per-rank dropout masks
+    cfg = tiny_config.model_copy(update={"model": model})
+    straight = cfg.model_copy(update={"training": cfg.training.model_copy(
+        update={**common, "max_steps": 6, "out_dir": tmp_path / "straight"})})
+    _torchrun(straight, tmp_path, "straight")
+    part = cfg.model_copy(update={"training": cfg.training.model_copy(
+        update={**common, "max_steps": 3, "out_dir": tmp_path / "parts"})})
+    _torchrun(part, tmp_path, "part1")
+    rng = load_file(str(tmp_path / "parts" / "last" / "training.safetensors"))
+    assert not torch.equal(rng["rng.torch.0"], rng["rng.torch.1"])  # each rank its own stream
+    _torchrun(part.model_copy(update={"training": part.training.model_copy(update={"max_steps": 6})}),
+              tmp_path, "part2", resume=True)
+    a = load_file(str(tmp_path / "straight" / "last" / "model.safetensors"))
+    b = load_file(str(tmp_path / "parts" / "last" / "model.safetensors"))
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

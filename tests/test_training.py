@@ -122,3 +122,180 @@ def test_scheduled_sampling_ratio_follows_the_update_count(tiny_config) -> None:
     trainer.state.step = 30
     assert trainer.teacher_forcing_ratio() == pytest.approx(0.7)
     assert Trainer(tiny_config).teacher_forcing_ratio() == 1.0  # fixed ratio by default
+
+
+def _run_in_subprocess(cfg, resume: bool = False) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", (
+        "import sys, json; from nmtkit.config import config_from_dict; "
+        "from nmtkit.training import train; "
+        "train(config_from_dict(json.loads(sys.argv[1])), resume=sys.argv[2] == '1')"),
+        json.dumps(cfg.to_json_dict()), "1" if resume else "0"],
+        capture_output=True, text=True, timeout=300)
+
+
+def test_resume_refuses_other_data_model_or_settings(tiny_config, tmp_path) -> None:
+    cfg = _with(tiny_config, out_dir=tmp_path / "r", max_steps=3, valid_bleu=False)
+    run = train(cfg)
+    before = sorted(p.name for p in run.iterdir())
+    bigger = cfg.model_copy(update={"model": cfg.model.model_copy(update={"hidden_size": 48})})
+    with pytest.raises(NMTKitError, match=r"--resume: model.hidden_size: 32 -> 48 since .*--init-from"):
+        train(_with(bigger, max_steps=6), resume=True)
+    with pytest.raises(NMTKitError, match=r"--resume: training.max_tokens: 600 -> 700"):
+        train(_with(cfg, max_steps=6, max_tokens=700), resume=True)
+    vocab = cfg.model_copy(update={"vocab": cfg.vocab.model_copy(update={"size": 61})})
+    with pytest.raises(NMTKitError, match=r"--resume: vocab.size: 60 -> 61"):
+        train(_with(vocab, max_steps=6), resume=True)
+    text = cfg.data.train_src.read_text(encoding="utf-8")
+    cfg.data.train_src.write_text(text.replace("삼", "사", 3), encoding="utf-8")
+    with pytest.raises(NMTKitError, match=r"data.train_src \(.*train.ko\) is not the file .* was trained on"):
+        train(_with(cfg, max_steps=6), resume=True)
+    cfg.data.train_src.write_text(text, encoding="utf-8")
+    assert sorted(p.name for p in run.iterdir()) == before  # nothing touched
+    # keys that may change do: more updates, other validation settings
+    run = train(_with(cfg, max_steps=5, valid_every=2, keep_last=2), resume=True)
+    assert [r["step"] for r in load_log(run) if r["type"] == "train"] == [1, 2, 3, 4, 5]
+
+
+def test_resume_without_a_checkpoint_says_so_unless_asked_to_start(tiny_config, tmp_path) -> None:
+    cfg = _with(tiny_config, out_dir=tmp_path / "n", max_steps=2, valid_bleu=False)
+    with pytest.raises(NMTKitError, match="no checkpoint in .* to continue from"):
+        train(cfg, resume=True)
+    assert not list_checkpoints(tmp_path / "n")
+    run = train(cfg, resume="auto")
+    assert [p.name for p in list_checkpoints(run)] == ["ckpt-00000002"]
+
+
+def test_resume_skips_a_damaged_newest_checkpoint(tiny_config, tmp_path) -> None:
+    cfg = _with(tiny_config, out_dir=tmp_path / "d", max_steps=4, valid_every=2, keep_last=3,
+                valid_bleu=False)
+    run = train(cfg)
+    newest = run / "ckpt-00000004"
+    raw = (newest / "model.safetensors").read_bytes()
+    (newest / "model.safetensors").write_bytes(raw[: len(raw) // 2])
+    trainer = Trainer(_with(cfg, max_steps=6))
+    trainer.train(resume=True)
+    assert [r["step"] for r in load_log(run) if r["type"] == "train"] == [1, 2, 3, 4, 5, 6]
+    rows = [r for r in load_log(run) if r["type"] == "valid"]
+    assert [r["step"] for r in rows] == [2, 4, 6]  # the lost update-4 row was logged again, once
+
+
+@pytest.mark.parametrize("limit", ["max_steps", "early_stopping"])
+def test_resuming_a_finished_run_changes_nothing(tiny_config, tmp_path, monkeypatch, limit) -> None:
+    if limit == "early_stopping":
+        scores = iter([5.0, 4.0, 3.0, 99.0])
+        monkeypatch.setattr(Trainer, "valid_bleu", lambda self: next(scores))
+        cfg = _with(tiny_config, out_dir=tmp_path / "f", max_epochs=50, valid_every=1,
+                    early_stopping=EarlyStoppingConfig(metric="bleu", patience=2))
+    else:
+        cfg = _with(tiny_config, out_dir=tmp_path / "f", max_steps=3, valid_bleu=False)
+    run = train(cfg)
+    state = {p.name: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    trainer = Trainer(cfg)
+    st = trainer.train(resume=True)
+    assert trainer.finished and st.step == (3 if limit == "max_steps" else 3)
+    assert {p.name: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == state
+    if limit == "early_stopping":  # patience and best survived the resume
+        assert st.evals_without_improvement == 2 and st.best_metric == 5.0
+
+
+def test_fine_tuning_starts_from_the_weights_with_a_new_optimizer(tiny_config, tmp_path) -> None:
+    from nmtkit.checkpoint import load_checkpoint
+    from nmtkit.democorpus import make_demo_corpus
+
+    base = train(_with(tiny_config, out_dir=tmp_path / "base", max_steps=3, valid_bleu=False))
+    new = make_demo_corpus(tmp_path / "new", seed=11, n_train=200, n_valid=20, n_test=20)
+    data = tiny_config.data.model_copy(update={
+        "train_src": new["train"][1], "train_tgt": new["train"][0], "valid_src": new["valid"][1],
+        "valid_tgt": new["valid"][0], "test_src": None, "test_tgt": None,
+        "out_dir": tmp_path / "bin-new"})
+    cfg = _with(tiny_config.model_copy(update={"data": data}), out_dir=tmp_path / "ft",
+                max_steps=2, valid_bleu=False, lr=0.0)  # lr 0: the weights must stay as loaded
+    trainer = Trainer(cfg)
+    trainer.train(init_from=base / "last")
+    start = load_checkpoint(base / "last")
+    for k, v in start.model.state_dict().items():
+        assert torch.equal(v, trainer.model.state_dict()[k]), k
+    assert trainer.state.step == 2  # a new count, and a new schedule and optimizer
+    assert trainer.data.src_tokenizer.to_bytes() == start.src_tokenizer.to_bytes()
+    info = json.loads((tmp_path / "ft" / "last" / "checkpoint.json").read_text())
+    assert info["init_from"] == str(base / "last")
+    bigger = cfg.model_copy(update={"model": cfg.model.model_copy(update={"hidden_size": 48})})
+    with pytest.raises(NMTKitError, match="--init-from .*model.hidden_size: 32 -> 48"):
+        train(_with(bigger, out_dir=tmp_path / "ft2"), init_from=base / "last")
+
+
+def test_sigint_writes_a_checkpoint_that_resumes_exactly(tiny_config, tmp_path) -> None:
+    import os
+    import signal
+
+    base = dict(max_epochs=30, schedule="noam", warmup_steps=4, valid_bleu=False, num_threads=1,
+                valid_every=1000)
+    straight = train(_with(tiny_config, out_dir=tmp_path / "s", max_steps=40, **base))
+    cfg = _with(tiny_config, out_dir=tmp_path / "i", max_steps=40, **base)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-c", (
+        "import sys, json, time; from nmtkit import training; from nmtkit.config import config_from_dict\n"
+        "update = training.Trainer._update\n"
+        "def slow(self, group):\n"
+        "    time.sleep(0.05); print('update', self.state.step + 1, flush=True); return update(self, group)\n"
+        "training.Trainer._update = slow\n"
+        "training.train(config_from_dict(json.loads(sys.argv[1])), resume_command='RESUME-HERE')"),
+        json.dumps(cfg.to_json_dict())], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    for line in proc.stdout:
+        if line.startswith("update 12"):
+            proc.send_signal(signal.SIGINT)
+            break
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    saved = list_checkpoints(tmp_path / "i")
+    assert len(saved) == 1 and 12 <= int(saved[0].name.split("-")[1]) < 40
+    assert "SIGINT" in out and "to continue: RESUME-HERE" in out
+    resumed = train(cfg, resume=True)
+    w1, w2 = _weights(straight / "last"), _weights(resumed / "last")
+    for k in w1:
+        assert torch.equal(w1[k], w2[k]), k
+
+
+def test_time_budget_warning_names_the_warmup(tiny_config, tmp_path) -> None:
+    logs: list[str] = []
+    cfg = _with(tiny_config, out_dir=tmp_path / "w", max_steps=25, schedule="noam",
+                warmup_steps=4000, valid_bleu=False, max_epochs=20)
+    Trainer(cfg, log=logs.append).train()
+    assert any(line.startswith("speed: ") and "updates/min" in line for line in logs)
+    warning = [line for line in logs if line.startswith("warning: at ")]
+    assert any("training.max_steps=25 ends training after about 25 updates, before the warm-up "
+               "(training.warmup_steps=4000)" in line for line in warning)
+    logs.clear()
+    Trainer(_with(cfg, out_dir=tmp_path / "ok", warmup_steps=10, valid_every=5), log=logs.append).train()
+    assert not any("before the warm-up" in line or "first validation" in line for line in logs)
+
+
+def test_a_folder_of_other_files_is_not_a_run_folder(tiny_config, tmp_path) -> None:
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / ".tmp-keep").write_text("mine")
+    (notes / "a.txt").write_text("mine")
+    with pytest.raises(NMTKitError, match="training.out_dir .*notes is a folder with other files"):
+        train(_with(tiny_config, out_dir=notes, max_steps=1))
+    assert sorted(p.name for p in notes.iterdir()) == [".tmp-keep", "a.txt"]
+
+
+def test_a_training_error_prints_on_its_own_line(tiny_config, tmp_path, monkeypatch, capsys) -> None:
+    import yaml
+
+    from nmtkit import training
+    from nmtkit.cli import main
+
+    def nan_loss(logits, target, smoothing=0.0):
+        loss = logits.sum() * float("nan")
+        return loss, loss.detach()
+
+    monkeypatch.setattr(training, "label_smoothed_nll", nan_loss)
+    cfg = _with(tiny_config, out_dir=tmp_path / "e", max_bad_steps=2)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_json_dict()))
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    last = err.rstrip("\n").split("\n")[-1]
+    assert last.split("\r")[-1].startswith("nmtkit: error: the loss was not finite"), repr(err[-300:])
+    assert "epoch 1:" not in last.split("\r")[-1]

@@ -224,3 +224,47 @@ def test_cli_answers_each_line_before_the_next(tiny_config) -> None:
         proc.kill()
 
 
+
+
+@pytest.mark.parametrize("bad, error", [
+    ("삼십", "translate takes a list of sentences; for one sentence, pass \\['삼십'\\]"),
+    (None, "not NoneType"),
+    (["삼십", 3], "sentence 1 is a int, not a str"),
+    ([b"x"], "sentence 0 is a bytes"),
+])
+def test_api_refuses_what_is_not_a_list_of_strings(tiny_config, bad, error) -> None:
+    t = Translator.load(train_run(tiny_config, "api", max_steps=1))
+    with pytest.raises(TypeError, match=error):
+        t.translate(bad)
+    for options, message in (({"beam": 0}, "beam must be"), ({"temperature": float("nan"), "sample": True},
+                             "temperature must be a finite"), ({"length_penalty": -1}, "length_penalty must"),
+                             ({"nbest": 10**6, "beam": 10**6}, "at most 256"), ({"too_long": "crop"}, "too_long")):
+        with pytest.raises(NMTKitError, match=message):
+            t.translate(["삼십"], **options)
+
+
+@pytest.mark.parametrize("family", ["rnn", "transformer"])
+def test_translations_never_depend_on_the_rest_of_the_batch(tiny_config, family) -> None:
+    import random
+
+    t = Translator.load(train_run(tiny_config, f"b-{family}", family, max_steps=20, valid_bleu=False))
+    words = tiny_config.data.train_src.read_text(encoding="utf-8").split()
+    rng = random.Random(0)
+    sentences = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 12))) for _ in range(200)]
+    for beam in (1, 5):
+        batched = t.translate(sentences, beam=beam, return_details=True, attention=False)
+        alone = [t.translate([s], beam=beam, return_details=True, attention=False)[0] for s in sentences]
+        assert [b.tokens for b in batched] == [a.tokens for a in alone]
+        assert [b.score for b in batched] == pytest.approx([a.score for a in alone], abs=1e-4)
+
+
+def test_inputs_past_the_limit_are_truncated_with_a_warning_for_the_rnn_too(tiny_config) -> None:
+    from nmtkit.errors import NMTKitWarning
+
+    t = Translator.load(train_run(tiny_config, "long", max_steps=1))
+    long = " ".join(["삼십사만"] * 3000)  # the RNN has no positions to run out of: still capped
+    with pytest.warns(NMTKitWarning, match="1 input\\(s\\) longer than 40 subword tokens were truncated"):
+        out = t.translate(["삼십", long])
+    assert len(out) == 2 and t.last_too_long == [1]
+    with pytest.raises(NMTKitError, match="input 2 has"):
+        t.translate(["삼십", long], too_long="error")

@@ -1,0 +1,62 @@
+"""The config schema: clear errors that name the file, line or key, and suggest the fix."""
+
+from pathlib import Path
+
+import pytest
+
+from nmtkit.config import config_from_dict, load_config
+from nmtkit.errors import NMTKitError
+
+DATA = {"train_src": "a", "train_tgt": "b", "valid_src": "c", "valid_tgt": "d"}
+
+
+def error(raw: dict) -> str:
+    with pytest.raises(NMTKitError) as err:
+        config_from_dict(raw)
+    return str(err.value)
+
+
+@pytest.mark.parametrize("model, expected", [
+    ({"type": "rnn", "hiden_size": 3}, "model.hiden_size: unknown key (did you mean hidden_size?)"),
+    ({"type": "transformer", "hidden_size": 3},
+     "model.hidden_size: unknown key (a key of model.type rnn, and this model is transformer: its key is d_model)"),
+    ({"type": "rnn", "heads": 4}, "model.heads: unknown key (a key of model.type transformer"),
+    ({"type": "rnn", "attention": "additive"}, "model.attention: Input should be 'none', 'dot', 'general', 'concat' or 'bahdanau'"),
+])
+def test_unknown_keys_suggest_the_fix(model, expected) -> None:
+    assert expected in error({"data": DATA, "model": model})
+    assert "did you mean lr?" in error({"data": DATA, "training": {"lrate": 1}})
+
+
+@pytest.mark.parametrize("training", [{"max_minutes": float("inf")}, {"lr": float("nan")},
+                                      {"betas": [0.9, 1.5]}, {"betas": [0.9]}])
+def test_values_that_cannot_be_saved_or_used_are_rejected(training) -> None:
+    assert "training." in error({"data": DATA, "training": training})
+
+
+def test_lengths_must_fit_the_positions_and_sizes_must_be_possible() -> None:
+    assert "data.max_len: 1023 + 2 (for <s> or </s>) exceeds model.max_positions (1024)" in error(
+        {"data": {**DATA, "max_len": 1023}, "model": {"type": "transformer"}})
+    config_from_dict({"data": {**DATA, "max_len": 1023}, "model": {"type": "rnn"}})  # no positions
+    assert "model.hidden_size: Input should be less than or equal to 65536" in error(
+        {"data": DATA, "model": {"type": "rnn", "hidden_size": 2_000_000}})
+
+
+def test_a_model_too_large_for_memory_is_one_clear_error(tiny_config, tmp_path) -> None:
+    from nmtkit.training import train
+
+    cfg = tiny_config.model_copy(update={
+        "model": tiny_config.model.model_copy(update={"hidden_size": 60_000, "embed_size": 60_000}),
+        "training": tiny_config.training.model_copy(update={"out_dir": tmp_path / "big"})})
+    with pytest.raises(NMTKitError, match="parameters need about .* GiB to train, more than"):
+        train(cfg)
+
+
+def test_yaml_mistakes_name_the_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data:\n  train_src: a\n   train_tgt: b\n")
+    with pytest.raises(NMTKitError, match="bad.yaml: not valid YAML at line 3"):
+        load_config(bad)
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(NMTKitError, match="the top level must be a mapping"):
+        load_config(bad)
