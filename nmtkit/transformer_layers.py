@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nmtkit.config import TransformerBlocks
+from nmtkit.dropout import Dropout, dropout
 from nmtkit.vocabulary import PAD_ID
 
 KeyValue = tuple[Tensor, Tensor]  # attention keys and values (shapes given where used)
@@ -223,7 +224,7 @@ class CrossAttention(MultiHeadAttention):
         # against 0.17 ms at 64 sentences x 5 beams).
         scores = (q @ k.transpose(-2, -1)).mul_(q.size(-1) ** -0.5)  # (sentences, heads, g * len, src)
         weights = scores.masked_fill_(~mask, float("-inf")).softmax(dim=-1)
-        context = F.dropout(weights, self.dropout, self.training) @ v
+        context = (dropout(weights, self.dropout) if self.training and self.dropout else weights) @ v
         out = self.merge_heads(context).view(batch, tgt_len, d_model)
         if not need_weights:
             return out, None
@@ -239,7 +240,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.up = nn.Linear(cfg.d_model, cfg.ff_size)
         self.down = nn.Linear(cfg.ff_size, cfg.d_model)
-        self.dropout = nn.Dropout(cfg.activation_dropout)
+        self.dropout = Dropout(cfg.activation_dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         hidden = self.dropout(F.relu(self.up(x)))  # (batch, len, ff_size)
@@ -261,7 +262,7 @@ class Residual(nn.Module):
         super().__init__()
         self.pre_norm = cfg.norm == "pre"
         self.norm = nn.LayerNorm(cfg.d_model)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def before(self, x: Tensor) -> Tensor:
         return self.norm(x) if self.pre_norm else x
