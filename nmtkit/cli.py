@@ -285,6 +285,25 @@ def cmd_average(args: argparse.Namespace) -> None:
     print(f"averaged {len(args.checkpoints)} checkpoints into {out}")
 
 
+def cmd_split(args: argparse.Namespace) -> None:
+    from nmtkit.split import split_corpus
+
+    report = split_corpus(Path(args.src), Path(args.tgt), Path(args.out), args.valid, args.test,
+                          args.seed, group_duplicates=not args.split_duplicates)
+    for split, (src, tgt) in report.files.items():
+        print(f"{split}: {report.pairs[split]:,} pairs  {src}  {tgt}")
+    if report.duplicates:
+        print(f"({report.duplicates:,} pairs share their source sentence with another pair; each "
+              "such group went to one split)")
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from nmtkit.info import describe, info_json, render
+
+    facts = describe(Path(args.path))
+    print(info_json(facts) if args.json else render(facts))
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from nmtkit.demo import run_demo
 
@@ -337,6 +356,18 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("config", help="YAML config file")
         sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set model.hidden_size=512")
+
+    sp = sub.add_parser("split", help="split one corpus file pair into train/valid/test")
+    sp.add_argument("src", help="source sentences, one per line")
+    sp.add_argument("tgt", help="their translations, line by line")
+    sp.add_argument("--valid", type=NON_NEGATIVE_INT, default=1000, help="pairs for validation")
+    sp.add_argument("--test", type=NON_NEGATIVE_INT, default=1000, help="pairs for testing")
+    sp.add_argument("--seed", type=int, default=1, help="the same seed gives the same split")
+    sp.add_argument("--out", required=True, help="a new (or empty) folder for the six files")
+    sp.add_argument("--split-duplicates", action="store_true",
+                    help="split line by line: copies of a source sentence may end up in "
+                    "different splits (by default each group of copies goes to one split)")
+    sp.set_defaults(fn=cmd_split)
 
     sp = sub.add_parser("prepare", help="validate, learn subwords, binarize the corpus")
     with_config(sp)
@@ -427,6 +458,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("checkpoints", nargs="+", help="checkpoint folders of one architecture")
     sp.add_argument("--out", required=True, help="folder of the averaged checkpoint")
     sp.set_defaults(fn=cmd_average)
+
+    sp = sub.add_parser("info", help="what a run folder or checkpoint holds: model, vocabulary, "
+                        "updates, best scores, config")
+    sp.add_argument("path", help="a run folder (runs/x) or a checkpoint (runs/x/best)")
+    sp.add_argument("--json", action="store_true", help="everything, as one JSON object")
+    sp.set_defaults(fn=cmd_info)
 
     sp = sub.add_parser("demo", help="generate the numbers corpus, train, translate, score, plot")
     sp.add_argument("--model", choices=["rnn", "transformer"], default="rnn")

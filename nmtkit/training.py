@@ -672,6 +672,7 @@ class Trainer:
                                     elapsed_s=st.train_seconds)
                         window_tokens, window_start, window_loss, window_n = 0, time.monotonic(), 0.0, 0
                 self._measure_speed(n_tokens, time.monotonic() - update_start)
+                st.stopped = self._limit_reached()  # known before a checkpoint records it
                 if tcfg.valid_every and st.step % tcfg.valid_every == 0:
                     self._validate_and_save()
                 if self._interrupted():
