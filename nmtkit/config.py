@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -27,13 +28,13 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     """Where the parallel text is, and which pairs `prepare` keeps."""
 
-    train_src: Path
-    train_tgt: Path
-    valid_src: Path
-    valid_tgt: Path
-    test_src: Path | None = None
-    test_tgt: Path | None = None
-    out_dir: Path = Path("data-bin/default")
+    train_src: Path = Field(description="training sources, one sentence per line (UTF-8)")
+    train_tgt: Path = Field(description="their translations, line by line")
+    valid_src: Path = Field(description="validation sources (BLEU and loss during training)")
+    valid_tgt: Path = Field(description="validation references")
+    test_src: Path | None = Field(None, description="test sources (prepared too; optional)")
+    test_tgt: Path | None = Field(None, description="test references")
+    out_dir: Path = Field(Path("data-bin/default"), description="the prepared data folder")
     max_len: int = Field(128, ge=1, description="longest kept pair, in subword tokens")
     max_len_ratio: float = Field(3.0, gt=1.0, description="drop pairs whose length ratio exceeds it")
 
@@ -41,10 +42,11 @@ class DataConfig(_Section):
 class VocabConfig(_Section):
     """Subword vocabulary, learned with sentencepiece on the training data."""
 
-    type: Literal["bpe", "unigram", "char", "word"] = "bpe"
-    size: int = Field(8000, ge=8)
-    joint: bool = True
-    character_coverage: float = Field(1.0, gt=0.0, le=1.0)
+    type: Literal["bpe", "unigram", "char", "word"] = Field("bpe", description="sentencepiece model type")
+    size: int = Field(8000, ge=8, description="pieces per vocabulary; a small corpus may give fewer")
+    joint: bool = Field(True, description="one vocabulary for both languages (needed to share embeddings)")
+    character_coverage: float = Field(1.0, gt=0.0, le=1.0, description="share of characters kept as "
+                                      "pieces; below 1 the rarest are left out (byte fallback spells them)")
     max_sentences: int = Field(1_000_000, ge=1, description="sample at most this many lines")
     byte_fallback: bool = Field(
         True, description="bpe/unigram: a character outside the vocabulary is spelled as its "
@@ -58,12 +60,12 @@ class RNNConfig(_Section):
     """The classic attentional encoder-decoder (Bahdanau et al. 2015; Luong et al. 2015)."""
 
     type: Literal["rnn"] = "rnn"
-    cell: Literal["lstm", "gru"] = "lstm"
-    embed_size: int = Field(256, ge=1, le=65536)
-    hidden_size: int = Field(512, ge=1, le=65536)
-    encoder_layers: int = Field(2, ge=1, le=64)
-    decoder_layers: int = Field(2, ge=1, le=64)
-    bidirectional: bool = True
+    cell: Literal["lstm", "gru"] = Field("lstm", description="the recurrent unit")
+    embed_size: int = Field(256, ge=1, le=65536, description="word embedding size")
+    hidden_size: int = Field(512, ge=1, le=65536, description="RNN state size (per direction)")
+    encoder_layers: int = Field(2, ge=1, le=64, description="stacked encoder RNN layers")
+    decoder_layers: int = Field(2, ge=1, le=64, description="stacked decoder RNN layers")
+    bidirectional: bool = Field(True, description="the encoder reads the source both ways")
     bridge: Literal["concat", "sum", "mean", "max"] = Field(
         "concat", description="how a bidirectional encoder's two final states become one")
     attention: Literal["none", "dot", "general", "concat", "bahdanau"] = Field(
@@ -72,10 +74,13 @@ class RNNConfig(_Section):
     input_feeding: bool | None = Field(
         None, description="feed h~_{t-1} into the next step (Luong); default on with a Luong "
         "attention, and not available with bahdanau (which feeds the context) or none")
-    reverse_source: bool = False
-    dropout: float = Field(0.2, ge=0.0, lt=1.0)
-    share_embeddings: bool = False
-    tie_output: bool = False
+    reverse_source: bool = Field(False, description="read the source words backwards, </s> last "
+                                 "(Sutskever et al. 2014)")
+    dropout: float = Field(0.2, ge=0.0, lt=1.0, description="on embeddings, between layers, on outputs")
+    share_embeddings: bool = Field(False, description="one embedding table for source and target "
+                                   "(needs vocab.joint)")
+    tie_output: bool = Field(False, description="the target embedding is also the output layer "
+                             "(needs embed_size == hidden_size)")
 
     @model_validator(mode="after")
     def _input_feeding(self) -> RNNConfig:
@@ -94,15 +99,18 @@ class TransformerBlocks(_Section):
     """What every stack of Transformer layers shares (the encoder-decoder, the decoder-only
     model and the Vision Transformer)."""
 
-    d_model: int = Field(256, ge=8, le=65536)
-    heads: int = Field(4, ge=1, le=1024)
-    ff_size: int = Field(1024, ge=1, le=1048576)
-    norm: Literal["pre", "post"] = "pre"
-    positional: Literal["sinusoidal", "learned", "none"] = "sinusoidal"
-    max_positions: int = Field(1024, ge=1, le=1048576)
-    dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    attention_dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    activation_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    d_model: int = Field(256, ge=8, le=65536, description="the width of every layer")
+    heads: int = Field(4, ge=1, le=1024, description="attention heads; must divide d_model")
+    ff_size: int = Field(1024, ge=1, le=1048576, description="the feed-forward network's inner width")
+    norm: Literal["pre", "post"] = Field("pre", description="layer norm before each sublayer (pre: "
+                                         "stable) or after it (post: the original)")
+    positional: Literal["sinusoidal", "learned", "none"] = Field("sinusoidal", description="how "
+                                                                 "positions are encoded")
+    max_positions: int = Field(1024, ge=1, le=1048576, description="the longest sequence the position "
+                               "table covers (learned/sinusoidal)")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="on embeddings and every sublayer's output")
+    attention_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="on attention weights")
+    activation_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="inside the feed-forward network")
 
     @model_validator(mode="after")
     def _heads_divide(self) -> TransformerBlocks:
@@ -116,17 +124,19 @@ class TransformerConfig(TransformerBlocks):
     """The Transformer (Vaswani et al. 2017)."""
 
     type: Literal["transformer"] = "transformer"
-    encoder_layers: int = Field(3, ge=1, le=256)
-    decoder_layers: int = Field(3, ge=1, le=256)
-    share_embeddings: bool = False
-    tie_output: bool = True
+    encoder_layers: int = Field(3, ge=1, le=256, description="encoder layers")
+    decoder_layers: int = Field(3, ge=1, le=256, description="decoder layers")
+    share_embeddings: bool = Field(False, description="one embedding table for source and target "
+                                   "(needs vocab.joint)")
+    tie_output: bool = Field(True, description="the target embedding is also the output layer")
 
 
 ModelConfig = Annotated[RNNConfig | TransformerConfig, Field(discriminator="type")]
 
 
 class EarlyStoppingConfig(_Section):
-    metric: Literal["bleu", "loss", "ppl"] = "bleu"
+    metric: Literal["bleu", "loss", "ppl"] = Field("bleu", description="what `best` and early "
+                                                   "stopping follow (loss if BLEU is off)")
     patience: int = Field(0, ge=0, description="validations without improvement; 0 = never stop")
 
 
@@ -157,42 +167,48 @@ class ScheduledSamplingConfig(_Section):
 
 
 class TrainingConfig(_Section):
-    out_dir: Path = Path("runs/default")
-    seed: int = 1234
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["fp32", "bf16"] = "fp32"
-    max_tokens: int = Field(4096, ge=1, description="target+source tokens per batch")
-    max_epochs: int = Field(10, ge=1)
+    out_dir: Path = Field(Path("runs/default"), description="the run folder: checkpoints, log, curves")
+    seed: int = Field(1234, description="seeds the weights, dropout and the batch order")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when there is one")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast (faster on CPUs "
+                                               "with AVX512-BF16 and on GPUs); checkpoints stay fp32")
+    max_tokens: int = Field(4096, ge=1, description="tokens per batch: sentences x the longer side "
+                            "(+1), padding included")
+    max_epochs: int = Field(10, ge=1, description="stop after this many passes over the data")
     max_steps: int = Field(0, ge=0, description="stop after this many updates; 0 = no limit")
     max_minutes: float = Field(0.0, ge=0.0, description="stop after this wall time; 0 = no limit")
-    optimizer: Literal["adam", "adamw"] = "adam"
-    lr: float = Field(1e-3, gt=0.0)
+    optimizer: Literal["adam", "adamw"] = Field("adam", description="adamw: decoupled weight decay")
+    lr: float = Field(1e-3, gt=0.0, description="the peak learning rate")
     betas: tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]] = (
         0.9, 0.98)
-    weight_decay: float = Field(0.0, ge=0.0)
-    schedule: Literal["constant", "noam", "cosine", "plateau"] = "constant"
-    warmup_steps: int = Field(0, ge=0)
-    min_lr: float = Field(0.0, ge=0.0)
-    plateau_factor: float = Field(0.5, gt=0.0, lt=1.0)
-    plateau_patience: int = Field(2, ge=0)
+    weight_decay: float = Field(0.0, ge=0.0, description="L2 (adam) or decoupled (adamw)")
+    schedule: Literal["constant", "noam", "cosine", "plateau"] = Field(
+        "constant", description="noam: linear warm-up, then 1/sqrt(update); cosine: warm-up, then "
+        "down to min_lr at the last update; plateau: halve when validation stalls")
+    warmup_steps: int = Field(0, ge=0, description="updates of linear warm-up to lr")
+    min_lr: float = Field(0.0, ge=0.0, description="the floor of cosine and plateau")
+    plateau_factor: float = Field(0.5, gt=0.0, lt=1.0, description="plateau: lr multiplier")
+    plateau_patience: int = Field(2, ge=0, description="plateau: stalled validations before it acts")
     clip_norm: float = Field(1.0, ge=0.0, description="0 = no clipping")
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="probability mass spread over "
+                                   "the other words (0.1 is usual)")
     update_freq: int = Field(1, ge=1, description="batches accumulated per update")
     teacher_forcing_ratio: float = Field(
         1.0, ge=0.0, le=1.0, description="a fixed probability of feeding the gold previous token "
         "(1: teacher forcing); for a decaying one see scheduled_sampling")
-    scheduled_sampling: ScheduledSamplingConfig | None = None
+    scheduled_sampling: ScheduledSamplingConfig | None = Field(
+        None, description="decaying teacher forcing (Bengio et al. 2015): decay, k, c, min_ratio")
     max_bad_steps: int = Field(5, ge=1, description="stop after this many non-finite losses in a row")
     valid_every: int = Field(0, ge=0, description="validate every N updates; 0 = each epoch")
-    valid_bleu: bool = True
+    valid_bleu: bool = Field(True, description="greedy BLEU at each validation (besides the loss)")
     bleu_tokenize: Literal["13a", "intl", "char", "zh", "none"] = Field(
         "13a", description="sacreBLEU tokenizer; `char` for targets written without spaces"
     )
     valid_max_sentences: int = Field(0, ge=0, description="BLEU on the first N; 0 = all")
-    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
-    keep_best: int = Field(1, ge=1)
-    keep_last: int = Field(1, ge=1)
-    log_every: int = Field(50, ge=1)
+    early_stopping: EarlyStoppingConfig = Field(EarlyStoppingConfig(), description="metric, patience")
+    keep_best: int = Field(1, ge=1, description="best checkpoints kept")
+    keep_last: int = Field(1, ge=1, description="newest checkpoints kept (for averaging: more)")
+    log_every: int = Field(50, ge=1, description="updates between log.jsonl rows")
     num_threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch's default")
 
     @model_validator(mode="after")
@@ -209,7 +225,7 @@ class DecodingConfig(_Section):
     beam: int = Field(1, ge=1, le=1024, description="beam size; 1 = greedy search")
     length_penalty: float = Field(1.0, ge=0.0, description="GNMT alpha; 0 = none")
     max_len_a: float = Field(1.5, ge=0.0, description="output of at most a * source length + b tokens")
-    max_len_b: int = Field(10, ge=0)
+    max_len_b: int = Field(10, ge=0, description="see max_len_a")
     batch_tokens: int = Field(4096, ge=1, description="source tokens per batch, padding included")
     max_input_len: int = Field(
         0, ge=0, description="longest input in subword tokens; 0 = data.max_len (the longest "
@@ -374,3 +390,84 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
                           "(data:, vocab:, model:, training:, decoding:)")
     raw = apply_overrides(raw, overrides or [])
     return config_from_dict(raw, str(path))
+
+
+# ---- the reference of every key, for the README ----
+
+README_START = "<!-- config reference: generated by `python -m nmtkit.config`, do not edit -->"
+README_END = "<!-- end of config reference -->"
+
+
+def _allowed(field: Any) -> str:
+    annotation = field.annotation
+    choices = typing.get_args(annotation) if typing.get_origin(annotation) is Literal else ()
+    if choices:
+        return " \\| ".join(f"`{c}`" for c in choices)
+    bounds = []
+    for m in field.metadata:
+        for name, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+            value = getattr(m, name, None)
+            if value is not None:
+                bounds.append(f"{sign} {value:,}" if isinstance(value, int) else f"{sign} {value:g}")
+    kind = {int: "integer", float: "number", bool: "true/false", Path: "path",
+            bool | None: "true/false"}.get(annotation)
+    if kind is None and "Path" in str(annotation):
+        kind = "path"
+    if kind is None and "tuple" in str(annotation):
+        kind = "two numbers in [0, 1)"
+    return ", ".join(x for x in [kind, *bounds] if x) or ""
+
+
+def _default(field: Any) -> str:
+    if field.is_required():
+        return "required"
+    value = field.default
+    if isinstance(value, BaseModel):
+        return "see below"
+    if value is None:
+        return "none"
+    if isinstance(value, tuple):
+        return "[" + ", ".join(f"{v:g}" for v in value) + "]"
+    return f"`{json.dumps(value) if isinstance(value, bool) else value}`"
+
+
+def _table(title: str, cls: type[BaseModel], prefix: str) -> list[str]:
+    rows = [f"**{title}**", "", "| key | default | allowed | what |", "|---|---|---|---|"]
+    for name, field in cls.model_fields.items():
+        if name == "type" and prefix == "model.":
+            continue  # the table's title says it
+        what = (field.description or "").replace("|", "\\|").replace("<", "&lt;")
+        rows.append(f"| `{prefix}{name}` | {_default(field)} | {_allowed(field)} | {what} |")
+    return rows + [""]
+
+
+def config_reference() -> str:
+    """Markdown tables of every config key with its default, range and meaning."""
+    parts: list[str] = []
+    for title, cls, prefix in (
+        ("data", DataConfig, "data."), ("vocab", VocabConfig, "vocab."),
+        ("model, type: rnn", RNNConfig, "model."), ("model, type: transformer", TransformerConfig, "model."),
+        ("training", TrainingConfig, "training."),
+        ("training.early_stopping", EarlyStoppingConfig, "training.early_stopping."),
+        ("training.scheduled_sampling", ScheduledSamplingConfig, "training.scheduled_sampling."),
+        ("decoding", DecodingConfig, "decoding."),
+    ):
+        parts += _table(title, cls, prefix)
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def update_readme(path: Path) -> bool:
+    """Rewrite the reference between the markers in `path`; True if it changed."""
+    text = path.read_text(encoding="utf-8")
+    start, end = text.index(README_START) + len(README_START), text.index(README_END)
+    new = text[:start] + "\n" + config_reference() + text[end:]
+    if new != text:
+        path.write_text(new, encoding="utf-8")
+    return new != text
+
+
+if __name__ == "__main__":  # python -m nmtkit.config [README.md]: refresh the README's reference
+    import sys
+
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "README.md")
+    print(f"{target}: {'updated' if update_readme(target) else 'up to date'}")

@@ -108,4 +108,8 @@ def plot_curves(rows: list[dict[str, Any]], out: Path, title: str = "") -> Path:
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
+    # the two losses are not the same quantity: say so where the eye compares them
+    fig.text(0.01, -0.02, "train loss: label-smoothed cross-entropy with dropout on; valid loss: "
+             "plain cross-entropy, dropout off.\nSo the valid loss can sit below the train loss "
+             "without anything being wrong.", fontsize=8, ha="left", va="top", color="0.3")
     return _save(fig, out)

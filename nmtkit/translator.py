@@ -39,14 +39,32 @@ from nmtkit.seq2seq import Seq2Seq
 MAX_BEAM = 256  # a larger beam or n-best would only be a mistake (and hold the memory hostage)
 
 
-@dataclass
+@dataclass(repr=False)
 class Translation:
+    """One sentence's translation, with what search knows about it.
+
+    text           the translation, detokenized
+    tokens         its target subword pieces (no </s>)
+    source_tokens  the source's subword pieces, then "</s>": the attention's columns
+    score          what search ranked by: the log-probability, divided by the length penalty
+                   in beam search
+    attention      (len(tokens) + 1) x len(source_tokens) weights, a row per target piece and
+                   one for the final </s>; None unless asked for (or without attention)
+    nbest          with nbest > 1: the n best Translations, best first (this one first)
+    """
+
     text: str
-    tokens: list[str]  # target subword pieces
-    source_tokens: list[str]  # source subword pieces (+ </s>), the attention's columns
-    score: float  # the search's score: log-probability (length-penalised in beam search)
-    attention: list[list[float]] | None  # (target tokens + </s>) x (source tokens + </s>)
-    nbest: list[Translation] = field(default_factory=list)  # with nbest > 1: best first, self first
+    tokens: list[str]
+    source_tokens: list[str]
+    score: float
+    attention: list[list[float]] | None
+    nbest: list[Translation] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        attention = "None" if self.attention is None else \
+            f"{len(self.attention)}x{len(self.attention[0]) if self.attention else 0}"
+        return (f"Translation(text={self.text!r}, score={self.score:.4f}, tokens={len(self.tokens)}, "
+                f"source_tokens={len(self.source_tokens)}, attention={attention}, nbest={len(self.nbest)})")
 
 
 class Translator:

@@ -60,3 +60,18 @@ def test_yaml_mistakes_name_the_line(tmp_path: Path) -> None:
     bad.write_text("- a\n- b\n")
     with pytest.raises(NMTKitError, match="the top level must be a mapping"):
         load_config(bad)
+
+
+def test_the_readme_lists_every_key_as_the_schema_says() -> None:
+    from nmtkit.config import README_END, README_START, config_reference
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = readme[readme.index(README_START) + len(README_START): readme.index(README_END)]
+    assert block.strip() == config_reference().strip(), "run `python -m nmtkit.config` to refresh it"
+
+
+def test_every_shipped_config_is_valid() -> None:
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert len(configs) >= 6
+    for path in configs:
+        load_config(path)

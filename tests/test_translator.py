@@ -268,3 +268,11 @@ def test_inputs_past_the_limit_are_truncated_with_a_warning_for_the_rnn_too(tiny
     assert len(out) == 2 and t.last_too_long == [1]
     with pytest.raises(NMTKitError, match="input 2 has"):
         t.translate(["삼십", long], too_long="error")
+
+
+def test_translation_prints_politely(tiny_config) -> None:
+    t = Translator.load(train_run(tiny_config, "repr", max_steps=1))
+    (r,) = t.translate(["삼십 사"], beam=2, nbest=2, return_details=True)
+    text = repr(r)
+    assert text.startswith("Translation(text=") and "nbest=2" in text and "attention=" in text
+    assert len(text) < 200  # no wall of floats

@@ -153,3 +153,40 @@ def test_digits_are_split_into_single_pieces(tmp_path: Path) -> None:
     merged = Tokenizer(train_sentencepiece([corpus], tmp_path / "j",
                                            VocabConfig(size=300, split_digits=False, byte_fallback=False)))
     assert any(sum(c.isdigit() for c in p) > 1 for p in merged.pieces(merged.encode("item 2024 costs 15")))
+
+
+def test_numbers_never_seen_in_training_are_copied(tmp_path: Path) -> None:
+    """A small copy task: with digits split, the model copies numbers it never saw digit by
+    digit (without the split, pieces like '95' and '37' would have to be re-spelled)."""
+    import random
+    import re
+
+    from nmtkit.config import config_from_dict
+    from nmtkit.training import train
+    from nmtkit.translator import Translator
+
+    rng = random.Random(0)
+    phrases = [("the price is", "le prix est"), ("I saw", "j'ai vu"), ("we need", "il nous faut")]
+    units = [("euros", "euros"), ("cats", "chats"), ("days", "jours")]
+
+    def write(name: str, n: int, numbers: list[int]) -> None:
+        pairs = [(rng.choice(phrases), rng.choice(units), rng.choice(numbers)) for _ in range(n)]
+        (tmp_path / f"{name}.en").write_text("".join(f"{a} {k} {c}\n" for (a, _), (c, _), k in pairs))
+        (tmp_path / f"{name}.fr").write_text("".join(f"{b} {k} {d}\n" for (_, b), (_, d), k in pairs))
+
+    write("train", 3000, [n for n in range(10000) if n % 7 != 3])
+    write("test", 100, [n for n in range(10000) if n % 7 == 3])  # numbers training never saw
+    cfg = config_from_dict({
+        "data": {"train_src": str(tmp_path / "train.en"), "train_tgt": str(tmp_path / "train.fr"),
+                 "valid_src": str(tmp_path / "test.en"), "valid_tgt": str(tmp_path / "test.fr"),
+                 "out_dir": str(tmp_path / "bin"), "max_len": 30},
+        "vocab": {"size": 600, "byte_fallback": False},  # split_digits is on by default
+        "model": {"type": "rnn", "embed_size": 32, "hidden_size": 32, "encoder_layers": 1,
+                  "decoder_layers": 1, "dropout": 0.0},
+        "training": {"out_dir": str(tmp_path / "run"), "max_steps": 300, "max_tokens": 1500,
+                     "lr": 0.01, "valid_bleu": False, "valid_every": 1000, "max_epochs": 100}})
+    translator = Translator.load(train(cfg) / "last")
+    sources = (tmp_path / "test.en").read_text().splitlines()
+    out = translator.translate(sources)
+    right = sum(re.findall(r"\d+", o) == re.findall(r"\d+", s) for o, s in zip(out, sources, strict=True))
+    assert right >= 95, out[:5]
