@@ -57,7 +57,7 @@ def main() -> None:
             # with the cache: the state after prefix-1 steps, then time one step
             state = model.init_state(enc)
             for t in range(prefix - 1):
-                _, _, state = model.step(tokens[:, t], state)
+                _, state = model.step(tokens[:, t], state)
             last = tokens[:, prefix - 1]
 
             def fresh_copy(state=state):
@@ -67,7 +67,7 @@ def main() -> None:
                 model.step(last, copy)
 
             def uncached(_, tokens=tokens):
-                out, _ = model.decoder(tokens, enc)  # the whole prefix again
+                out = model.decoder(tokens, enc)  # the whole prefix again
                 torch.log_softmax(model.generator(out[:, -1]), dim=-1)
 
             with_cache = median_ms(cached, args.repeats, setup=fresh_copy)

@@ -98,7 +98,13 @@ def _search_options(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _jsonl(translation: Translation) -> dict[str, object]:
-    return {"translation": translation.text, "score": translation.score, "tokens": translation.tokens}
+    from nmtkit.alignment import pharaoh
+
+    record: dict[str, object] = {"translation": translation.text, "score": translation.score,
+                                 "tokens": translation.tokens}
+    if translation.alignment is not None:
+        record["alignment"] = pharaoh(translation.alignment)
+    return record
 
 
 def _load_translator(args: argparse.Namespace):
@@ -131,6 +137,25 @@ class _TooLong:
                   f"(first: {name} line {self.first})", file=sys.stderr)
 
 
+def _jsonl_inputs(lines: list[str], first_line: int, name: str) -> tuple[list[str], list[str]]:
+    """--input-format jsonl: each line {"source": "...", "prefix": "..."} (prefix optional)."""
+    import json
+
+    sources, prefixes = [], []
+    for n, line in enumerate(lines, first_line):
+        try:
+            record = json.loads(line) if line.strip() else {"source": ""}
+        except json.JSONDecodeError as err:
+            raise NMTKitError(f"{name} line {n}: not valid JSON ({err.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("source"), str) or \
+                not isinstance(record.get("prefix", ""), str):
+            raise NMTKitError(f"{name} line {n}: expected an object with a \"source\" string "
+                              "(and an optional \"prefix\" string)")
+        sources.append(record["source"])
+        prefixes.append(record.get("prefix", ""))
+    return sources, prefixes
+
+
 def cmd_translate(args: argparse.Namespace) -> None:
     import io
     import json
@@ -145,6 +170,8 @@ def cmd_translate(args: argparse.Namespace) -> None:
         check_input_file(Path(args.input), "--input", allow_stream=True)
     translator = _load_translator(args)
     options = _search_options(args)
+    options.update(no_repeat_ngram_size=args.no_repeat_ngram_size,
+                   repetition_penalty=args.repetition_penalty, replace_unk=args.replace_unk)
     if args.sample:  # one generator for the whole stream: a seed fixes every sample in it
         generator = torch.Generator(translator.device)
         if args.seed is None:
@@ -152,9 +179,10 @@ def cmd_translate(args: argparse.Namespace) -> None:
         else:
             generator.manual_seed(args.seed)
         options["seed"] = generator
-    details = args.output_format == "jsonl" or args.nbest > 1
+    details = args.output_format == "jsonl" or args.nbest > 1 or args.alignment
+    extra = {"alignment": True, "alignment_layer": args.alignment_layer} if args.alignment else {}
     # the options are checked now, not when the first line arrives
-    translator.translate([], args.batch_tokens, nbest=args.nbest, **options)
+    translator.translate([], args.batch_tokens, nbest=args.nbest, **options, **extra)
     name = args.input or "standard input"
     if args.input:
         stream: TextIO = open(args.input, encoding="utf-8", newline="\n")  # noqa: SIM115
@@ -164,12 +192,18 @@ def cmd_translate(args: argparse.Namespace) -> None:
         stream = sys.stdin
     out = sys.stdout
     too_long = _TooLong()
+    line = 1
     try:
         for lines in _arriving_lines(stream, args.chunk_lines, name):
+            prefixes = None
+            if args.input_format == "jsonl":
+                lines, prefixes = _jsonl_inputs(lines, line, name)
+            line += len(lines)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NMTKitWarning)  # counted, reported once at the end
                 results = translator.translate(lines, args.batch_tokens, return_details=details,
-                                               attention=False, nbest=args.nbest, **options)
+                                               attention=False, nbest=args.nbest, prefix=prefixes,
+                                               **options, **extra)
             too_long.add(translator, len(lines))
             for result in results:
                 if args.output_format == "jsonl":  # one object per input line
@@ -178,15 +212,24 @@ def cmd_translate(args: argparse.Namespace) -> None:
                         record["nbest"] = [_jsonl(alt) for alt in result.nbest]
                     out.write(json.dumps(record, ensure_ascii=False) + "\n")
                 elif args.nbest > 1:  # n lines per input line, best first (empty if fewer found)
-                    texts = [alt.text for alt in result.nbest]
+                    texts = [_text_line(alt) for alt in result.nbest]
                     out.write("".join(t + "\n" for t in texts + [""] * (args.nbest - len(texts))))
                 else:
-                    out.write(result + "\n")
+                    out.write((result if isinstance(result, str) else _text_line(result)) + "\n")
             out.flush()
     finally:
         if args.input:
             stream.close()
     too_long.report(args.too_long or translator.decoding.too_long, name)
+
+
+def _text_line(translation: Translation) -> str:
+    """The translation, and with --alignment its word alignment after ' ||| ' (as Marian)."""
+    from nmtkit.alignment import pharaoh
+
+    if translation.alignment is None:
+        return translation.text
+    return f"{translation.text} ||| {pharaoh(translation.alignment)}"
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -215,54 +258,51 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(score(hyps, ref, args.tokenize))
 
 
-def transformer_attention(translator, source: str, pieces: list[str], layer: int | None,
-                          head: int | None) -> list[list[float]]:
-    """Cross-attention of one Transformer layer (default: the last) and head (default: the
-    mean of all heads), from a teacher-forced pass over the translation."""
-    import torch
+def cmd_score(args: argparse.Namespace) -> None:
+    import json
+    import warnings
 
-    from nmtkit.data import collate_source
-    from nmtkit.vocabulary import BOS_ID
+    from nmtkit.data import read_parallel
+    from nmtkit.errors import NMTKitWarning
 
-    model = translator.model
-    decoder = model.decoder
-    n_layers, n_heads = len(decoder.layers), decoder.layers[0].cross_attn.heads
-    if layer is not None and not 0 <= layer < n_layers:
-        raise NMTKitError(f"--layer {layer}: the decoder has layers 0..{n_layers - 1}")
-    if head is not None and not 0 <= head < n_heads:
-        raise NMTKitError(f"--head {head}: the decoder has heads 0..{n_heads - 1}")
-    src, lengths = collate_source([translator.src_tok.encode(source)])
-    tgt_ids = [translator.tgt_tok.sp.piece_to_id(p) for p in pieces]
-    tgt_in = torch.tensor([[BOS_ID, *tgt_ids]])
-    decoder.keep_all_attention = True
-    try:
-        with torch.inference_mode():
-            model(src.to(translator.device), lengths.to(translator.device), tgt_in.to(translator.device))
-        weights = decoder.last_cross_attention[-1 if layer is None else layer][0]  # (heads, T, S)
-    finally:
-        decoder.keep_all_attention = False
-    chosen = weights.mean(0) if head is None else weights[head]  # (T, S)
-    return chosen.float().cpu().tolist()
+    src, tgt = read_parallel(Path(args.src), Path(args.tgt))
+    translator = _load_translator(args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NMTKitWarning)
+        scores = translator.score(src, tgt, batch_tokens=args.batch_tokens, too_long=args.too_long)
+    too_long = _TooLong()
+    too_long.add(translator, len(src))
+    too_long.report(args.too_long or translator.decoding.too_long, args.src)
+    for s in scores:
+        if args.output_format == "jsonl":
+            print(json.dumps({"log_prob": s.log_prob, "normalized": s.normalized, "tokens": s.tokens,
+                              "token_scores": s.token_scores}, ensure_ascii=False))
+        else:
+            print(f"{s.log_prob:.4f}\t{s.normalized:.4f}")
 
 
 def cmd_plot_attention(args: argparse.Namespace) -> None:
-    from nmtkit.plotting import check_picture_path, plot_attention
+    from nmtkit.plotting import check_picture_path, plot_attention, plot_attention_grid
 
     check_picture_path(Path(args.out))
     translator = _load_translator(args)
-    (result,) = translator.translate([args.sentence], return_details=True)
-    if result.attention is None:
+    if translator.decoder_layers == 1 and (args.layer or args.head):
+        raise NMTKitError("--layer/--head: this model has one attention (an RNN)")
+    (result,) = translator.translate([args.sentence], return_details=True, beam=args.beam,
+                                     attention_layer=args.layer, attention_head=args.head,
+                                     all_attention=args.all_heads)
+    if result.attention is None and result.attention_layers is None:
         raise NMTKitError(f"{args.checkpoint}: this model has no attention (model.attention: none)")
-    attention, title = result.attention, result.text
-    if translator.ckpt.config.model.type == "transformer":
-        attention = transformer_attention(translator, args.sentence, result.tokens, args.layer,
-                                          args.head)
-        title += (f"\nlayer {'last' if args.layer is None else args.layer}, "
-                  f"{'mean of heads' if args.head is None else f'head {args.head}'}")
-    elif args.layer is not None or args.head is not None:
-        raise NMTKitError("--layer/--head apply to Transformer checkpoints only")
-    out = plot_attention(attention, result.source_tokens, result.tokens + ["</s>"],
-                         Path(args.out), title=title)
+    targets = result.tokens + ["</s>"]
+    if args.all_heads:
+        out = plot_attention_grid(result.attention_layers, result.source_tokens, targets,
+                                  Path(args.out), title=result.text)
+    else:
+        title = result.text
+        if translator.decoder_layers > 1 or translator.heads > 1:
+            layer = translator.decoder_layers - 1 if args.layer is None else args.layer
+            title += f"\nlayer {layer}, {'mean of heads' if args.head is None else f'head {args.head}'}"
+        out = plot_attention(result.attention, result.source_tokens, targets, Path(args.out), title=title)
     print(f"{result.text}\nwrote {out}")
 
 
@@ -423,8 +463,23 @@ def build_parser() -> argparse.ArgumentParser:
                     help="sample from the k likeliest (0: all)")
     sp.add_argument("--top-p", type=PROBABILITY, default=1.0, help="sample from the nucleus of mass p")
     sp.add_argument("--seed", type=int, default=None, help="seed for --sample")
+    sp.add_argument("--input-format", choices=["text", "jsonl"], default="text",
+                    help='jsonl: {"source": ..., "prefix": ...} per line; the translation begins '
+                    "with the prefix (a last word typed in part is completed)")
     sp.add_argument("--output-format", choices=["text", "jsonl"], default="text",
-                    help="jsonl: {translation, score, tokens[, nbest]} per input line")
+                    help="jsonl: {translation, score, tokens[, nbest][, alignment]} per input line")
+    sp.add_argument("--alignment", action="store_true",
+                    help="word alignments from the attention, Pharaoh i-j pairs (source-target "
+                    "word): after ' ||| ' on each line, or in jsonl's \"alignment\"")
+    sp.add_argument("--alignment-layer", type=int, default=None,
+                    help="the decoder layer whose attention (mean of heads) aligns (default: the "
+                    "second-to-last of a Transformer, which aligns best; the RNN has one)")
+    sp.add_argument("--no-repeat-ngram-size", type=NON_NEGATIVE_INT, default=0,
+                    help="no n-gram of this size twice in an output (0: off)")
+    sp.add_argument("--repetition-penalty", type=POSITIVE_FLOAT, default=1.0,
+                    help="> 1 discourages tokens already in the output (CTranslate2's)")
+    sp.add_argument("--replace-unk", action="store_true",
+                    help="replace a produced <unk> by the source word it attends to most")
     sp.set_defaults(fn=cmd_translate)
 
     sp = sub.add_parser("evaluate", help="sacreBLEU BLEU and chrF of translations of --src")
@@ -439,6 +494,18 @@ def build_parser() -> argparse.ArgumentParser:
                     "without spaces)")
     sp.set_defaults(fn=cmd_evaluate)
 
+    sp = sub.add_parser("score", help="the model's log-probability of given translations (forced "
+                        "decoding): filtering corpora, reranking, checking references")
+    with_ckpt(sp)
+    sp.add_argument("--src", required=True, help="source sentences, one per line")
+    sp.add_argument("--tgt", required=True, help="their translations to score, line by line")
+    sp.add_argument("--too-long", choices=["truncate", "skip", "error"], default=None,
+                    help="a source longer than the model's limit (see translate --help)")
+    sp.add_argument("--output-format", choices=["text", "jsonl"], default="text",
+                    help="text: 'log_prob<TAB>normalized' per line (normalized: per piece, </s> "
+                    "included); jsonl: also the pieces and each one's log-probability")
+    sp.set_defaults(fn=cmd_score)
+
     sp = sub.add_parser("plot-attention", help="attention heatmap of one sentence")
     with_ckpt(sp)
     sp.add_argument("--sentence", required=True)
@@ -447,6 +514,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Transformer: decoder layer (default last)")
     sp.add_argument("--head", type=NON_NEGATIVE_INT, default=None,
                     help="Transformer: head (default mean of heads)")
+    sp.add_argument("--all-heads", action="store_true",
+                    help="Transformer: a grid of every layer (rows) and head (columns)")
+    sp.add_argument("--beam", type=POSITIVE, default=None,
+                    help="translate with this beam (default: the config's decoding.beam)")
     sp.set_defaults(fn=cmd_plot_attention)
 
     sp = sub.add_parser("plot-curves", help="training/validation curves of a run as PNG")

@@ -86,6 +86,39 @@ def plot_attention(
         return _save(fig, out)
 
 
+def plot_attention_grid(
+    layers: list[list[list[list[float]]]],
+    source_tokens: list[str],
+    target_tokens: list[str],
+    out: Path,
+    title: str = "",
+) -> Path:
+    """Every decoder layer (rows) and head (columns) as a small heatmap; the last column is the
+    mean of the heads, which is what the single heatmap shows by default."""
+    with plt.rc_context({"font.family": _fonts()}):
+        n_layers, n_heads = len(layers), len(layers[0])
+        rows, cols = len(target_tokens), len(source_tokens)
+        cell = max(1.6, 0.22 * max(rows, cols))
+        fig, axes = plt.subplots(n_layers, n_heads + 1, squeeze=False,
+                                 figsize=(cell * (n_heads + 1) + 1, cell * n_layers + 1))
+        for i, heads in enumerate(layers):
+            mean = [[sum(h[r][c] for h in heads) / n_heads for c in range(cols)] for r in range(rows)]
+            for j, data in enumerate([*heads, mean]):
+                ax = axes[i][j]
+                ax.imshow([row[:cols] for row in data[:rows]], cmap="viridis", vmin=0.0, vmax=1.0,
+                          aspect="auto")
+                ax.set_xticks(range(cols), labels=source_tokens if i == n_layers - 1 else [""] * cols,
+                              rotation=90, fontsize=6)
+                ax.set_yticks(range(rows), labels=target_tokens if j == 0 else [""] * rows, fontsize=6)
+                if i == 0:
+                    ax.set_title("mean" if j == n_heads else f"head {j}", fontsize=8)
+                if j == 0:
+                    ax.set_ylabel(f"layer {i}", fontsize=8)
+        if title:
+            fig.suptitle(title)
+        return _save(fig, out)
+
+
 def plot_curves(rows: list[dict[str, Any]], out: Path, title: str = "") -> Path:
     """Training and validation loss against updates, and validation BLEU when present."""
     train = [r for r in rows if r.get("type") == "train" and r.get("loss") is not None]

@@ -240,7 +240,8 @@ class RNNDecoder(Decoder):
         h_tilde = torch.tanh(self.combine(torch.cat([context, h], dim=-1)))
         return self.dropout(h_tilde), weights
 
-    def step(self, prev_tokens: Tensor, state: RNNState) -> tuple[Tensor, Tensor | None, RNNState]:
+    def _step(self, prev_tokens: Tensor, state: RNNState) -> tuple[Tensor, Tensor | None, RNNState]:
+        """One target position: output (batch, hidden), attention weights (batch, src_len), state."""
         emb = self.dropout(self.embedding(prev_tokens)).unsqueeze(1)  # (batch, 1, embed)
         if self.bahdanau:
             query = state.hidden[-1].unsqueeze(1)  # s_{t-1} of the top layer: (batch, 1, hidden)
@@ -256,8 +257,13 @@ class RNNDecoder(Decoder):
             state.input_feed = h_tilde.squeeze(1)
         return h_tilde.squeeze(1), None if weights is None else weights.squeeze(1), state
 
-    def forward(self, tgt_in: Tensor, enc: EncoderOutput) -> tuple[Tensor, Tensor | None]:
-        """Teacher forcing: the gold previous tokens tgt_in (batch, tgt_len) are the inputs."""
+    def step(self, prev_tokens: Tensor, state: RNNState) -> tuple[Tensor, RNNState]:
+        out, _, state = self._step(prev_tokens, state)
+        return out, state
+
+    def _teacher_forced(self, tgt_in: Tensor, enc: EncoderOutput) -> tuple[Tensor, Tensor | None]:
+        """The gold previous tokens tgt_in (batch, tgt_len) as inputs: output (batch, tgt_len,
+        hidden) and attention (batch, tgt_len, src_len)."""
         state = self.init_state(enc)
         if not (self.input_feeding or self.bahdanau):
             # the RNN's inputs do not depend on its attention: one call for all steps
@@ -266,11 +272,25 @@ class RNNDecoder(Decoder):
             return self._luong(out, state)
         outputs, attentions = [], []
         for t in range(tgt_in.size(1)):
-            out, weights, state = self.step(tgt_in[:, t], state)
+            out, weights, state = self._step(tgt_in[:, t], state)
             outputs.append(out)
             attentions.append(weights)
         attn = None if attentions[0] is None else torch.stack(attentions, dim=1)
-        return torch.stack(outputs, dim=1), attn  # (batch, tgt_len, hidden), (batch, tgt_len, src_len)
+        return torch.stack(outputs, dim=1), attn
+
+    def forward(self, tgt_in: Tensor, enc: EncoderOutput) -> Tensor:
+        """Teacher forcing: output (batch, tgt_len, hidden)."""
+        return self._teacher_forced(tgt_in, enc)[0]
+
+    @property
+    def attention_shape(self) -> tuple[int, int]:
+        return (1, 1)  # one attention, one "head"
+
+    def cross_attention(self, tgt_in: Tensor, enc: EncoderOutput) -> Tensor | None:
+        """The attention over a teacher-forced pass, as one layer with one head: (1, batch, 1,
+        tgt_len, src_len); None without attention."""
+        weights = self._teacher_forced(tgt_in, enc)[1]
+        return None if weights is None else weights[None, :, None]
 
 
 def build_rnn(cfg: RNNConfig, src_vocab: int, tgt_vocab: int) -> Seq2Seq:

@@ -1,25 +1,35 @@
-"""Search: turn a trained model into output sentences, using only the decoder's step interface.
+"""Search: turn a trained model into output sentences, using only the model's step interface.
 
     greedy_search   the most probable token at each step
     beam_search     the k most probable prefixes at each step, with a length penalty and n-best
     sample          a random token at each step (temperature, top-k, top-p), seeded
     EnsembleModel   several models that decode as one: every search above runs it unchanged
+    Steering        what a user asks beyond the model's preferences: a target prefix (and a
+                    partly typed next word), no repeated n-grams, a repetition penalty
 
 Every search runs all sentences of a batch, and all their beams, in one tensor pass per step.
 A sentence that has finished leaves the active set (its rows are dropped from the state with
 `select`), so the work per step shrinks. The bookkeeping per step is tensor operations whose
 cost does not grow with the number of beams in Python; lists are built once, at the end.
 
+A step turns the model's scores into log-probabilities and applies the rules, in this order:
+the repetition penalty (on the scores, as CTranslate2 does), log_softmax, then masks that leave
+the log-probabilities of what stays allowed as they are (so a hypothesis's score is the model's
+log-probability of it): never <pad>, <s> or <unk>; no repeated n-gram; the length rules; the
+forced prefix; the partly typed word.
+
 Lengths, counted in target tokens without EOS: a sentence of src_len tokens may produce at most
-`max_len_a * src_len + max_len_b` (at its limit only EOS is allowed), and with `min_len` no EOS
-before that many tokens (the benchmark uses min_len = limit to force a fixed output length).
+`max_len_a * src_len + max_len_b` (at its limit only EOS is allowed; a longer forced prefix
+raises it), and with `min_len` no EOS before that many tokens (the benchmark uses
+min_len = limit to force a fixed output length).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -36,9 +46,8 @@ NEG_INF = float("-inf")
 class Hypothesis:
     tokens: list[int]  # target ids without BOS/EOS
     score: float  # what search ranks by: log_prob, divided by the length penalty in beam search
-    attention: Tensor | None = None  # (len(tokens) + 1, src_len): rows include the EOS step
     nbest: list[Hypothesis] = field(default_factory=list)  # beam/samples: best first, self first
-    log_prob: float = 0.0  # sum of the model's log-probabilities of tokens + EOS
+    log_prob: float = 0.0  # sum of the (steered) log-probabilities of tokens + EOS
 
 
 # ---- ensembles: a model made of models ----
@@ -62,12 +71,13 @@ class EnsembleModel(nn.Module):
     It is a distribution as it stands, and a token any member finds likely keeps some mass. (The
     other common choice, the mean of log-probabilities, is a geometric mean that must be
     renormalised and lets one confident member veto a token.) An ensemble of one returns its
-    member's log-probabilities exactly. The attention is the members' mean.
+    member's scores exactly.
     """
 
     def __init__(self, models: list[Seq2Seq]) -> None:
         super().__init__()
         self.models = nn.ModuleList(models)
+        self.start_token = models[0].start_token
 
     @property
     def max_steps(self) -> int | None:
@@ -81,16 +91,18 @@ class EnsembleModel(nn.Module):
         members = zip(self.models, encs, strict=True)
         return EnsembleState([m.init_state(enc, max_len) for m, enc in members])
 
-    def step(self, prev_tokens: Tensor, state: EnsembleState) -> tuple[Tensor, Tensor | None, EnsembleState]:
+    def step(self, prev_tokens: Tensor, state: EnsembleState) -> tuple[Tensor, EnsembleState]:
         outputs = [m.step(prev_tokens, s) for m, s in zip(self.models, state.states, strict=True)]
-        new_state = EnsembleState([s for _, _, s in outputs])
+        new_state = EnsembleState([s for _, s in outputs])
         if len(outputs) == 1:
-            return outputs[0][0], outputs[0][1], new_state
-        log_probs = torch.stack([lp for lp, _, _ in outputs])  # (members, batch, vocab)
-        log_probs = torch.logsumexp(log_probs, dim=0) - math.log(len(outputs))
-        attentions = [a for _, a, _ in outputs if a is not None]
-        attention = torch.stack(attentions).mean(dim=0) if attentions else None
-        return log_probs, attention, new_state
+            return outputs[0][0], new_state
+        log_probs = torch.stack([F.log_softmax(scores, dim=-1) for scores, _ in outputs])
+        return torch.logsumexp(log_probs, dim=0) - math.log(len(outputs)), new_state
+
+    def forward(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor) -> Tensor:
+        """Teacher-forced log-probabilities of the mixture: (batch, tgt_len, vocab)."""
+        log_probs = torch.stack([m(src, src_lengths, tgt_in) for m in self.models])
+        return torch.logsumexp(log_probs, dim=0) - math.log(len(self.models))
 
 
 StepModel = Seq2Seq | EnsembleModel  # anything with encode / init_state / step
@@ -104,9 +116,13 @@ def max_lengths(src_lengths: Tensor, max_len_a: float, max_len_b: int) -> Tensor
     return (src_lengths.float() * max_len_a + max_len_b).long().clamp(min=1)
 
 
-def length_limits(model: StepModel, src_lengths: Tensor, max_len_a: float, max_len_b: int) -> Tensor:
-    """max_lengths, capped where the decoder has a fixed number of positions."""
+def length_limits(model: StepModel, src_lengths: Tensor, max_len_a: float, max_len_b: int,
+                  at_least: Tensor | None = None) -> Tensor:
+    """max_lengths (raised to `at_least`, a forced prefix), capped where the decoder has a
+    fixed number of positions."""
     limits = max_lengths(src_lengths, max_len_a, max_len_b)
+    if at_least is not None:
+        limits = torch.maximum(limits, at_least)
     cap = model.max_steps
     return limits if cap is None else limits.clamp(max=cap - 1)
 
@@ -119,27 +135,138 @@ def length_penalty(steps: int | Tensor, alpha: float) -> float | Tensor:
     return ((5.0 + steps) / 6.0) ** alpha
 
 
-def _step_rules(log_probs: Tensor, t: int, limits: Tensor, min_len: int, allow_unk: bool) -> None:
-    """In place, for step t (t tokens so far) of rows with these limits (rows,): never `<pad>`,
-    `<bos>` or (unless allowed) `<unk>`; no EOS before min_len tokens; only EOS once a row has
-    reached its limit (with its own log-probability)."""
-    if t == 0 and bool(log_probs.isnan().any()):
-        raise NMTKitError("the model's output is not a number (NaN): its weights are not finite "
-                          "(a diverged training run?); use an earlier checkpoint")
-    log_probs.index_fill_(1, _never(allow_unk, log_probs.device), NEG_INF)
-    eos = log_probs[:, EOS_ID].clone()
-    if t < min_len:
-        log_probs[:, EOS_ID] = NEG_INF
-    at_limit = limits <= t  # (rows,)
-    if bool(at_limit.any()):
-        log_probs.masked_fill_(at_limit.unsqueeze(1), NEG_INF)
-        log_probs[:, EOS_ID] = torch.where(at_limit, eos, log_probs[:, EOS_ID])
+class Steering:
+    """What a user asks of search beyond the model's own preferences; the defaults ask nothing.
+
+        prefix                per sentence, target ids that must come first (forced decoding)
+        partial               per sentence, the start of the word that must come next, as piece
+                              text ('\u2581Ma' for a new word "Ma..."): the pieces chosen after the
+                              prefix must spell it out, and may go on past it ("Mann")
+        pieces                the target vocabulary as piece strings (needed with `partial`)
+        no_repeat_ngram_size  no n-gram of this size occurs twice in an output (0: off)
+        repetition_penalty    CTranslate2's: the score s of a token already in the output becomes
+                              s * penalty if s < 0, else s / penalty (1: off; > 1 discourages)
+        allow_unk             let search produce <unk> (to replace it by a source word later)
+
+    Search keeps, per row, which sentence it decodes; the partial words' progress is kept per
+    row too (`advance` moves it along with the rows).
+    """
+
+    def __init__(self, batch: int = 0, prefix: Sequence[Sequence[int]] | None = None,
+                 partial: Sequence[str] | None = None, pieces: Sequence[str] | None = None,
+                 no_repeat_ngram_size: int = 0, repetition_penalty: float = 1.0,
+                 allow_unk: bool = False, device: torch.device | str = "cpu") -> None:
+        self.no_repeat = no_repeat_ngram_size
+        self.penalty = repetition_penalty
+        self.allow_unk = allow_unk
+        self.never = torch.tensor([PAD_ID, BOS_ID] if allow_unk else [PAD_ID, BOS_ID, UNK_ID],
+                                  device=device)
+        prefix = [list(p) for p in prefix] if prefix is not None else [[] for _ in range(batch)]
+        width = max((len(p) for p in prefix), default=0)
+        self.forced = torch.full((len(prefix), max(width, 1)), PAD_ID, dtype=torch.long, device=device)
+        for i, p in enumerate(prefix):
+            self.forced[i, : len(p)] = torch.tensor(p, dtype=torch.long)
+        self.forced_len = torch.tensor([len(p) for p in prefix], dtype=torch.long, device=device)
+        self.any_forced = width > 0
+        self.partial = list(partial) if partial is not None else [""] * len(prefix)
+        self.pieces = tuple(pieces) if pieces is not None else ()
+        if any(self.partial) and not self.pieces:
+            raise ValueError("partial words need the vocabulary's pieces")
+        self.rest: list[str] | None = None  # per row: what of its partial word is still to spell
+
+    @property
+    def needs_history(self) -> bool:
+        """Whether the rules look at the tokens each row produced so far."""
+        return self.penalty != 1.0 or self.no_repeat > 0
+
+    @property
+    def min_output(self) -> Tensor:
+        """Per sentence, the fewest tokens an output can have: the prefix and the partial word."""
+        return self.forced_len + torch.tensor([len(p) for p in self.partial], device=self.forced_len.device)
+
+    def start(self, rows_sentence: Tensor) -> None:
+        """The rows of step 0: row r decodes sentence rows_sentence[r]."""
+        if any(self.partial):
+            self.rest = [self.partial[s] for s in rows_sentence.tolist()]
+
+    def advance(self, parents: Tensor, tokens: Tensor, t: int, rows_sentence: Tensor) -> None:
+        """After step t: new row r continues row parents[r] with token tokens[r]."""
+        if self.rest is None:
+            return
+        forced = (self.forced_len.index_select(0, rows_sentence) > t).tolist()
+        self.rest = [rest if still_forced else left_to_spell(rest, self.pieces[tok])
+                     for rest, tok, still_forced in zip((self.rest[p] for p in parents.tolist()),
+                                                        tokens.tolist(), forced, strict=True)]
+
+    def scores_to_log_probs(self, scores: Tensor, t: int, history: Tensor | None) -> Tensor:
+        """The repetition penalty on the scores (rows, vocab), then log_softmax."""
+        if self.penalty != 1.0 and history is not None and history.size(1):
+            previous = scores.gather(1, history)
+            scores = scores.scatter(1, history, torch.where(previous < 0, previous * self.penalty,
+                                                            previous / self.penalty))
+        return F.log_softmax(scores, dim=-1)
+
+    def mask(self, log_probs: Tensor, t: int, rows_sentence: Tensor, history: Tensor | None,
+             limits: Tensor, min_len: int) -> None:
+        """In place, for step t (t tokens so far) of rows decoding sentences rows_sentence (rows,)
+        with these length limits (rows,), history (rows, t) the tokens so far."""
+        if t == 0 and bool(log_probs.isnan().any()):
+            raise NMTKitError("the model's output is not a number (NaN): its weights are not finite "
+                              "(a diverged training run?); use an earlier checkpoint")
+        log_probs.index_fill_(1, self.never, NEG_INF)
+        if self.no_repeat and history is not None and t >= self.no_repeat - 1:
+            _ban_repeated_ngrams(log_probs, history, self.no_repeat)
+        eos = log_probs[:, EOS_ID].clone()
+        if t < min_len:
+            log_probs[:, EOS_ID] = NEG_INF
+        at_limit = limits <= t  # (rows,)
+        if bool(at_limit.any()):
+            log_probs.masked_fill_(at_limit.unsqueeze(1), NEG_INF)
+            log_probs[:, EOS_ID] = torch.where(at_limit, eos, log_probs[:, EOS_ID])
+        if self.any_forced:
+            rows = (self.forced_len.index_select(0, rows_sentence) > t).nonzero().squeeze(1)
+            if rows.numel():
+                column = self.forced[:, min(t, self.forced.size(1) - 1)]
+                token = column.index_select(0, rows_sentence.index_select(0, rows))
+                keep = log_probs[rows, token]  # the forced token keeps its own log-probability
+                log_probs[rows] = NEG_INF
+                log_probs[rows, token] = keep
+        if self.rest is not None:
+            forced = (self.forced_len.index_select(0, rows_sentence) > t).tolist()
+            for row, (rest, still_forced) in enumerate(zip(self.rest, forced, strict=True)):
+                if rest and not still_forced:
+                    allowed = spelling_pieces(rest, self.pieces).to(log_probs.device)
+                    kept = log_probs[row, allowed].clone()
+                    log_probs[row] = NEG_INF
+                    log_probs[row, allowed] = kept
 
 
-def _never(allow_unk: bool, device: torch.device) -> Tensor:
-    """The ids search never produces: no target holds <pad> or <bos>, and <unk> means nothing
-    to a reader (with byte fallback the vocabulary spells any character)."""
-    return torch.tensor([PAD_ID, BOS_ID] if allow_unk else [PAD_ID, BOS_ID, UNK_ID], device=device)
+def left_to_spell(rest: str, piece: str) -> str:
+    """What of the partial word is left to spell after `piece`."""
+    return rest[len(piece):] if rest.startswith(piece) else ""
+
+
+@lru_cache(maxsize=4096)
+def spelling_pieces(rest: str, pieces: tuple[str, ...]) -> Tensor:
+    """The ids of the pieces that go on spelling `rest`: a piece that starts with it (and may go
+    on past it), or one it starts with. Byte pieces and specials never match."""
+    ids = [i for i, p in enumerate(pieces) if p and not p.startswith("<") and
+           (p.startswith(rest) or rest.startswith(p))]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def _ban_repeated_ngrams(log_probs: Tensor, history: Tensor, n: int) -> None:
+    """In place: no token that would complete an n-gram already in the row's history (rows, t)."""
+    rows, t = history.shape
+    if t < n - 1 or t == 0:
+        return
+    last = history[:, t - n + 1:] if n > 1 else history[:, :0]  # (rows, n - 1): the next n-gram's start
+    windows = history.unfold(1, n, 1) if t >= n else history.new_empty(rows, 0, n)  # (rows, t - n + 1, n)
+    if windows.size(1) == 0:
+        return
+    match = (windows[:, :, : n - 1] == last.unsqueeze(1)).all(dim=2)  # (rows, t - n + 1)
+    banned = torch.where(match, windows[:, :, n - 1], torch.full_like(windows[:, :, n - 1], PAD_ID))
+    log_probs.scatter_(1, banned, NEG_INF)  # (PAD is banned anyway)
 
 
 # ---- one path per sentence: greedy search and sampling ----
@@ -165,50 +292,50 @@ def _one_path(
     max_len_a: float,
     max_len_b: int,
     min_len: int,
-    return_attention: bool,
+    steering: Steering | None,
     copies: int = 1,
-    allow_unk: bool = False,
 ) -> list[list[Hypothesis]]:
     """The loop greedy search and sampling share: each step, `pick` turns log_probs (rows, vocab)
-    into one token per row; a row's score is the model's log-probability of what was picked.
+    into one token per row; a row's score is the log-probability of what was picked.
     `copies` rows per sentence (independent samples) share one encoder pass."""
     batch = src.size(0)
+    steering = steering or Steering(batch, device=src.device)
     enc = model.encode(src, src_lengths)
     sentence = torch.arange(batch, device=src.device).repeat_interleave(copies)  # (rows,)
-    limits = length_limits(model, src_lengths, max_len_a, max_len_b).index_select(0, sentence)
+    limits = length_limits(model, src_lengths, max_len_a, max_len_b, steering.min_output + 1)
+    limits = limits.index_select(0, sentence)
     rows, max_steps = sentence.size(0), int(limits.max()) + 1  # + 1: the EOS step
     state = model.init_state(enc, max_steps)
     state = state.select(sentence) if copies > 1 else state
+    steering.start(sentence)
     tokens = src.new_full((rows, max_steps), PAD_ID)  # what each row picked, EOS included
     log_prob = torch.zeros(rows, device=src.device)
     steps = torch.zeros(rows, dtype=torch.long, device=src.device)  # tokens + EOS per row
-    attention: Tensor | None = None  # (rows, max_steps, src_len), filled when asked for
     active = torch.arange(rows, device=src.device)  # which rows are still decoding
-    prev = torch.full((rows,), BOS_ID, dtype=torch.long, device=src.device)
+    prev = torch.full((rows,), model.start_token, dtype=torch.long, device=src.device)
     for t in range(max_steps):
-        log_probs, attn, state = model.step(prev, state)  # (active, vocab)
-        _step_rules(log_probs, t, limits.index_select(0, active), min_len, allow_unk)
+        scores, state = model.step(prev, state)  # (active, vocab)
+        history = tokens.index_select(0, active)[:, :t] if steering.needs_history else None
+        log_probs = steering.scores_to_log_probs(scores, t, history)
+        steering.mask(log_probs, t, sentence.index_select(0, active), history,
+                      limits.index_select(0, active), min_len)
         best = pick(log_probs)  # (active,)
         tokens[active, t] = best
         log_prob[active] += log_probs.gather(1, best.unsqueeze(1)).squeeze(1)
         steps[active] = t + 1
-        if return_attention and attn is not None:
-            if attention is None:
-                attention = attn.new_zeros(rows, max_steps, attn.size(-1), dtype=torch.float)
-            attention[active, t] = attn.float()
         done = best == EOS_ID
+        keep = torch.arange(active.size(0), device=src.device)
         if bool(done.all()):
             break
         if bool(done.any()):  # finished rows leave: the state shrinks to the active rows
             keep = _remaining(done)
             active, state, best = active[keep], state.select(keep), best[keep]
+        steering.advance(keep, best, t, sentence.index_select(0, active))
         prev = best
     # one conversion to Python at the end, not one per step
     hyps = [
-        Hypothesis(tokens=ids[: n - 1], score=lp, log_prob=lp,
-                   attention=None if attention is None else attention[i, :n].cpu())
-        for i, (ids, lp, n) in enumerate(zip(tokens.tolist(), log_prob.tolist(), steps.tolist(),
-                                            strict=True))
+        Hypothesis(tokens=ids[: n - 1], score=lp, log_prob=lp)
+        for ids, lp, n in zip(tokens.tolist(), log_prob.tolist(), steps.tolist(), strict=True)
     ]
     return [hyps[i * copies : (i + 1) * copies] for i in range(batch)]
 
@@ -220,13 +347,12 @@ def greedy_search(
     src_lengths: Tensor,
     max_len_a: float = 1.5,
     max_len_b: int = 10,
-    return_attention: bool = False,
     min_len: int = 0,
-    allow_unk: bool = False,
+    steering: Steering | None = None,
 ) -> list[Hypothesis]:
     """Pick the most probable token at each step. src (batch, src_len) -> one hypothesis each."""
     results = _one_path(model, src, src_lengths, lambda log_probs: log_probs.argmax(dim=-1),
-                        max_len_a, max_len_b, min_len, return_attention, allow_unk=allow_unk)
+                        max_len_a, max_len_b, min_len, steering)
     return [hyps[0] for hyps in results]
 
 
@@ -263,9 +389,8 @@ def sample(
     num_samples: int = 1,
     max_len_a: float = 1.5,
     max_len_b: int = 10,
-    return_attention: bool = False,
     min_len: int = 0,
-    allow_unk: bool = False,
+    steering: Steering | None = None,
 ) -> list[Hypothesis]:
     """Draw each token at random from the model's distribution, reshaped by temperature, top_k
     (0 = all tokens) and top_p (1 = all). With num_samples > 1, each hypothesis's nbest holds
@@ -275,14 +400,13 @@ def sample(
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     pick = _sampler(temperature, top_k, top_p, generator)
-    results = _one_path(model, src, src_lengths, pick, max_len_a, max_len_b, min_len,
-                        return_attention, copies=num_samples, allow_unk=allow_unk)
+    results = _one_path(model, src, src_lengths, pick, max_len_a, max_len_b, min_len, steering,
+                        copies=num_samples)
     out = []
     for samples in results:
         ranked = sorted(samples, key=lambda h: h.score, reverse=True)
         best = ranked[0]
-        out.append(Hypothesis(best.tokens, best.score, best.attention,
-                              ranked if num_samples > 1 else [], best.log_prob))
+        out.append(Hypothesis(best.tokens, best.score, ranked if num_samples > 1 else [], best.log_prob))
     return out
 
 
@@ -342,59 +466,62 @@ def beam_search(
     max_len_a: float = 1.5,
     max_len_b: int = 10,
     nbest: int = 1,
-    return_attention: bool = False,
     min_len: int = 0,
-    allow_unk: bool = False,
+    steering: Steering | None = None,
 ) -> list[Hypothesis]:
     """Keep the beam_size most probable prefixes of every sentence at each step.
 
     Each step scores every (beam, next token) pair by the prefix's log-probability plus the
     token's, and takes the 2k best per sentence: those ending in EOS among the first k become
-    finished hypotheses, and the k best that do not end continue. A sentence is done once k
-    hypotheses have finished (or at its length limit), and leaves the batch. Finished
-    hypotheses are ranked by log_prob / length_penalty(len + 1); the best is returned, with
-    the `nbest` best (distinct, best first) in its .nbest. With beam_size 1 this is greedy search.
+    finished hypotheses, and the k best that do not end continue. Finished hypotheses are
+    ranked by log_prob / length_penalty(len + 1). A sentence is done (and leaves the batch) at
+    its length limit, or once k hypotheses have finished and the best live beam, scored as if
+    it ended now, no longer beats the k-th of them (Hugging Face's heuristic; stopping at the
+    k-th finished hypothesis alone, as fairseq does, loses the best one when weaker beams end
+    first, as they do after a forced prefix).
+    The best is returned, with the `nbest` best (distinct, best first) in its .nbest. With
+    beam_size 1 this is greedy search. While a forced prefix lasts only one beam of a sentence
+    is alive (the others score -inf).
     """
     if not 1 <= nbest <= beam_size:
         raise ValueError(f"nbest must be between 1 and the beam size ({beam_size}), got {nbest}")
     k, batch, device = beam_size, src.size(0), src.device
+    steering = steering or Steering(batch, device=device)
     enc = model.encode(src, src_lengths)  # once per sentence, not once per beam
-    limits = length_limits(model, src_lengths, max_len_a, max_len_b)  # (batch,)
+    limits = length_limits(model, src_lengths, max_len_a, max_len_b, steering.min_output + 1)
     # Step 0 has one beam per sentence (BOS alone), and the k beams branch from its best
     # tokens; from then on row r of the state is beam r % k of sentence r // k.
     state = model.init_state(enc, int(limits.max()) + 1)  # + 1: the EOS step
     beam_scores = torch.zeros(batch, 1, device=device)  # (sentences, beams) log-probs
     active = torch.arange(batch, device=device)  # the original index of each active sentence
+    steering.start(active)
     prefixes = torch.empty(batch, 0, dtype=torch.long, device=device)  # (rows, t)
-    prefix_attention: Tensor | None = None  # (rows, t, src_len), when asked for
-    n_finished = torch.zeros(batch, dtype=torch.long, device=device)
-    # per step: (sentence, log_prob, tokens (n, t), attention (n, t + 1, src_len) or None)
-    finished: list[tuple[Tensor, Tensor, Tensor, Tensor | None]] = []
-    prev = torch.full((batch,), BOS_ID, dtype=torch.long, device=device)
+    kth_finished = torch.full((batch, k), NEG_INF, device=device)  # the k best finished scores
+    # per step: (sentence, log_prob, tokens (n, t))
+    finished: list[tuple[Tensor, Tensor, Tensor]] = []
+    prev = torch.full((batch,), model.start_token, dtype=torch.long, device=device)
     for t in range(int(limits.max()) + 1):
-        log_probs, attn, state = model.step(prev, state)  # (n * beams, vocab)
-        (n, beams), vocab = beam_scores.shape, log_probs.size(-1)
+        scores, state = model.step(prev, state)  # (n * beams, vocab)
+        (n, beams), vocab = beam_scores.shape, scores.size(-1)
         sentence_limits = limits.index_select(0, active)  # (n,)
-        _step_rules(log_probs, t, sentence_limits.repeat_interleave(beams), min_len, allow_unk)
+        rows_sentence = active.repeat_interleave(beams)  # (n * beams,)
+        log_probs = steering.scores_to_log_probs(scores, t, prefixes)
+        steering.mask(log_probs, t, rows_sentence, prefixes, sentence_limits.repeat_interleave(beams),
+                      min_len)
         # the 2k best extensions per sentence: even if k of them end in EOS, k remain to continue
         top_scores, extension = top_extensions(log_probs, beam_scores, 2 * k)  # (n, 2k)
         top_tokens = extension % vocab
         parents = extension // vocab + torch.arange(n, device=device).unsqueeze(1) * beams  # rows
-        if attn is not None and return_attention:
-            step_attention = attn.float().unsqueeze(1)  # (n * beams, 1, src_len)
-            prefix_attention = (step_attention if prefix_attention is None
-                                else torch.cat([prefix_attention, step_attention], dim=1))
         is_eos = (top_tokens == EOS_ID) & top_scores.isfinite()
         # EOS among the k best finishes a hypothesis (one further down lost to k live beams)
         ends = is_eos[:, :k]
         if bool(ends.any()):
             s, j = ends.nonzero(as_tuple=True)
-            rows = parents[s, j]
-            finished.append((
-                active[s], top_scores[s, j], prefixes[rows],
-                None if prefix_attention is None else prefix_attention[rows],
-            ))
-            n_finished[active] += ends.sum(dim=1)
+            finished.append((active[s], top_scores[s, j], prefixes[parents[s, j]]))
+            penalised = torch.where(ends, top_scores[:, :k] / length_penalty(t + 1, length_penalty_alpha),
+                                    NEG_INF)
+            best = torch.cat([kth_finished.index_select(0, active), penalised], dim=1).topk(k, dim=1)
+            kth_finished[active] = best.values
         # the next beams: the k best candidates that do not end (EOS ones are moved last)
         order = torch.arange(2 * k, device=device) + is_eos * (2 * k)  # (n, 2k)
         keep_beams = order.topk(k, dim=1, largest=False).indices  # (n, k)
@@ -403,8 +530,9 @@ def beam_search(
         beam_scores = top_scores.gather(1, keep_beams)
         rows = parents.gather(1, keep_beams)  # (n, k)
         prev = top_tokens.gather(1, keep_beams)  # (n, k)
-        # done sentences leave: k hypotheses have finished, or the limit is reached
-        done = (n_finished.index_select(0, active) >= k) | (sentence_limits <= t)
+        # done sentences leave: at the limit, or when no live beam can beat the k-th finished
+        best_live = beam_scores.max(dim=1).values / length_penalty(t + 2, length_penalty_alpha)
+        done = (kth_finished.index_select(0, active)[:, -1] >= best_live) | (sentence_limits <= t)
         if bool(done.all()):
             break
         if bool(done.any()):
@@ -413,9 +541,8 @@ def beam_search(
         rows, prev = rows.view(-1), prev.view(-1)  # (n' * k,)
         # reorder (and shrink) everything per row to the surviving beams: one select per step
         state = state.select(rows)
+        steering.advance(rows, prev, t, active.repeat_interleave(k))
         prefixes = torch.cat([prefixes.index_select(0, rows), prev.unsqueeze(1)], dim=1)
-        if prefix_attention is not None:
-            prefix_attention = prefix_attention.index_select(0, rows)
     return _rank_finished(finished, batch, length_penalty_alpha, nbest)
 
 
@@ -439,19 +566,17 @@ def _rows_kept(parent: Tensor) -> Tensor:
 
 
 def _rank_finished(
-    finished: list[tuple[Tensor, Tensor, Tensor, Tensor | None]], batch: int, alpha: float, nbest: int
+    finished: list[tuple[Tensor, Tensor, Tensor]], batch: int, alpha: float, nbest: int
 ) -> list[Hypothesis]:
     """Finished hypotheses, collected step by step -> per sentence the best, with its n-best."""
     per_sentence: list[list[Hypothesis]] = [[] for _ in range(batch)]
-    for sentences, log_probs, tokens, attention in finished:
+    for sentences, log_probs, tokens in finished:
         lp = length_penalty(tokens.size(1) + 1, alpha)  # + 1: the EOS step
-        for i, (s, log_prob, ids) in enumerate(zip(sentences.tolist(), log_probs.tolist(),
-                                                   tokens.tolist(), strict=True)):
-            att = None if attention is None else attention[i].cpu()
-            per_sentence[s].append(Hypothesis(ids, log_prob / lp, att, [], log_prob))
+        for s, log_prob, ids in zip(sentences.tolist(), log_probs.tolist(), tokens.tolist(), strict=True):
+            per_sentence[s].append(Hypothesis(ids, log_prob / lp, [], log_prob))
     results = []
     for hyps in per_sentence:
         ranked = sorted(hyps, key=lambda h: h.score, reverse=True)[:nbest]
         best = ranked[0]
-        results.append(Hypothesis(best.tokens, best.score, best.attention, ranked, best.log_prob))
+        results.append(Hypothesis(best.tokens, best.score, ranked, best.log_prob))
     return results

@@ -4,7 +4,7 @@ Every model nmtkit translates with offers
 
     encode(src, src_lengths) -> EncoderOutput          read the source once
     init_state(enc, max_len) -> DecoderState           the state before the first target token
-    step(prev_tokens, state) -> log_probs, attention, state   one target token at a time
+    step(prev_tokens, state) -> scores, state          one target token at a time
 
 and a `DecoderState` whose `select(index)` picks batch rows, which is all search needs to expand
 sentences into beams, reorder beams and drop finished sentences. Training instead runs
@@ -52,12 +52,22 @@ class Decoder(nn.Module):
         will follow (room to set aside)."""
         raise NotImplementedError
 
-    def step(self, prev_tokens: Tensor, state: DecoderState) -> tuple[Tensor, Tensor | None, DecoderState]:
-        """prev_tokens (batch,) -> output (batch, output_size), attention (batch, src_len), state."""
+    def step(self, prev_tokens: Tensor, state: DecoderState) -> tuple[Tensor, DecoderState]:
+        """prev_tokens (batch,) -> output (batch, output_size), state."""
         raise NotImplementedError
 
-    def forward(self, tgt_in: Tensor, enc: EncoderOutput) -> tuple[Tensor, Tensor | None]:
-        """Teacher forcing: output (batch, tgt_len, output_size), attention (batch, tgt_len, src_len)."""
+    def forward(self, tgt_in: Tensor, enc: EncoderOutput) -> Tensor:
+        """Teacher forcing: output (batch, tgt_len, output_size)."""
+        raise NotImplementedError
+
+    def cross_attention(self, tgt_in: Tensor, enc: EncoderOutput) -> Tensor | None:
+        """The attention over the source in a teacher-forced pass: (layers, batch, heads,
+        tgt_len, src_len), or None for a decoder without attention."""
+        raise NotImplementedError
+
+    @property
+    def attention_shape(self) -> tuple[int, int]:
+        """(layers, heads) of what cross_attention returns."""
         raise NotImplementedError
 
 
@@ -82,42 +92,44 @@ class Seq2Seq(nn.Module):
     def init_state(self, enc: EncoderOutput, max_len: int = 0) -> DecoderState:
         return self.decoder.init_state(enc, max_len)
 
-    def step(self, prev_tokens: Tensor, state: DecoderState) -> tuple[Tensor, Tensor | None, DecoderState]:
-        """One target position: prev_tokens (batch,) -> log_probs (batch, vocab), attention, state."""
-        out, attention, state = self.decoder.step(prev_tokens, state)
-        return F.log_softmax(self.generator(out).float(), dim=-1), attention, state
+    def step(self, prev_tokens: Tensor, state: DecoderState) -> tuple[Tensor, DecoderState]:
+        """One target position: prev_tokens (batch,) -> scores (batch, vocab), state. The
+        scores are logits: search normalises them (after the rules a user may add)."""
+        out, state = self.decoder.step(prev_tokens, state)
+        return self.generator(out).float(), state
 
     def forward(
         self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor, teacher_forcing_ratio: float = 1.0,
         normalize: bool = True,
-    ) -> tuple[Tensor, Tensor | None]:
-        """log_probs (batch, tgt_len, vocab) and attention (batch, tgt_len, src_len). With
-        normalize=False the scores may be left unnormalised (the output layer's logits): the
-        training loss normalises them itself, in one pass with the loss."""
+    ) -> Tensor:
+        """log_probs (batch, tgt_len, vocab). With normalize=False the scores may be left
+        unnormalised (the output layer's logits): the training loss normalises them itself, in
+        one pass with the loss."""
         enc = self.encode(src, src_lengths)
         if teacher_forcing_ratio >= 1.0:
-            out, attention = self.decoder(tgt_in, enc)  # teacher forcing: gold inputs throughout
-            logits = self.generator(out)
-            return (F.log_softmax(logits.float(), dim=-1) if normalize else logits), attention
+            logits = self.generator(self.decoder(tgt_in, enc))  # teacher forcing: gold inputs
+            return F.log_softmax(logits.float(), dim=-1) if normalize else logits
         return self._forward_with_own_predictions(enc, tgt_in, teacher_forcing_ratio)
 
-    def _forward_with_own_predictions(
-        self, enc: EncoderOutput, tgt_in: Tensor, ratio: float
-    ) -> tuple[Tensor, Tensor | None]:
+    def attention(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor) -> Tensor | None:
+        """Cross-attention weights over a teacher-forced pass of tgt_in: (layers, batch, heads,
+        tgt_len, src_len); None for a model without attention."""
+        return self.decoder.cross_attention(tgt_in, self.encode(src, src_lengths))
+
+    def _forward_with_own_predictions(self, enc: EncoderOutput, tgt_in: Tensor, ratio: float) -> Tensor:
         """Scheduled sampling (Bengio et al. 2015): at each position the gold previous token is
         fed with probability `ratio`, and otherwise a token sampled from the model's own
         distribution at the step before (what it would have fed itself at inference)."""
         state = self.init_state(enc)
         prev = tgt_in[:, 0]
-        log_probs, attentions = [], []
+        log_probs = []
         for t in range(tgt_in.size(1)):
-            lp, attention, state = self.step(prev, state)
+            logits, state = self.step(prev, state)
+            lp = F.log_softmax(logits, dim=-1)
             log_probs.append(lp)
-            attentions.append(attention)
             if t + 1 < tgt_in.size(1):
                 gold = tgt_in[:, t + 1]
                 use_gold = torch.rand(gold.shape, device=gold.device) < ratio
                 own = torch.multinomial(lp.detach().exp(), 1).squeeze(1)  # (batch,)
                 prev = torch.where(use_gold, gold, own)
-        attn = None if attentions[0] is None else torch.stack(attentions, dim=1)
-        return torch.stack(log_probs, dim=1), attn
+        return torch.stack(log_probs, dim=1)

@@ -480,7 +480,7 @@ class Trainer:
         for indices in sampler:
             batch = collate([corpus[i] for i in indices], indices).to(self.device)
             with self._autocast():
-                logits, _ = model(batch.src, batch.src_lengths, batch.tgt_in, normalize=False)
+                logits = model(batch.src, batch.src_lengths, batch.tgt_in, normalize=False)
             _, nll = label_smoothed_nll(logits, batch.tgt_out)
             total_nll += float(nll)
             total_tokens += batch.n_tgt_tokens
@@ -553,7 +553,8 @@ class Trainer:
             metric = self.tcfg.early_stopping.metric
             if metric == "bleu" and not self.tcfg.valid_bleu:
                 metric = "loss"
-            lines.append(f"best: valid {metric} {st.best[0][0]:.2f} at update {int(st.best[0][1])} "
+            name = "BLEU" if metric == "bleu" else metric
+            lines.append(f"best: valid {name} {st.best[0][0]:.2f} at update {int(st.best[0][1])} "
                          f"-> {self.run_dir / 'best'}")
         lines.append(f"last: {self.run_dir / 'last'}")
         if self._signal:
@@ -633,6 +634,9 @@ class Trainer:
 
     def _train_epoch(self, started: float) -> None:
         tcfg, st = self.tcfg, self.state
+        st.stopped = self._limit_reached()
+        if st.stopped:
+            return
         self.sampler.set_epoch(st.epoch)
         if st.batches_in_epoch:
             self.sampler.load_state_dict({"epoch": st.epoch, "position": st.batches_in_epoch})
@@ -736,8 +740,8 @@ class Trainer:
             sync = k == len(group) - 1
             ctx = self.ddp_model.no_sync() if self.distributed and not sync else nullcontext()
             with ctx, self._autocast():
-                logits, _ = self.ddp_model(batch.src, batch.src_lengths, batch.tgt_in,
-                                           self.teacher_forcing_ratio(), normalize=False)
+                logits = self.ddp_model(batch.src, batch.src_lengths, batch.tgt_in,
+                                        self.teacher_forcing_ratio(), normalize=False)
                 loss, nll = label_smoothed_nll(logits, batch.tgt_out, tcfg.label_smoothing)
             loss.backward()
             loss_total += float(loss.detach())

@@ -60,13 +60,8 @@ class TransformerEncoder(nn.Module):
 class TransformerDecoder(Decoder):
     """Token embeddings plus positions, then a stack of decoder layers.
 
-    The attention returned, (batch, tgt_len, src_len) by `forward` and (batch, src_len) by
-    `step`, is the last layer's cross-attention averaged over its heads. Set `keep_all_attention`
-    to also get, after each call, every layer's per-head weights in `last_cross_attention`: one
-    (batch, heads, new_len, src_len) tensor per layer. In training and teacher-forced passes
-    that makes every layer compute its weights by hand instead of with the fused kernel, so it
-    is off unless someone wants to look.
-    """
+    `cross_attention` returns every layer's cross-attention weights, per head, for a whole
+    target at once; `forward` and `step` compute no weights (the fused kernel runs instead)."""
 
     def __init__(self, embedding: nn.Embedding, cfg: TransformerConfig) -> None:
         super().__init__()
@@ -78,8 +73,6 @@ class TransformerDecoder(Decoder):
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
         self.final_norm = nn.LayerNorm(cfg.d_model) if cfg.norm == "pre" else nn.Identity()
         self.output_size = cfg.d_model
-        self.keep_all_attention = False
-        self.last_cross_attention: list[Tensor] = []
 
     def init_state(self, enc: EncoderOutput, max_len: int = 0) -> TransformerState:
         cross_kv = [layer.cross_attn.memory_kv(enc.memory) for layer in self.layers]
@@ -87,23 +80,31 @@ class TransformerDecoder(Decoder):
         return TransformerState(position=0, self_kv=caches,
                                 cross_kv=cross_kv, src_mask=enc.src_mask)
 
-    def forward(self, tgt_in: Tensor, enc: EncoderOutput) -> tuple[Tensor, Tensor]:
+    def forward(self, tgt_in: Tensor, enc: EncoderOutput) -> Tensor:
         """Teacher forcing: all gold previous tokens tgt_in (batch, tgt_len) in one pass.
-        Returns output (batch, tgt_len, d_model) and attention (batch, tgt_len, src_len)."""
-        out, attention, _ = self._run(tgt_in, self.init_state(enc), use_cache=False)
-        return out, attention
+        Returns output (batch, tgt_len, d_model)."""
+        out, _, _ = self._run(tgt_in, self.init_state(enc), use_cache=False)
+        return out
 
-    def step(
-        self, prev_tokens: Tensor, state: TransformerState
-    ) -> tuple[Tensor, Tensor, TransformerState]:
-        """One new position: prev_tokens (batch,) -> output (batch, d_model), attention
-        (batch, src_len), and the state with this position's keys/values cached."""
-        out, attention, state = self._run(prev_tokens.unsqueeze(1), state, use_cache=True)
-        return out.squeeze(1), attention.squeeze(1), state
+    @property
+    def attention_shape(self) -> tuple[int, int]:
+        return len(self.layers), self.layers[0].cross_attn.heads
+
+    def cross_attention(self, tgt_in: Tensor, enc: EncoderOutput) -> Tensor:
+        """Every layer's cross-attention over a teacher-forced pass: (layers, batch, heads,
+        tgt_len, src_len)."""
+        _, weights, _ = self._run(tgt_in, self.init_state(enc), use_cache=False, need_weights=True)
+        return torch.stack(weights)
+
+    def step(self, prev_tokens: Tensor, state: TransformerState) -> tuple[Tensor, TransformerState]:
+        """One new position: prev_tokens (batch,) -> output (batch, d_model), and the state
+        with this position's keys/values cached."""
+        out, _, state = self._run(prev_tokens.unsqueeze(1), state, use_cache=True)
+        return out.squeeze(1), state
 
     def _run(
-        self, tokens: Tensor, state: TransformerState, use_cache: bool
-    ) -> tuple[Tensor, Tensor, TransformerState]:
+        self, tokens: Tensor, state: TransformerState, use_cache: bool, need_weights: bool = False
+    ) -> tuple[Tensor, list[Tensor], TransformerState]:
         """Feed tokens (batch, new_len) that follow the state's prefix of `state.position`.
         Without `use_cache` (teacher forcing: the whole target at once) nothing is cached."""
         start, new_len = state.position, tokens.size(1)
@@ -118,20 +119,16 @@ class TransformerDecoder(Decoder):
                 new_len, start + new_len, dtype=torch.bool, device=tokens.device
             ).tril(diagonal=start)  # (new_len, start + new_len)
         self_kv, weights = [], []
-        last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             cache = state.self_kv[i] if use_cache else None
-            need_weights = self.keep_all_attention or i == last
             x, cache, layer_weights = layer(
                 x, cache, causal_mask, state.cross_kv[i], state.src_mask, need_weights, state.group
             )
             self_kv.append(cache if cache is not None else KVCache())
             weights.append(layer_weights)
-        if self.keep_all_attention:
-            self.last_cross_attention = [w.detach() for w in weights]
         state = TransformerState(start + new_len, self_kv, state.cross_kv, state.src_mask,
                                  state.group)
-        return self.final_norm(x), weights[-1].mean(dim=1), state
+        return self.final_norm(x), weights, state
 
 
 @dataclass

@@ -6,11 +6,16 @@
     t.translate(["..."], beam=5)                           # beam search
     t.translate(["..."], beam=5, nbest=3, return_details=True)[0].nbest   # 3 best, with scores
     t.translate(["..."], sample=True, top_p=0.9, seed=1)   # sampling
+    t.translate(["A man"], prefix=["Ein Ma"])              # must begin so: "Ein Mann ..."
+    t.alternatives("A man sleeps.", prefix="Ein ", k=5)    # the 5 likeliest next words
+    t.score(["A man."], ["Ein Mann."])                     # log-probabilities of given translations
     Translator.load(["runs/a/best", "runs/b/best"])        # an ensemble
     Translator.load("runs/demo/best", quantize="int8")     # int8 linear layers (CPU)
 
 Inputs are grouped into batches of similar length (at most `batch_tokens` source tokens each,
 padding included), so little work is spent on padding; results come back in input order.
+Attention weights (for the details, alignments, heatmaps) come from one teacher-forced pass over
+the finished translations, which gives exactly the weights search saw, for any layer and head.
 
 On the CPU a Translator also prepacks the fp32 linear layers for oneDNN (`quantize.pack_linears`)
 and tells glibc's malloc to keep freed memory (`keep_freed_memory`).
@@ -19,22 +24,34 @@ and tells glibc's malloc to keep freed memory (`keep_freed_memory`).
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
+from nmtkit.alignment import WORD_START, align, replace_unknown
 from nmtkit.checkpoint import Checkpoint, load_checkpoint
 from nmtkit.cpu import keep_freed_memory
-from nmtkit.data import TokenBatchSampler, collate_source
+from nmtkit.data import TokenBatchSampler, collate, collate_source
 from nmtkit.errors import NMTKitError, NMTKitWarning
 from nmtkit.quantize import pack_linears
-from nmtkit.search import EnsembleModel, Hypothesis, beam_search, greedy_search
+from nmtkit.search import (
+    EnsembleModel,
+    Hypothesis,
+    Steering,
+    beam_search,
+    greedy_search,
+    left_to_spell,
+    spelling_pieces,
+)
 from nmtkit.search import sample as sample_search  # `sample` is translate's flag
 from nmtkit.seq2seq import Seq2Seq
+from nmtkit.vocabulary import EOS_ID, PAD_ID, UNK, UNK_ID
 
 MAX_BEAM = 256  # a larger beam or n-best would only be a mistake (and hold the memory hostage)
 
@@ -43,14 +60,18 @@ MAX_BEAM = 256  # a larger beam or n-best would only be a mistake (and hold the 
 class Translation:
     """One sentence's translation, with what search knows about it.
 
-    text           the translation, detokenized
-    tokens         its target subword pieces (no </s>)
-    source_tokens  the source's subword pieces, then "</s>": the attention's columns
-    score          what search ranked by: the log-probability, divided by the length penalty
-                   in beam search
-    attention      (len(tokens) + 1) x len(source_tokens) weights, a row per target piece and
-                   one for the final </s>; None unless asked for (or without attention)
-    nbest          with nbest > 1: the n best Translations, best first (this one first)
+    text              the translation, detokenized
+    tokens            its target subword pieces (no </s>)
+    source_tokens     the source's subword pieces, then "</s>": the attention's columns
+    score             what search ranked by: the log-probability, divided by the length penalty
+                      in beam search
+    attention         (len(tokens) + 1) x len(source_tokens) weights of one decoder layer and
+                      head (default: the last layer, the mean of its heads), a row per target
+                      piece and one for the final </s>; None unless asked for (or without
+                      attention)
+    attention_layers  with all_attention: every layer's every head, [layer][head][row][column]
+    alignment         with alignment: (source word, target word) pairs, see nmtkit.alignment
+    nbest             with nbest > 1: the n best Translations, best first (this one first)
     """
 
     text: str
@@ -59,12 +80,34 @@ class Translation:
     score: float
     attention: list[list[float]] | None
     nbest: list[Translation] = field(default_factory=list)
+    attention_layers: list[list[list[list[float]]]] | None = None
+    alignment: list[tuple[int, int]] | None = None
 
     def __repr__(self) -> str:
         attention = "None" if self.attention is None else \
             f"{len(self.attention)}x{len(self.attention[0]) if self.attention else 0}"
         return (f"Translation(text={self.text!r}, score={self.score:.4f}, tokens={len(self.tokens)}, "
                 f"source_tokens={len(self.source_tokens)}, attention={attention}, nbest={len(self.nbest)})")
+
+
+@dataclass
+class Alternative:
+    """A word the model would put at a position, after a given prefix."""
+
+    word: str  # the whole word (a word typed in part, completed)
+    probability: float  # the model's probability of its pieces, one after the other
+    translation: str  # the best translation that begins with `prefix`
+    prefix: str  # the given prefix with this word in place: pass it on to continue from here
+
+
+@dataclass
+class Score:
+    """How likely the model finds a given translation of a source."""
+
+    log_prob: float  # the sum over the target pieces and </s>
+    normalized: float  # per piece: log_prob / (pieces + 1)
+    tokens: list[str]  # the target pieces, then "</s>"
+    token_scores: list[float]  # the log-probability of each
 
 
 class Translator:
@@ -94,16 +137,19 @@ class Translator:
                 pack_linears(m)
         self.ckpt = ckpts[0]
         self.checkpoints = ckpts
+        self.members = models
         # one checkpoint decodes as itself; several through the ensemble wrapper
         self.model: Seq2Seq | EnsembleModel = models[0] if len(models) == 1 else EnsembleModel(models)
         self.src_tok = self.ckpt.src_tokenizer
         self.tgt_tok = self.ckpt.tgt_tokenizer
+        self.tgt_pieces = tuple(self.tgt_tok.vocab())
         self.decoding = self.ckpt.config.decoding  # defaults: the first checkpoint's config
         # the longest input: what the config says, else the longest the model was trained on,
         # never past the positions of any member (their source and their output)
         limit = self.decoding.max_input_len or max(c.config.data.max_len for c in ckpts)
         caps = [getattr(c.config.model, "max_positions", None) for c in ckpts]
         self.max_input_tokens = min([limit] + [cap - 1 for cap in caps if cap is not None])
+        self.max_output_tokens = min([cap - 2 for cap in caps if cap is not None], default=None)
         self.last_too_long: list[int] = []  # inputs of the last call past max_input_tokens
 
     @classmethod
@@ -120,6 +166,15 @@ class Translator:
         device = _device(device)
         return cls([load_checkpoint(p, device) for p in paths], device, quantize, keep_memory, pack)
 
+    @property
+    def decoder_layers(self) -> int:
+        """Layers of attention the details can show (1 for the RNN)."""
+        return self.members[0].decoder.attention_shape[0]
+
+    @property
+    def heads(self) -> int:
+        return self.members[0].decoder.attention_shape[1]
+
     def _batches(self, ids: list[list[int]], batch_tokens: int) -> list[list[int]]:
         """Indices of non-empty inputs grouped by similar length, each group within batch_tokens
         (the training batcher, unshuffled, over source lengths)."""
@@ -131,11 +186,17 @@ class Translator:
     @torch.inference_mode()
     def translate(
         self,
-        sentences: list[str],
+        sentences: Sequence[str],
         batch_tokens: int | None = None,
         return_details: bool = False,
         *,
+        prefix: Sequence[str] | None = None,
         attention: bool = True,
+        attention_layer: int | None = None,
+        attention_head: int | None = None,
+        all_attention: bool = False,
+        alignment: bool = False,
+        alignment_layer: int | None = None,
         beam: int | None = None,
         nbest: int = 1,
         length_penalty: float | None = None,
@@ -147,6 +208,9 @@ class Translator:
         max_len_a: float | None = None,
         max_len_b: int | None = None,
         too_long: str | None = None,
+        no_repeat_ngram_size: int = 0,
+        repetition_penalty: float = 1.0,
+        replace_unk: bool = False,
     ) -> list[str] | list[Translation]:
         """Translate in input order; an empty (or blank) sentence gives an empty translation.
 
@@ -154,12 +218,24 @@ class Translator:
         config. beam 1 is greedy search. With sample=True each token is drawn at random
         (temperature, top_k, top_p) from a generator seeded by `seed` (an int, or a
         torch.Generator to continue across calls); nbest then draws that many samples.
+
+        prefix: per sentence, text the translation must begin with (forced decoding); search
+        continues from its end. A prefix that does not end in a space ends with a word typed in
+        part: the continuation completes it ("Ein Ma" -> "Ein Mann ..."). no_repeat_ngram_size,
+        repetition_penalty: CTranslate2's repetition controls (see search.Steering).
+        replace_unk: let <unk> be produced, and replace each by the source word it attends to
+        most (in the alignment layer).
+
         An input longer than `max_input_tokens` subword tokens is handled by `too_long`
         (default: the config's decoding.too_long): "truncate" it (a warning says how many and
         which), "skip" it (an empty translation, and a warning) or stop with an "error"; the
         indices of such inputs are in `last_too_long` after the call.
-        Returns strings, or with return_details a Translation per sentence (tokens, score,
-        attention unless attention=False, and the n-best list when nbest > 1)."""
+
+        Returns strings, or with return_details a Translation per sentence: tokens, score, the
+        n-best list when nbest > 1, and unless attention=False the attention of one decoder
+        layer and head (attention_layer, attention_head; default the last layer and the mean of
+        its heads), all of them with all_attention, and word alignments with alignment
+        (alignment_layer; default the second-to-last layer of a Transformer)."""
         _check_sentences(sentences)
         d = self.decoding
         beam = d.beam if beam is None else beam
@@ -169,19 +245,48 @@ class Translator:
         batch_tokens = d.batch_tokens if batch_tokens is None else batch_tokens
         _check_options(beam, nbest, sample, temperature, top_k, top_p, length_penalty, max_len_a,
                        max_len_b, batch_tokens)
+        _check_steering(no_repeat_ngram_size, repetition_penalty)
+        layers = self._layers(attention_layer, attention_head, alignment_layer)
+        prefixes = _check_prefixes(prefix, len(sentences))
         search = self._search_function(beam, nbest, length_penalty, sample, temperature, top_k,
-                                       top_p, seed, max_len_a, max_len_b, return_details and attention)
+                                       top_p, seed, max_len_a, max_len_b)
         ids = self._encode(sentences, too_long or d.too_long)
+        forced = [self._prefix(p) for p in prefixes]
         hyps: list[Hypothesis | None] = [None] * len(sentences)
         for indices in self._batches(ids, batch_tokens):
             src, lengths = collate_source([ids[i] for i in indices])
-            for i, hyp in zip(indices, search(src.to(self.device), lengths.to(self.device)), strict=True):
+            steering = Steering(
+                len(indices), prefix=[forced[i][0] for i in indices],
+                partial=[forced[i][1] for i in indices], pieces=self.tgt_pieces,
+                no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty,
+                allow_unk=replace_unk, device=self.device)
+            for i, hyp in zip(indices, search(src.to(self.device), lengths.to(self.device), steering),
+                              strict=True):
                 hyps[i] = hyp
-        if not return_details:
-            return [self.tgt_tok.decode(h.tokens) if h else "" for h in hyps]
-        return [self._details(ids[i], h, nbest) for i, h in enumerate(hyps)]
+        needs_attention = (return_details and (attention or all_attention)) or alignment or replace_unk
+        maps = self._attention_maps(ids, hyps, nbest) if needs_attention else {}
+        results = []
+        for i, hyp in enumerate(hyps):
+            if hyp is None:  # an empty input: an empty output (and n empty alternatives)
+                results.append("" if not return_details else self._empty(nbest))
+                continue
+            candidates = hyp.nbest[:nbest] if nbest > 1 else [hyp]
+            texts = [self._render(sentences[i], ids[i], h, maps[i][j] if i in maps else None,
+                                  layers[2], replace_unk) for j, h in enumerate(candidates)]
+            if not return_details:
+                results.append(texts[0])
+                continue
+            details = [self._details(ids[i], h, text, maps[i][j] if i in maps else None, layers,
+                                     attention, all_attention, alignment)
+                       for j, (h, text) in enumerate(zip(candidates, texts, strict=True))]
+            best = details[0]
+            best.score = hyp.score
+            if nbest > 1:
+                best.nbest = details
+            results.append(best)
+        return results
 
-    def _encode(self, sentences: list[str], too_long: str) -> list[list[int]]:
+    def _encode(self, sentences: Sequence[str], too_long: str) -> list[list[int]]:
         """Subword ids of each sentence, over-long ones handled by the `too_long` policy."""
         if too_long not in ("truncate", "skip", "error"):
             raise NMTKitError(f"too_long must be truncate, skip or error, not {too_long!r}")
@@ -205,11 +310,10 @@ class Translator:
     def _search_function(
         self, beam: int, nbest: int, alpha: float, do_sample: bool, temperature: float, top_k: int,
         top_p: float, seed: int | torch.Generator | None, max_len_a: float, max_len_b: int,
-        with_attention: bool,
-    ) -> Callable[[Tensor, Tensor], list[Hypothesis]]:
-        """(src, src_lengths) -> one hypothesis per sentence, with every search option bound."""
+    ) -> Callable[[Tensor, Tensor, Steering], list[Hypothesis]]:
+        """(src, src_lengths, steering) -> one hypothesis per sentence, every option bound."""
         model = self.model
-        limits = {"max_len_a": max_len_a, "max_len_b": max_len_b, "return_attention": with_attention}
+        limits = {"max_len_a": max_len_a, "max_len_b": max_len_b}
         if do_sample:
             if isinstance(seed, torch.Generator):
                 generator = seed
@@ -219,32 +323,275 @@ class Translator:
                     generator.seed()  # a fresh random seed
                 else:
                     generator.manual_seed(seed)
-            return lambda src, lengths: sample_search(
-                model, src, lengths, temperature, top_k, top_p, generator, nbest, **limits)
+            return lambda src, lengths, steering: sample_search(
+                model, src, lengths, temperature, top_k, top_p, generator, nbest, **limits,
+                steering=steering)
         if beam == 1:
-            return lambda src, lengths: greedy_search(model, src, lengths, **limits)
-        return lambda src, lengths: beam_search(model, src, lengths, beam, alpha, nbest=nbest, **limits)
+            return lambda src, lengths, steering: greedy_search(model, src, lengths, **limits,
+                                                                steering=steering)
+        return lambda src, lengths, steering: beam_search(model, src, lengths, beam, alpha,
+                                                          nbest=nbest, **limits, steering=steering)
 
-    def _details(self, src_ids: list[int], hyp: Hypothesis | None, nbest: int) -> Translation:
-        source_tokens = self.src_tok.pieces(src_ids) + ["</s>"]
-        if hyp is None:  # an empty input: empty output, and n empty alternatives
-            empty = Translation("", [], source_tokens[-1:], 0.0, None)
-            return Translation("", [], source_tokens[-1:], 0.0, None, [empty] * nbest if nbest > 1 else [])
+    def _render(self, sentence: str, src_ids: list[int], hyp: Hypothesis, weights: Tensor | None,
+                layer: int, replace_unk: bool) -> str:
+        """The text of a hypothesis; with replace_unk, each <unk> becomes the source word it
+        attends to most."""
+        if not (replace_unk and UNK_ID in hyp.tokens and weights is not None):
+            return self.tgt_tok.decode(hyp.tokens)
+        src_pieces = self.src_tok.pieces(src_ids)
+        pieces = replace_unknown(self.tgt_tok.pieces(hyp.tokens), UNK, weights[layer].mean(dim=0),
+                                 src_pieces, _source_words(sentence, src_pieces))
+        # runs of the vocabulary's pieces are decoded by sentencepiece; a source word put in
+        # place of <unk> (no piece of the target vocabulary) is copied as it is
+        words, run = [], []
+        for piece, token in zip(pieces, hyp.tokens, strict=True):
+            if token == UNK_ID:
+                words += [self.tgt_tok.sp.decode_pieces(run), piece.removeprefix(WORD_START)]
+                run = []
+            else:
+                run.append(piece)
+        words.append(self.tgt_tok.sp.decode_pieces(run))
+        return " ".join(w for w in words if w)
 
-        def one(h: Hypothesis) -> Translation:
-            attention = None if h.attention is None else h.attention[:, : len(src_ids) + 1].tolist()
-            return Translation(
-                text=self.tgt_tok.decode(h.tokens),
-                tokens=self.tgt_tok.pieces(h.tokens),
-                source_tokens=source_tokens,
-                score=h.score,
-                attention=attention,
-            )
+    def _details(self, src_ids: list[int], hyp: Hypothesis, text: str, weights: Tensor | None,
+                 layers: tuple[int, int | None, int], attention: bool, all_attention: bool,
+                 alignment: bool) -> Translation:
+        layer, head, alignment_layer = layers
+        src_pieces, tgt_pieces = self.src_tok.pieces(src_ids), self.tgt_tok.pieces(hyp.tokens)
+        chosen = None
+        if attention and weights is not None:
+            w = weights[layer]  # (heads, T, S)
+            chosen = (w.mean(dim=0) if head is None else w[head]).tolist()
+        return Translation(
+            text=text, tokens=tgt_pieces, source_tokens=src_pieces + ["</s>"], score=hyp.score,
+            attention=chosen,
+            attention_layers=weights.tolist() if all_attention and weights is not None else None,
+            alignment=align(weights[alignment_layer].mean(dim=0), src_pieces, tgt_pieces)
+            if alignment and weights is not None else None,
+        )
 
-        best = one(hyp)
-        if nbest > 1:
-            best.nbest = [one(h) for h in hyp.nbest[:nbest]]
-        return best
+    @staticmethod
+    def _empty(nbest: int) -> Translation:
+        empty = Translation("", [], ["</s>"], 0.0, None)
+        return Translation("", [], ["</s>"], 0.0, None, [empty] * nbest if nbest > 1 else [])
+
+    # ---- steering ----
+    def _prefix(self, text: str) -> tuple[list[int], str]:
+        """A prefix as forced target ids (its complete words) and the piece text of a last word
+        typed in part ('' if it ends in a space)."""
+        if not text.strip():
+            return [], ""
+        if text[-1].isspace():
+            return self.tgt_tok.encode(text.strip()), ""
+        head, last = _split_last_word(text)
+        forced = self.tgt_tok.encode(head) if head.strip() else []
+        partial = WORD_START + last
+        if not any(p.startswith(partial) or partial.startswith(p)
+                   for p in self.tgt_pieces if p and not p.startswith("<")):
+            return forced + self.tgt_tok.encode(last), ""  # nothing spells it: force its pieces
+        return forced, partial
+
+    @torch.inference_mode()
+    def alternatives(self, source: str, prefix: str = "", k: int = 5, *, candidates: int = 0,
+                     max_word_pieces: int = 12, **options: object) -> list[Alternative]:
+        """The k likeliest next words after `prefix` in the translation of `source`, each with
+        its probability and the best translation that begins with prefix + that word
+        (CTranslate2's return_alternatives, but words, not subword pieces).
+
+        The model's next pieces are the candidates (those that start a word, or, after a word
+        typed in part, those that go on spelling it; the `candidates` likeliest, default 4k or
+        at least 20); each is completed into a word by greedy continuation of its pieces, the
+        word's probability being the product of its pieces'. Words reached twice add up. The
+        translations come from one call of `translate(prefix=...)` with the rest of `options`,
+        so choosing alternative j and translating with its `prefix` gives its `translation`."""
+        if not isinstance(source, str) or not isinstance(prefix, str):
+            raise TypeError("alternatives takes one source sentence and one prefix, as str")
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_BEAM:
+            raise NMTKitError(f"k must be a whole number from 1 to {MAX_BEAM}, not {k!r}")
+        if not source.strip():
+            return []
+        (src_ids,) = self._encode([source], str(options.pop("too_long", None) or self.decoding.too_long))
+        forced, partial = self._prefix(prefix)
+        model = self.model
+        src, lengths = collate_source([src_ids])
+        enc = model.encode(src.to(self.device), lengths.to(self.device))
+        max_len = len(forced) + max_word_pieces + 2
+        state = model.init_state(enc, max_len)
+        prev = torch.tensor([model.start_token], device=self.device)
+        for token in forced:  # the prefix, teacher-forced
+            _, state = model.step(prev, state)
+            prev = torch.tensor([token], device=self.device)
+        scores, state = model.step(prev, state)
+        log_probs = F.log_softmax(scores, dim=-1)[0]  # (vocab,)
+        allowed = self._word_starts(partial)
+        m = min(candidates or max(4 * k, 20), allowed.numel())
+        first_lp, pick = log_probs[allowed].topk(m)
+        first = allowed[pick]  # (m,)
+        words = self._complete_words(state, first, first_lp, partial, max_word_pieces)
+        merged: dict[str, float] = {}
+        for word, p in words:
+            if word:
+                merged[word] = merged.get(word, 0.0) + p
+        ranked = sorted(merged.items(), key=lambda item: -item[1])[:k]
+        head = prefix.rstrip() if not partial else _split_last_word(prefix)[0]
+        starts = [f"{head} {word}" if head.strip() else word for word, _ in ranked]
+        translations = self.translate([source] * len(starts), prefix=starts, **options) if starts else []
+        return [Alternative(word, p, text, start)
+                for (word, p), text, start in zip(ranked, translations, starts, strict=True)]
+
+    def _word_starts(self, partial: str) -> Tensor:
+        """The ids of the pieces that may come next: the start of a new word, or, after a word
+        typed in part, the pieces that go on spelling it."""
+        if partial:
+            return spelling_pieces(partial, self.tgt_pieces).to(self.device)
+        ok = [i for i, p in enumerate(self.tgt_pieces) if p.startswith(WORD_START)]
+        return torch.tensor(ok, dtype=torch.long, device=self.device)
+
+    def _complete_words(self, state, first: Tensor, first_lp: Tensor, partial: str,
+                        max_pieces: int) -> list[tuple[str, float]]:
+        """Greedily continue each candidate first piece (m,) until the next piece would start a
+        new word (or be </s>); a row still spelling a word typed in part takes the likeliest
+        piece that goes on spelling it. The words, with the product of their pieces'
+        probabilities."""
+        model = self.model
+        m = first.size(0)
+        state = state.select(torch.zeros(m, dtype=torch.long, device=self.device))
+        pieces = [[self.tgt_pieces[i]] for i in first.tolist()]
+        rest = [left_to_spell(partial, p[0]) for p in pieces]
+        log_prob = first_lp.clone()
+        growing = [True] * m
+        prev = first
+        for _ in range(max_pieces - 1):
+            scores, state = model.step(prev, state)
+            log_probs = F.log_softmax(scores, dim=-1)
+            log_probs[:, [PAD_ID, UNK_ID]] = float("-inf")
+            nxt = log_probs.argmax(dim=-1).tolist()
+            for row in range(m):
+                if not growing[row]:
+                    continue
+                if rest[row]:  # must go on spelling the typed word
+                    allowed = spelling_pieces(rest[row], self.tgt_pieces).to(self.device)
+                    if not allowed.numel():
+                        growing[row] = False
+                        continue
+                    nxt[row] = int(allowed[log_probs[row, allowed].argmax()])
+                piece = self.tgt_pieces[nxt[row]]
+                if not rest[row] and (nxt[row] == EOS_ID or piece.startswith(WORD_START)):
+                    growing[row] = False  # the next piece starts another word: this one is whole
+                    continue
+                pieces[row].append(piece)
+                rest[row] = left_to_spell(rest[row], piece)
+                log_prob[row] += log_probs[row, nxt[row]]
+            if not any(growing):
+                break
+            prev = torch.tensor(nxt, device=self.device)
+        return [("".join(p).replace(WORD_START, " ").strip(), math.exp(lp))
+                for p, lp in zip(pieces, log_prob.tolist(), strict=True)]
+
+    # ---- scoring ----
+    @torch.inference_mode()
+    def score(self, sources: Sequence[str], targets: Sequence[str], batch_tokens: int | None = None,
+              too_long: str | None = None) -> list[Score]:
+        """The model's log-probability of each given translation (a teacher-forced pass, batched
+        like training): per sentence, its sum, its per-piece mean and each piece's. Uses:
+        filtering noisy corpora, reranking n-best lists, checking a reference."""
+        _check_sentences(sources)
+        _check_sentences(targets)
+        if len(sources) != len(targets):
+            raise NMTKitError(f"{len(sources)} sources but {len(targets)} targets")
+        batch_tokens = self.decoding.batch_tokens if batch_tokens is None else batch_tokens
+        _check_options(1, 1, False, 1.0, 0, 1.0, batch_tokens=batch_tokens)
+        src_ids = self._encode(sources, too_long or self.decoding.too_long)
+        tgt_ids = [self.tgt_tok.encode(t) if t.strip() else [] for t in targets]
+        if self.max_output_tokens is not None:
+            tgt_ids = [t[: self.max_output_tokens] for t in tgt_ids]
+        cost = [max(len(s), len(t)) + 1 for s, t in zip(src_ids, tgt_ids, strict=True)]
+        sampler = TokenBatchSampler(cost, cost, batch_tokens, shuffle=False, seed=0)
+        results: list[Score | None] = [None] * len(sources)
+        for indices in sampler:
+            batch = collate([(src_ids[i], tgt_ids[i]) for i in indices], indices).to(self.device)
+            log_probs = self.model(batch.src, batch.src_lengths, batch.tgt_in)  # (batch, T, vocab)
+            gold = log_probs.gather(2, batch.tgt_out.unsqueeze(2)).squeeze(2)  # (batch, T)
+            for row, i in enumerate(indices):
+                n = len(tgt_ids[i]) + 1
+                token_scores = gold[row, :n].tolist()
+                total = sum(token_scores)
+                results[i] = Score(total, total / n, self.tgt_tok.pieces(tgt_ids[i]) + ["</s>"],
+                                   token_scores)
+        return results  # type: ignore[return-value]
+
+    # ---- attention ----
+    def _layers(self, attention_layer: int | None, attention_head: int | None,
+                alignment_layer: int | None) -> tuple[int, int | None, int]:
+        """The attention layer, head (None: their mean) and the alignment layer, checked."""
+        n, heads = self.decoder_layers, self.heads
+        for name, value in (("attention_layer", attention_layer), ("alignment_layer", alignment_layer)):
+            if value is not None and not -n <= value < n:
+                raise NMTKitError(f"{name} {value}: the decoder has layers 0..{n - 1}")
+        if attention_head is not None and not 0 <= attention_head < heads:
+            raise NMTKitError(f"attention_head {attention_head}: the decoder has heads 0..{heads - 1}")
+        default_alignment = n - 2 if n >= 2 else 0  # Garg et al. 2019: the second-to-last layer
+        return (n - 1 if attention_layer is None else attention_layer % n, attention_head,
+                default_alignment if alignment_layer is None else alignment_layer % n)
+
+    def _attention_maps(self, ids: list[list[int]], hyps: list[Hypothesis | None],
+                        nbest: int) -> dict[int, list[Tensor]]:
+        """For each sentence, each returned hypothesis's cross-attention (layers, heads,
+        len(tokens) + 1, len(source) + 1), from teacher-forced passes (a batch per chunk)."""
+        rows = [(i, h) for i, hyp in enumerate(hyps) if hyp is not None
+                for h in (hyp.nbest[:nbest] if nbest > 1 else [hyp])]
+        maps: dict[int, list[Tensor]] = {}
+        for start in range(0, len(rows), 64):
+            chunk = rows[start : start + 64]
+            batch = collate([(ids[i], h.tokens) for i, h in chunk], list(range(len(chunk))))
+            members = [m.attention(batch.src.to(self.device), batch.src_lengths.to(self.device),
+                                   batch.tgt_in.to(self.device)) for m in self.members]
+            if any(a is None for a in members):
+                return {}
+            if len({a.shape for a in members}) > 1:  # members of other shapes: their last layers
+                members = [a[-1:].mean(dim=2, keepdim=True) for a in members]
+            weights = torch.stack(members).mean(dim=0).float().cpu()  # (layers, batch, heads, T, S)
+            for row, (i, h) in enumerate(chunk):
+                maps.setdefault(i, []).append(weights[:, row, :, : len(h.tokens) + 1, : len(ids[i]) + 1])
+        return maps
+
+
+def _split_last_word(text: str) -> tuple[str, str]:
+    """'Ein kleiner Ma' -> ('Ein kleiner', 'Ma')."""
+    match = re.match(r"^(.*?)\s*(\S+)$", text, re.DOTALL)
+    return (match.group(1), match.group(2)) if match else ("", text.strip())
+
+
+def _source_words(sentence: str, src_pieces: list[str]) -> list[str]:
+    """The surface words of a source sentence, one per word of its pieces (the text's own
+    words when they line up, so that replaced words keep their spelling)."""
+    words = sentence.split()
+    n = sum(1 for i, p in enumerate(src_pieces) if i == 0 or p.startswith(WORD_START))
+    if len(words) == n:
+        return words
+    return "".join(src_pieces).replace(WORD_START, " ").split()
+
+
+def _check_prefixes(prefix: Sequence[str] | None, n: int) -> list[str]:
+    if prefix is None:
+        return [""] * n
+    if isinstance(prefix, str | bytes) or not isinstance(prefix, Sequence):
+        raise TypeError("prefix takes one string per sentence (a list), or None")
+    if len(prefix) != n:
+        raise NMTKitError(f"{len(prefix)} prefixes for {n} sentences")
+    for i, p in enumerate(prefix):
+        if not isinstance(p, str):
+            raise TypeError(f"prefix {i} is a {type(p).__name__}, not a str")
+    return list(prefix)
+
+
+def _check_steering(no_repeat_ngram_size: int, repetition_penalty: float) -> None:
+    if isinstance(no_repeat_ngram_size, bool) or not isinstance(no_repeat_ngram_size, int) or \
+            no_repeat_ngram_size < 0:
+        raise NMTKitError(f"no_repeat_ngram_size must be a whole number >= 0, not {no_repeat_ngram_size!r}")
+    if isinstance(repetition_penalty, bool) or not isinstance(repetition_penalty, int | float) or \
+            not math.isfinite(repetition_penalty) or repetition_penalty <= 0:
+        raise NMTKitError(f"repetition_penalty must be a finite number > 0, not {repetition_penalty!r}")
 
 
 def _check_sentences(sentences: object) -> None:

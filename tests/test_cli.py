@@ -75,7 +75,6 @@ def test_train_translate_evaluate_plot(tiny_config, tmp_path, capsys) -> None:
 
 
 def test_plot_attention_for_a_transformer_layer_and_head(tiny_config, tmp_path, capsys) -> None:
-    from nmtkit.cli import transformer_attention
     from nmtkit.config import TransformerConfig
     from nmtkit.training import train
     from nmtkit.translator import Translator
@@ -85,23 +84,25 @@ def test_plot_attention_for_a_transformer_layer_and_head(tiny_config, tmp_path, 
         "training": tiny_config.training.model_copy(update={"max_steps": 2, "valid_bleu": False})})
     ckpt = train(cfg) / "last"
     png = tmp_path / "t.png"
-    assert main(["plot-attention", "--checkpoint", str(ckpt), "--sentence", "삼십", "--out", str(png),
-                 "--layer", "0", "--head", "1"]) == 0
-    assert png.read_bytes()[:4] == b"\x89PNG"
+    for extra in (["--layer", "0", "--head", "1"], ["--all-heads", "--beam", "3"]):
+        assert main(["plot-attention", "--checkpoint", str(ckpt), "--sentence", "삼십", "--out", str(png),
+                     *extra]) == 0
+        assert png.read_bytes()[:4] == b"\x89PNG"
     assert main(["plot-attention", "--checkpoint", str(ckpt), "--sentence", "삼십", "--out", str(png),
                  "--layer", "5"]) == 2
-    assert "--layer 5" in capsys.readouterr().err
+    assert "layer 5" in capsys.readouterr().err
     t = Translator.load(ckpt)
-    (r,) = t.translate(["삼십 사"], return_details=True)
-    heads = [transformer_attention(t, "삼십 사", r.tokens, 1, h) for h in (0, 1)]
-    mean = transformer_attention(t, "삼십 사", r.tokens, 1, None)
-    for i, row in enumerate(mean):
+    heads = [t.translate(["삼십 사"], return_details=True, attention_layer=1, attention_head=h)[0].attention
+             for h in (0, 1)]
+    (r,) = t.translate(["삼십 사"], return_details=True, attention_layer=1, all_attention=True)
+    for i, row in enumerate(r.attention):
         for j, v in enumerate(row):
-            assert abs(v - (heads[0][i][j] + heads[1][i][j]) / 2) < 1e-5
+            assert abs(v - (heads[0][i][j] + heads[1][i][j]) / 2) < 1e-5  # the mean of the heads
+            assert abs(r.attention_layers[1][1][i][j] - heads[1][i][j]) < 1e-6
         assert abs(sum(row) - 1) < 1e-5
-    # the last layer's head-mean is what search returns as the attention alignment
-    for a, b in zip(mean, r.attention, strict=False):
-        assert max(abs(x - y) for x, y in zip(a, b, strict=False)) < 1e-4
+    assert len(r.attention_layers) == 2 and len(r.attention_layers[0]) == 2
+    default = t.translate(["삼십 사"], return_details=True)[0].attention  # the last layer's mean
+    assert default == r.attention
 
 
 @pytest.fixture(scope="module")
@@ -229,3 +230,42 @@ def test_over_long_inputs_follow_the_policy_and_never_stop_the_stream(ckpt, tmp_
     assert "skipped" in result.stderr
     result = run_cli("translate", "--checkpoint", str(ckpt), "--too-long", "error", stdin=stdin)
     assert result.returncode == 2 and "input 2 has" in result.stderr and "limit of 40" in result.stderr
+
+
+def test_translate_reads_prefixes_and_writes_alignments(numbers_checkpoint, tmp_path) -> None:
+    import json
+
+    lines = [json.dumps({"source": "삼십사만 오천육백칠십팔", "prefix": "three hundred fo"}, ensure_ascii=False),
+             json.dumps({"source": "사천칠십일"}, ensure_ascii=False), ""]
+    result = run_cli("translate", "--checkpoint", str(numbers_checkpoint), "--input-format", "jsonl",
+                     "--alignment", stdin="\n".join(lines) + "\n")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.splitlines()
+    assert len(out) == 3 and out[0].startswith("three hundred forty")  # one line per input line
+    text, pairs = out[0].split(" ||| ")
+    pairs = [tuple(map(int, p.split("-"))) for p in pairs.split()]
+    assert sorted(t for _, t in pairs) == list(range(len(text.split())))  # each target word once
+    assert all(0 <= s < 2 for s, _ in pairs)
+    result = run_cli("translate", "--checkpoint", str(numbers_checkpoint), "--input-format", "jsonl",
+                     "--output-format", "jsonl", "--alignment", stdin=lines[0] + "\n")
+    record = json.loads(result.stdout)
+    assert record["translation"].startswith("three hundred fo") and "-" in record["alignment"]
+    bad = run_cli("translate", "--checkpoint", str(numbers_checkpoint), "--input-format", "jsonl",
+                  stdin='{"source": "삼십"}\n{"src": 3}\n')
+    assert bad.returncode == 2 and "standard input line 2: expected an object" in bad.stderr
+
+
+def test_score_command_prints_one_line_per_pair(numbers_checkpoint, tmp_path) -> None:
+    import json
+
+    src, tgt = tmp_path / "s.ko", tmp_path / "t.en"
+    src.write_text("사천칠십일\n사천칠십일\n")
+    tgt.write_text("four thousand seventy-one\nnine hundred\n")
+    result = run_cli("score", "--checkpoint", str(numbers_checkpoint), "--src", str(src), "--tgt", str(tgt))
+    assert result.returncode == 0, result.stderr
+    good, bad = (tuple(map(float, line.split("\t"))) for line in result.stdout.splitlines())
+    assert good[0] > bad[0] and good[0] < 0
+    result = run_cli("score", "--checkpoint", str(numbers_checkpoint), "--src", str(src), "--tgt", str(tgt),
+                     "--output-format", "jsonl")
+    record = json.loads(result.stdout.splitlines()[0])
+    assert record["tokens"][-1] == "</s>" and len(record["token_scores"]) == len(record["tokens"])

@@ -41,7 +41,7 @@ def _overfit(cfg: RNNConfig, steps: int = 300) -> tuple[list[list[int]], list[li
     lengths = (src != PAD_ID).sum(1)
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     for _ in range(steps):
-        log_probs, _ = model(src, lengths, tgt_in)
+        log_probs = model(src, lengths, tgt_in)
         loss = torch.nn.functional.nll_loss(log_probs.transpose(1, 2), tgt_out, ignore_index=PAD_ID)
         opt.zero_grad()
         loss.backward()

@@ -81,13 +81,13 @@ def test_input_feeding_is_wired(input_feeding: bool) -> None:
     src, lengths = _batch()
     state = model.init_state(model.encode(src, lengths))
     prev = torch.tensor([2, 2])
-    out_a, _, _ = model.step(prev, state.select(torch.arange(2)))
+    out_a, _ = model.step(prev, state.select(torch.arange(2)))
     if not input_feeding:
         assert state.input_feed is None and model.decoder.rnn.input_size == 8
         return
     changed = state.select(torch.arange(2))
     changed.input_feed = torch.randn_like(changed.input_feed)
-    out_b, _, _ = model.step(prev, changed)
+    out_b, _ = model.step(prev, changed)
     assert not torch.allclose(out_a, out_b)
 
 
@@ -99,10 +99,12 @@ def test_step_by_step_equals_teacher_forced_forward(attention: str, feeding: boo
     model = build_model(cfg, 30, 30).eval()
     src, lengths = _batch()
     tgt_in = torch.randint(4, 30, (2, 5))
-    full, full_attn = model(src, lengths, tgt_in)
+    full, full_attn = model(src, lengths, tgt_in), model.attention(src, lengths, tgt_in)[0, :, 0]
     state = model.init_state(model.encode(src, lengths))
     for t in range(5):
-        lp, attn, state = model.step(tgt_in[:, t], state)
+        _, attn, _ = model.decoder._step(tgt_in[:, t], state.select(torch.arange(2)))
+        scores, state = model.step(tgt_in[:, t], state)
+        lp = torch.log_softmax(scores, -1)
         assert torch.allclose(lp, full[:, t], atol=1e-5)
         assert torch.allclose(attn, full_attn[:, t], atol=1e-6)
 
@@ -136,8 +138,9 @@ def test_no_attention_is_plain_seq2seq() -> None:
     cfg = RNNConfig(embed_size=8, hidden_size=12, attention="none", dropout=0.0)
     model = build_model(cfg, 30, 30).eval()
     src, lengths = _batch()
-    log_probs, attention = model(src, lengths, torch.randint(4, 30, (2, 3)))
-    assert attention is None
+    tgt_in = torch.randint(4, 30, (2, 3))
+    log_probs = model(src, lengths, tgt_in)
+    assert model.attention(src, lengths, tgt_in) is None
     assert log_probs.shape == (2, 3, 30)
     assert model.decoder.attention is None and model.decoder.combine is None
 
@@ -152,8 +155,8 @@ def test_bahdanau_queries_with_the_previous_state_and_feeds_the_context_in() -> 
                         attention=kind, dropout=0.0)
         model = build_model(cfg, 30, 30).eval()
         state = model.init_state(model.encode(src, lengths))
-        _, attn_a, _ = model.step(torch.tensor([5, 6]), state.select(torch.arange(2)))
-        _, attn_b, _ = model.step(torch.tensor([7, 8]), state.select(torch.arange(2)))
+        _, attn_a, _ = model.decoder._step(torch.tensor([5, 6]), state.select(torch.arange(2)))
+        _, attn_b, _ = model.decoder._step(torch.tensor([7, 8]), state.select(torch.arange(2)))
         # only a Luong attention depends on the token just read
         assert torch.allclose(attn_a, attn_b) == (kind == "bahdanau")
     decoder = build_model(RNNConfig(embed_size=8, hidden_size=12, attention="bahdanau"), 30, 30).decoder
@@ -162,7 +165,7 @@ def test_bahdanau_queries_with_the_previous_state_and_feeds_the_context_in() -> 
     # the query is s_{t-1}: the attention at step t equals the attention module applied to it
     state = decoder.init_state(build_model(RNNConfig(embed_size=8, hidden_size=12,
                                                      attention="bahdanau"), 30, 30).encode(src, lengths))
-    _, weights, _ = decoder.step(torch.tensor([5, 6]), state.select(torch.arange(2)))
+    _, weights, _ = decoder._step(torch.tensor([5, 6]), state.select(torch.arange(2)))
     _, expected = decoder.attention(state.hidden[-1].unsqueeze(1), state.keys, state.memory, state.src_mask)
     assert torch.allclose(weights, expected.squeeze(1))
 

@@ -10,6 +10,7 @@ from nmtkit.data import collate, collate_source
 from nmtkit.model import build_model
 from nmtkit.search import (
     EnsembleModel,
+    Steering,
     _remaining,
     _rows_kept,
     beam_search,
@@ -41,7 +42,7 @@ def make_model(family: str, seed: int = 0, train_steps: int = 0) -> Seq2Seq:
         seqs = [torch.randint(4, VOCAB, (int(n),), generator=gen).tolist()
                 for n in torch.randint(2, 8, (32,), generator=gen)]
         batch = collate([(s, s[::-1]) for s in seqs], list(range(len(seqs))))
-        log_probs, _ = model(batch.src, batch.src_lengths, batch.tgt_in)
+        log_probs = model(batch.src, batch.src_lengths, batch.tgt_in)
         loss = torch.nn.functional.nll_loss(log_probs.transpose(1, 2), batch.tgt_out,
                                             ignore_index=PAD_ID)
         opt.zero_grad()
@@ -109,19 +110,16 @@ def test_batched_equals_one_at_a_time(trained, family, beam) -> None:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_nbest_sorted_distinct_with_attention(trained, family) -> None:
+def test_nbest_sorted_and_distinct(trained, family) -> None:
     seqs = sources(8)
     src, lengths = collate_source(seqs)
-    hyps = beam_search(trained[family], src, lengths, beam_size=5, nbest=4, return_attention=True)
-    for hyp, seq in zip(hyps, seqs, strict=True):
+    hyps = beam_search(trained[family], src, lengths, beam_size=5, nbest=4)
+    for hyp in hyps:
         assert len(hyp.nbest) == 4
         scores = [h.score for h in hyp.nbest]
         assert scores == sorted(scores, reverse=True)
         assert len({tuple(h.tokens) for h in hyp.nbest}) == 4
         assert hyp.nbest[0].tokens == hyp.tokens and hyp.nbest[0].score == hyp.score
-        for h in hyp.nbest:  # (target tokens + EOS) x source, each row a distribution over it
-            assert h.attention.shape == (len(h.tokens) + 1, src.size(1))
-            assert h.attention[:, : len(seq) + 1].sum(1) == pytest.approx(torch.ones(len(h.tokens) + 1), abs=1e-4)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -177,8 +175,8 @@ def test_ensemble_averages_probabilities(trained) -> None:
     ensemble = EnsembleModel(members)
     src, lengths = collate_source(sources(6))
     prev = torch.full((6,), BOS_ID)
-    mixed, _, _ = ensemble.step(prev, ensemble.init_state(ensemble.encode(src, lengths)))
-    each = [m.step(prev, m.init_state(m.encode(src, lengths)))[0] for m in members]
+    mixed, _ = ensemble.step(prev, ensemble.init_state(ensemble.encode(src, lengths)))
+    each = [m.step(prev, m.init_state(m.encode(src, lengths)))[0].log_softmax(-1) for m in members]
     expected = torch.log((each[0].exp() + each[1].exp()) / 2)  # log of the mean probability
     assert torch.allclose(mixed, expected, atol=1e-5)
     assert torch.allclose(mixed.exp().sum(-1), torch.ones(6), atol=1e-5)
@@ -262,7 +260,8 @@ def test_search_never_produces_pad_bos_or_unk(family) -> None:
         produced = {token for h in hyps for token in h.tokens}
         assert produced and not produced & {PAD_ID, BOS_ID, UNK_ID}
     # allowed on request (for --replace-unk): then the model's favourite <unk> comes out
-    assert UNK_ID in {t for h in greedy_search(model, src, lengths, allow_unk=True) for t in h.tokens}
+    steering = Steering(src.size(0), allow_unk=True)
+    assert UNK_ID in {t for h in greedy_search(model, src, lengths, steering=steering) for t in h.tokens}
 
 
 @pytest.mark.parametrize("family", FAMILIES)

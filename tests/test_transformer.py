@@ -56,8 +56,8 @@ def test_decoder_is_causal() -> None:
     changed = tgt_in.clone()
     changed[:, 3:] = (changed[:, 3:] + 1) % VOCAB  # rewrite the future from position 3 on
     with torch.no_grad():
-        before, _ = model(src, src_lengths, tgt_in)
-        after, _ = model(src, src_lengths, changed)
+        before = model(src, src_lengths, tgt_in)
+        after = model(src, src_lengths, changed)
     torch.testing.assert_close(after[:, :3], before[:, :3], atol=1e-6, rtol=0)
     assert not torch.allclose(after[:, 3:], before[:, 3:], atol=1e-3)  # the change is visible
 
@@ -68,12 +68,13 @@ def test_padding_does_not_change_outputs(norm: str) -> None:
     src, src_lengths, tgt_in = random_batch()
     tgt_lengths = (tgt_in != PAD_ID).sum(dim=1)
     with torch.no_grad():
-        batched, batched_attention = model(src, src_lengths, tgt_in)
+        batched, batched_attention = model(src, src_lengths, tgt_in), model.attention(src, src_lengths, tgt_in)
         for i in range(src.size(0)):
             s, t = int(src_lengths[i]), int(tgt_lengths[i])
-            alone, alone_attention = model(src[i : i + 1, :s], src_lengths[i : i + 1], tgt_in[i : i + 1, :t])
+            one = (src[i : i + 1, :s], src_lengths[i : i + 1], tgt_in[i : i + 1, :t])
+            alone, alone_attention = model(*one), model.attention(*one)
             torch.testing.assert_close(batched[i, :t], alone[0], atol=1e-5, rtol=0)
-            torch.testing.assert_close(batched_attention[i, :t, :s], alone_attention[0], atol=1e-5, rtol=0)
+            torch.testing.assert_close(batched_attention[:, i, :, :t, :s], alone_attention[:, 0], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("positional", ["sinusoidal", "learned", "none"])
@@ -82,16 +83,15 @@ def test_cached_steps_equal_full_recomputation(positional: str) -> None:
     src, src_lengths, tgt_in = random_batch()
     reorder = torch.tensor([2, 0, 0, 3])  # as beam search does: reorder and duplicate rows
     with torch.no_grad():
-        full, full_attention = model(src, src_lengths, tgt_in)
+        full = model(src, src_lengths, tgt_in)
         state = model.init_state(model.encode(src, src_lengths))
         rows = torch.arange(src.size(0))
         for t in range(tgt_in.size(1)):
             if t == 3:
                 state = state.select(reorder)
                 rows = rows[reorder]
-            log_probs, attention, state = model.step(tgt_in[rows, t], state)
-            torch.testing.assert_close(log_probs, full[rows, t], atol=1e-5, rtol=0)
-            torch.testing.assert_close(attention, full_attention[rows, t], atol=1e-5, rtol=0)
+            scores, state = model.step(tgt_in[rows, t], state)
+            torch.testing.assert_close(F.log_softmax(scores, -1), full[rows, t], atol=1e-5, rtol=0)
             # the cache grows by one position per step: the prefix is not recomputed
             assert state.position == t + 1
             assert all(cache.length == t + 1 for cache in state.self_kv)
@@ -112,7 +112,7 @@ def test_tied_and_shared_weights_survive_safetensors(tmp_path) -> None:
     assert loaded.encoder.embedding is loaded.decoder.embedding
     src, src_lengths, tgt_in = random_batch()
     with torch.no_grad():
-        torch.testing.assert_close(loaded(src, src_lengths, tgt_in)[0], model(src, src_lengths, tgt_in)[0])
+        torch.testing.assert_close(loaded(src, src_lengths, tgt_in), model(src, src_lengths, tgt_in))
 
 
 def test_untied_weights_are_separate() -> None:
@@ -133,7 +133,7 @@ def test_overfits_a_few_pairs() -> None:
     model = make_model(encoder_layers=1, decoder_layers=1, dropout=0.0).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(300):
-        log_probs, _ = model(src, src_lengths, tgt_in)
+        log_probs = model(src, src_lengths, tgt_in)
         loss = F.nll_loss(log_probs.transpose(1, 2), tgt_out, ignore_index=PAD_ID)
         optimizer.zero_grad()
         loss.backward()
@@ -147,8 +147,8 @@ def test_overfits_a_few_pairs() -> None:
         prev = torch.full((src.size(0),), BOS_ID)
         outputs = []
         for _ in range(tgt_out.size(1)):
-            log_probs, _, state = model.step(prev, state)
-            prev = log_probs.argmax(dim=-1)
+            scores, state = model.step(prev, state)
+            prev = scores.argmax(dim=-1)
             outputs.append(prev)
     decoded = torch.stack(outputs, dim=1).tolist()
     for hypothesis, target in zip(decoded, targets, strict=True):
@@ -171,13 +171,12 @@ def test_shapes_for_every_option(norm: str, positional: str, sharing: str) -> No
     src, src_lengths, tgt_in = random_batch()
     batch, src_len, tgt_len = src.size(0), src.size(1), tgt_in.size(1)
     with torch.no_grad():
-        log_probs, attention = model(src, src_lengths, tgt_in)
+        log_probs = model(src, src_lengths, tgt_in)
         assert log_probs.shape == (batch, tgt_len, VOCAB)
-        assert attention.shape == (batch, tgt_len, src_len)
+        assert model.attention(src, src_lengths, tgt_in).shape == (1, batch, 4, tgt_len, src_len)
         state = model.init_state(model.encode(src, src_lengths))
-        log_probs, attention, state = model.step(tgt_in[:, 0], state)
-        assert log_probs.shape == (batch, VOCAB)
-        assert attention.shape == (batch, src_len)
+        scores, state = model.step(tgt_in[:, 0], state)
+        assert scores.shape == (batch, VOCAB)
 
 
 @pytest.mark.parametrize("positional", ["learned", "sinusoidal"])
@@ -191,7 +190,7 @@ def test_too_long_input_is_an_error(positional: str) -> None:
     state = model.init_state(model.encode(src, src_lengths))
     with torch.no_grad():
         for _ in range(8):
-            _, _, state = model.step(torch.tensor([5]), state)
+            _, state = model.step(torch.tensor([5]), state)
         with pytest.raises(NMTKitError, match="max_positions"):
             model.step(torch.tensor([5]), state)
 
@@ -212,23 +211,13 @@ def test_heads_must_divide_d_model() -> None:
 
 def test_cross_attention_is_a_distribution_over_real_tokens() -> None:
     model = make_model()
-    model.decoder.keep_all_attention = True
     src, src_lengths, tgt_in = random_batch()
-    padding = (src == PAD_ID)[:, None, :]  # (batch, 1, src_len)
+    padding = (src == PAD_ID)[None, :, None, None, :]  # (1, batch, 1, 1, src_len)
     with torch.no_grad():
-        _, attention = model(src, src_lengths, tgt_in)  # (batch, tgt_len, src_len)
-    per_layer = model.decoder.last_cross_attention
-    assert [w.shape for w in per_layer] == [(4, 4, tgt_in.size(1), src.size(1))] * 2
-    torch.testing.assert_close(attention, per_layer[-1].mean(dim=1))  # the heads' average
-    for weights in [attention, *(w.flatten(1, 2) for w in per_layer)]:
-        torch.testing.assert_close(weights.sum(dim=-1), torch.ones(weights.shape[:-1]))
-        assert (weights.masked_select(padding.expand_as(weights)) == 0).all()
-
-    state = model.init_state(model.encode(src, src_lengths))
-    with torch.no_grad():
-        _, attention, _ = model.step(tgt_in[:, 0], state)  # (batch, src_len)
-    torch.testing.assert_close(attention.sum(dim=-1), torch.ones(src.size(0)))
-    assert (attention[src == PAD_ID] == 0).all()
+        weights = model.attention(src, src_lengths, tgt_in)  # (layers, batch, heads, tgt, src)
+    assert weights.shape == (2, 4, 4, tgt_in.size(1), src.size(1))
+    torch.testing.assert_close(weights.sum(dim=-1), torch.ones(weights.shape[:-1]))
+    assert (weights.masked_select(padding.expand_as(weights)) == 0).all()
 
 
 REORDERS = {  # index into 4 sentences x 2 beams, and then: rows per sentence, source copies
@@ -256,7 +245,7 @@ def test_beam_reorders_keep_the_source_once_per_sentence(name: str) -> None:
         state = model.init_state(model.encode(src, lengths))
         beams = state.select(torch.arange(src.size(0)).repeat_interleave(2))
         assert beams.group == 2 and beams.cross_kv is state.cross_kv  # no copy per beam
-        _, _, beams = model.step(tgt_in.repeat_interleave(2, 0)[:, 0], beams)
+        _, beams = model.step(tgt_in.repeat_interleave(2, 0)[:, 0], beams)
         return beams
 
     with torch.no_grad():
@@ -266,7 +255,7 @@ def test_beam_reorders_keep_the_source_once_per_sentence(name: str) -> None:
         assert (selected.cross_kv is beams.cross_kv) == (name in ("within", "few"))
         in_place = selected.self_kv[0].storage is beams.self_kv[0].storage
         assert in_place == (name in ("few", "mixed", "uneven"))  # under two thirds of the rows move
-        out, attention, _ = model.step(prev, selected)
+        out, _ = model.step(prev, selected)
 
         beams = two_beams_after_a_step()
         row_source = index // beams.group  # every row with its own copy of its source
@@ -274,9 +263,8 @@ def test_beam_reorders_keep_the_source_once_per_sentence(name: str) -> None:
             beams.position, [cache.select(index) for cache in beams.self_kv],
             [(k[row_source], v[row_source]) for k, v in beams.cross_kv], beams.src_mask[row_source],
         )
-        out_full, attention_full, _ = model.step(prev, full)
+        out_full, _ = model.step(prev, full)
     torch.testing.assert_close(out, out_full, atol=1e-6, rtol=0)
-    torch.testing.assert_close(attention, attention_full, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("reorder", [[1, 0, 3, 2], [0, 0, 2, 2]])
@@ -292,7 +280,7 @@ def test_cache_storage_is_reused_and_a_used_state_is_refused(reorder: list[int])
         state = model.init_state(model.encode(src, lengths))
         storages, rows = set(), torch.arange(4)
         for t in range(tgt_in.size(1)):
-            _, _, stepped = model.step(tgt_in[rows, t], state)
+            _, stepped = model.step(tgt_in[rows, t], state)
             assert stepped.self_kv[0].storage is state.self_kv[0].storage or t == 0
             state = stepped.select(index)
             rows = rows[index]
@@ -300,9 +288,9 @@ def test_cache_storage_is_reused_and_a_used_state_is_refused(reorder: list[int])
             assert state.self_kv[0].storage is expected or t == 0
             storages.add(id(state.self_kv[0].storage))
         assert len(storages) == (1 if in_place else 2)  # all fits the initial room
-        log_probs, _, _ = model.step(tgt_in[rows, 0], state)
-        full, _ = model(src[rows], lengths[rows], torch.cat([tgt_in[rows], tgt_in[rows, :1]], 1))
-        torch.testing.assert_close(log_probs, full[:, -1], atol=1e-5, rtol=0)
+        scores, _ = model.step(tgt_in[rows, 0], state)
+        full = model(src[rows], lengths[rows], torch.cat([tgt_in[rows], tgt_in[rows, :1]], 1))
+        torch.testing.assert_close(F.log_softmax(scores, -1), full[:, -1], atol=1e-5, rtol=0)
         with pytest.raises(RuntimeError, match="already used"):
             model.step(tgt_in[:, 0], state)  # its newest position was overwritten
         if in_place:
@@ -316,11 +304,11 @@ def test_cache_grows_past_its_initial_room() -> None:
     src, src_lengths, _ = random_batch()
     tgt_in = torch.cat([torch.full((4, 1), BOS_ID), torch.randint(4, VOCAB, (4, 39))], dim=1)
     with torch.no_grad():
-        full, _ = model(src, src_lengths, tgt_in)
+        full = model(src, src_lengths, tgt_in)
         state = model.init_state(model.encode(src, src_lengths))
         for t in range(tgt_in.size(1)):
-            log_probs, _, state = model.step(tgt_in[:, t], state)
-            torch.testing.assert_close(log_probs, full[:, t], atol=1e-5, rtol=0)
+            scores, state = model.step(tgt_in[:, t], state)
+            torch.testing.assert_close(F.log_softmax(scores, -1), full[:, t], atol=1e-5, rtol=0)
     assert state.self_kv[0].storage.keys.size(1) >= 40
 
 
@@ -331,12 +319,12 @@ def test_a_state_told_its_longest_output_never_grows_its_cache() -> None:
     src, src_lengths, _ = random_batch()
     tgt_in = torch.cat([torch.full((4, 1), BOS_ID), torch.randint(4, VOCAB, (4, 39))], dim=1)
     with torch.no_grad():
-        full, _ = model(src, src_lengths, tgt_in)
+        full = model(src, src_lengths, tgt_in)
         state = model.init_state(model.encode(src, src_lengths), max_len=40)
         storages = set()
         for t in range(tgt_in.size(1)):
-            log_probs, _, state = model.step(tgt_in[:, t], state)
-            torch.testing.assert_close(log_probs, full[:, t], atol=1e-5, rtol=0)
+            scores, state = model.step(tgt_in[:, t], state)
+            torch.testing.assert_close(F.log_softmax(scores, -1), full[:, t], atol=1e-5, rtol=0)
             storages.add(id(state.self_kv[0].storage))
     assert len(storages) == 1 and state.self_kv[0].storage.keys.size(1) == 40
 
@@ -349,7 +337,7 @@ def test_feeding_own_predictions_trains_through_the_cache() -> None:
     src, src_lengths, tgt_in = random_batch()
     fed: list[torch.Tensor] = []
     hook = model.decoder.embedding.register_forward_hook(lambda m, i, o: fed.append(i[0].clone()))
-    log_probs, _ = model(src, src_lengths, tgt_in, teacher_forcing_ratio=0.0)
+    log_probs = model(src, src_lengths, tgt_in, teacher_forcing_ratio=0.0)
     hook.remove()
     log_probs.sum().backward()
     assert model.decoder.layers[0].self_attn.qkv_proj.weight.grad.abs().sum() > 0
@@ -357,8 +345,8 @@ def test_feeding_own_predictions_trains_through_the_cache() -> None:
     with torch.no_grad():
         state = model.init_state(model.encode(src, src_lengths))
         for t in range(tgt_in.size(1)):
-            replay, _, state = model.step(fed[t].squeeze(1), state)
-            torch.testing.assert_close(replay, log_probs[:, t].detach(), atol=1e-5, rtol=0)
+            replay, state = model.step(fed[t].squeeze(1), state)
+            torch.testing.assert_close(F.log_softmax(replay, -1), log_probs[:, t].detach(), atol=1e-5, rtol=0)
 
 
 def test_selecting_no_rows_gives_an_empty_state() -> None:
@@ -366,7 +354,7 @@ def test_selecting_no_rows_gives_an_empty_state() -> None:
     src, lengths, tgt_in = random_batch()
     with torch.no_grad():
         state = model.init_state(model.encode(src, lengths))
-        _, _, state = model.step(tgt_in[:, 0], state)
+        _, state = model.step(tgt_in[:, 0], state)
         empty = state.select(torch.zeros(0, dtype=torch.long))
     assert empty.src_mask.size(0) == 0 and empty.cross_kv[0][0].size(0) == 0
     assert all(cache.rows == 0 and cache.keys_values()[0].size(0) == 0 for cache in empty.self_kv)

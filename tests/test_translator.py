@@ -276,3 +276,99 @@ def test_translation_prints_politely(tiny_config) -> None:
     text = repr(r)
     assert text.startswith("Translation(text=") and "nbest=2" in text and "attention=" in text
     assert len(text) < 200  # no wall of floats
+
+
+NUMBERS = ["삼십사만 오천육백칠십팔", "구십칠만 삼천이백일", "사천칠십일", "육만 팔천구백십오"]
+
+
+@pytest.mark.parametrize("options", [{"beam": 1}, {"beam": 5}, {"sample": True, "seed": 3}])
+def test_translations_begin_with_the_prefix_even_mid_word(numbers_checkpoint, options) -> None:
+    t = Translator.load(numbers_checkpoint)
+    plain = t.translate(NUMBERS, **options)
+    assert t.translate(NUMBERS, prefix=[""] * 4, **options) == plain  # empty prefix: plain
+    prefixes = ["three hundred ", "nine hundred sev", "four thou", "sixty-"]
+    out = t.translate(NUMBERS, prefix=prefixes, **options)
+    for text, prefix in zip(out, prefixes, strict=True):
+        assert text.startswith(prefix), (text, prefix)
+    assert out[1].startswith("nine hundred seventy")  # the word typed in part was completed
+    assert out[2].startswith("four thousand")
+    forced = t.translate(["사천칠십일"], prefix=["eight hundred "], **options)[0]
+    assert forced.startswith("eight hundred ") and forced != plain[2]  # even an unlikely prefix
+
+
+def test_a_prefix_and_its_continuation_score_as_forced_decoding(numbers_checkpoint) -> None:
+    t = Translator.load(numbers_checkpoint)
+    prefixes = ["three hundred forty ", "nine hundred ", "", "sixty-eight thousand nine "]
+    found = t.translate(NUMBERS, beam=5, length_penalty=0.0, prefix=prefixes, return_details=True)
+    scored = t.score(NUMBERS, [f.text for f in found])
+    for f, s in zip(found, scored, strict=True):
+        assert t.tgt_tok.pieces(t.tgt_tok.encode(f.text)) == f.tokens  # the same pieces
+        assert f.score == pytest.approx(s.log_prob, abs=1e-4)  # alpha 0: the score is the log-prob
+
+
+def test_score_is_minus_the_cross_entropy_and_batching_changes_nothing(numbers_checkpoint) -> None:
+    from nmtkit.data import collate
+
+    t = Translator.load(numbers_checkpoint)
+    targets = ["three hundred forty-five thousand six hundred seventy-eight", "nine hundred", "",
+               "sixty-eight thousand nine hundred fifteen"]
+    scores = t.score(NUMBERS, targets)
+    alone = [t.score([s], [r])[0] for s, r in zip(NUMBERS, targets, strict=True)]
+    for s, a, ref in zip(scores, alone, targets, strict=True):
+        src, tgt = t.src_tok.encode(s_ := NUMBERS[targets.index(ref)]), t.tgt_tok.encode(ref)
+        batch = collate([(src, tgt)], [0])
+        with torch.no_grad():
+            log_probs = t.model(batch.src, batch.src_lengths, batch.tgt_in)
+        ce = torch.nn.functional.cross_entropy(log_probs[0], batch.tgt_out[0], reduction="sum")
+        assert s.log_prob == pytest.approx(-ce.item(), abs=1e-4), s_
+        assert s.log_prob == pytest.approx(a.log_prob, abs=1e-5)
+        assert s.tokens[-1] == "</s>" and len(s.token_scores) == len(s.tokens) == len(tgt) + 1
+        assert s.normalized == pytest.approx(s.log_prob / len(s.tokens))
+    assert scores[0].log_prob > scores[1].log_prob  # the right translation is the likelier one
+    with pytest.raises(NMTKitError, match="4 sources but 3 targets"):
+        t.score(NUMBERS, targets[:3])
+
+
+def test_alternatives_are_words_with_probabilities_and_their_translations(numbers_checkpoint) -> None:
+    t = Translator.load(numbers_checkpoint)
+    for prefix in ("three hundred ", "", "three hundred fo"):
+        alts = t.alternatives(NUMBERS[0], prefix=prefix, k=5, beam=3)
+        assert 1 <= len(alts) <= 5
+        probabilities = [a.probability for a in alts]
+        assert probabilities == sorted(probabilities, reverse=True)
+        assert all(0 < p <= 1 for p in probabilities) and sum(probabilities) <= 1 + 1e-6
+        assert len({a.word for a in alts}) == len(alts) and all(" " not in a.word for a in alts)
+        for a in alts:  # choosing one and translating with its prefix gives its translation
+            assert a.translation.startswith(a.prefix)
+            assert t.translate([NUMBERS[0]], prefix=[a.prefix], beam=3)[0] == a.translation
+    best = t.alternatives(NUMBERS[0], prefix="three hundred ", k=3)
+    assert best[0].word == "forty-five" and best[0].probability > 0.5
+    assert all(a.word.startswith("fo") for a in t.alternatives(NUMBERS[0], prefix="three hundred fo", k=3))
+
+
+def test_no_repeat_ngrams_and_the_repetition_penalty_break_loops(numbers_checkpoint) -> None:
+    t = Translator.load(numbers_checkpoint)
+    looping = ["칠백 칠백 칠백 칠백 칠백 칠백"]  # a model trained on single numbers repeats itself here
+    for beam in (1, 4):
+        out = t.translate(looping, beam=beam, no_repeat_ngram_size=2, max_len_b=30)[0].split()
+        bigrams = list(zip(out, out[1:], strict=False))
+        assert len(bigrams) == len(set(bigrams)), out
+    plain = t.translate(looping, max_len_b=30, return_details=True)[0].tokens
+    penalised = t.translate(looping, max_len_b=30, repetition_penalty=5.0, return_details=True)[0].tokens
+    assert len(penalised) - len(set(penalised)) < len(plain) - len(set(plain))
+
+
+def test_replace_unk_puts_the_attended_source_word_in_place_of_unk(numbers_checkpoint) -> None:
+    t = Translator.load(numbers_checkpoint)
+    from nmtkit.vocabulary import UNK_ID
+
+    generator = t.model.generator
+    with torch.no_grad():  # make <unk> the model's favourite output
+        generator.bias[UNK_ID] += 30.0
+    if hasattr(generator, "repack"):
+        generator.repack()
+    assert "⁇" not in t.translate(NUMBERS)[0]  # search never produces <unk> by default
+    replaced = t.translate(NUMBERS, replace_unk=True, max_len_b=3)
+    for text, source in zip(replaced, NUMBERS, strict=True):
+        assert text and "⁇" not in text
+        assert set(text.split()) <= set(source.split()), (text, source)
