@@ -20,7 +20,7 @@ demo: install
 
 test: install
 	$(VENV)/bin/ruff check nmtkit tests benchmarks
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2  # two workers: the suite is mostly single-threaded
 
-clean:
-	rm -rf runs data-bin demo-data .pytest_cache
+clean:  # what the demo and the tests made; never your own runs or prepared data
+	rm -rf demo-data runs/demo-rnn-* runs/demo-transformer-* .pytest_cache .ruff_cache
