@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nmtkit.alignment import WORD_START, align, replace_unknown
-from nmtkit.checkpoint import Checkpoint, load_checkpoint
+from nmtkit.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint
 from nmtkit.cpu import keep_freed_memory
 from nmtkit.data import TokenBatchSampler, collate, collate_source
 from nmtkit.errors import NMTKitError, NMTKitWarning
@@ -161,10 +161,12 @@ class Translator:
         keep_memory: bool = True,
         pack: bool = True,
     ) -> Translator:
-        """One checkpoint folder, or a list of them to decode as an ensemble."""
+        """One checkpoint folder (or a run folder: its best), or a list of them to decode as an
+        ensemble."""
         paths = [path] if isinstance(path, str | Path) else list(path)
         device = _device(device)
-        return cls([load_checkpoint(p, device) for p in paths], device, quantize, keep_memory, pack)
+        return cls([load_checkpoint(resolve_checkpoint(p), device) for p in paths], device, quantize,
+                   keep_memory, pack)
 
     @property
     def decoder_layers(self) -> int:
