@@ -344,6 +344,22 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(info_json(facts) if args.json else render(facts))
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    try:
+        from nmtkit.server import ServeSettings, serve
+    except ImportError as err:
+        raise NMTKitError(f"nmtkit serve needs FastAPI, uvicorn and prometheus-client ({err.name} "
+                          "is missing): pip install 'nmtkit[serve]'") from None
+
+    settings = ServeSettings(
+        batching=not args.no_batching, batch_wait_ms=args.batch_wait_ms,
+        max_batch_tokens=args.max_batch_tokens, queue_limit=args.queue_limit, timeout_s=args.timeout,
+        max_sentences=args.max_sentences, max_chars=args.max_chars, max_beam=args.max_beam,
+        max_nbest=args.max_nbest, max_k=args.max_k, too_long=args.too_long or "truncate")
+    translator = _load_translator(args)
+    serve(translator, settings, args.host, args.port, args.threads)
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from nmtkit.demo import run_demo
 
@@ -529,6 +545,37 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("checkpoints", nargs="+", help="checkpoint folders of one architecture")
     sp.add_argument("--out", required=True, help="folder of the averaged checkpoint")
     sp.set_defaults(fn=cmd_average)
+
+    sp = sub.add_parser("serve", help="a REST service with cross-request batching, and a page to "
+                        "see the attention and steer translations")
+    sp.add_argument("--checkpoint", required=True, action="append",
+                    help="checkpoint or run folder; give it several times to serve an ensemble")
+    sp.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this "
+                    "machine only; 0.0.0.0 for every interface)")
+    sp.add_argument("--port", type=POSITIVE, default=8000)
+    sp.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    sp.add_argument("--quantize", choices=["int8"], default=None, help="int8 linear layers (CPU)")
+    sp.add_argument("--threads", type=NON_NEGATIVE_INT, default=0,
+                    help="torch threads for the one model worker (default: torch's, one per core); "
+                    "run one server per machine, not several on the same cores")
+    sp.add_argument("--no-batching", action="store_true",
+                    help="one model call per request (for comparison)")
+    sp.add_argument("--batch-wait-ms", type=NON_NEGATIVE, default=10.0,
+                    help="how long a model call waits for more requests to join it")
+    sp.add_argument("--max-batch-tokens", type=POSITIVE, default=4096,
+                    help="source tokens (padding included) per model call")
+    sp.add_argument("--queue-limit", type=POSITIVE, default=256,
+                    help="requests waiting for the model before the server answers 503")
+    sp.add_argument("--timeout", type=POSITIVE_FLOAT, default=30.0,
+                    help="seconds a request may wait (queue and model) before 504")
+    sp.add_argument("--max-sentences", type=POSITIVE, default=64, help="per request (else 413)")
+    sp.add_argument("--max-chars", type=POSITIVE, default=2000, help="per sentence (else 413)")
+    sp.add_argument("--max-beam", type=POSITIVE, default=16, help="(else 422)")
+    sp.add_argument("--max-nbest", type=POSITIVE, default=16, help="(else 422)")
+    sp.add_argument("--max-k", type=POSITIVE, default=50, help="alternatives per request (else 422)")
+    sp.add_argument("--too-long", choices=["truncate", "skip", "error"], default=None,
+                    help="an input longer than the model's limit (default truncate; error: 422)")
+    sp.set_defaults(fn=cmd_serve)
 
     sp = sub.add_parser("info", help="what a run folder or checkpoint holds: model, vocabulary, "
                         "updates, best scores, config")

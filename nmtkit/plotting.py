@@ -16,16 +16,22 @@ from matplotlib import font_manager  # noqa: E402
 _FONTS_READY = False
 
 
+def hangul_font_file() -> Path | None:
+    """NanumGothic.ttf from koreanize-matplotlib, found without importing the package (its
+    import changes matplotlib's global settings)."""
+    spec = importlib.util.find_spec("koreanize_matplotlib")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    font = Path(list(spec.submodule_search_locations)[0]) / "fonts" / "NanumGothic.ttf"
+    return font if font.is_file() else None
+
+
 def _fonts() -> list[str]:
     """DejaVu Sans for Latin, falling back per glyph to NanumGothic for Hangul."""
     global _FONTS_READY
     families = ["DejaVu Sans"]
-    # find the font file without importing the package (its import changes global settings)
-    spec = importlib.util.find_spec("koreanize_matplotlib")
-    if spec is None or not spec.submodule_search_locations:
-        return families
-    font = Path(list(spec.submodule_search_locations)[0]) / "fonts" / "NanumGothic.ttf"
-    if font.is_file():
+    font = hangul_font_file()
+    if font is not None:
         if not _FONTS_READY:
             font_manager.fontManager.addfont(str(font))
             _FONTS_READY = True

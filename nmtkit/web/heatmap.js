@@ -1,0 +1,69 @@
+// The attention heatmap: a table with a row per target token and a column per source token,
+// each cell shaded by its weight. Hovering a target token (its row) lights up the source tokens
+// it attends to, and hovering a source token (its column) the target tokens that attend to it.
+
+// the weights to show: one layer and head, or the mean of the layer's heads (head = "mean")
+export function weightsOf(translation, layer, head) {
+  if (!translation.attention_layers) return translation.attention;
+  const heads = translation.attention_layers[layer];
+  if (head !== "mean") return heads[head];
+  return heads[0].map((row, i) =>
+    row.map((_, j) => heads.reduce((sum, h) => sum + h[i][j], 0) / heads.length));
+}
+
+export function drawHeatmap(table, weights, sourceTokens, targetTokens) {
+  table.replaceChildren();
+  const header = table.createTHead().insertRow();
+  header.appendChild(document.createElement("th"));
+  sourceTokens.forEach((token, j) => {
+    const th = document.createElement("th");
+    th.textContent = token;
+    th.scope = "col";
+    th.className = "source-token";
+    th.dataset.column = j;
+    header.appendChild(th);
+  });
+  const body = table.createTBody();
+  targetTokens.forEach((token, i) => {
+    const row = body.insertRow();
+    const th = document.createElement("th");
+    th.textContent = token;
+    th.scope = "row";
+    th.className = "target-token";
+    th.dataset.row = i;
+    row.appendChild(th);
+    sourceTokens.forEach((_, j) => {
+      const cell = row.insertCell();
+      const w = weights[i][j];
+      cell.className = "cell";
+      cell.dataset.row = i;
+      cell.dataset.column = j;
+      cell.title = `${token} → ${sourceTokens[j]}: ${w.toFixed(3)}`;
+      cell.style.backgroundColor = `rgba(31, 92, 168, ${w.toFixed(3)})`;
+    });
+  });
+
+  // hover: light up the other side in proportion to the weights
+  const light = (cells, strengths) => cells.forEach((c, k) => {
+    c.classList.add("lit");
+    c.style.setProperty("--strength", strengths[k].toFixed(3));
+  });
+  const clear = () => table.querySelectorAll(".lit").forEach((c) => c.classList.remove("lit"));
+  const sources = [...table.querySelectorAll("th.source-token")];
+  const targets = [...table.querySelectorAll("th.target-token")];
+  table.onmouseover = (event) => {
+    const target = event.target.closest("[data-row], [data-column]");
+    if (!target) return;
+    clear();
+    if (target.dataset.row !== undefined) {  // a target token or a cell of its row
+      const i = Number(target.dataset.row);
+      targets[i].classList.add("lit");
+      light(sources, weights[i]);
+    } else {  // a source token
+      const j = Number(target.dataset.column);
+      sources[j].classList.add("lit");
+      light(targets, weights.map((row) => row[j]));
+    }
+  };
+  table.onmouseleave = clear;
+}

@@ -1,0 +1,237 @@
+"""The REST service, through FastAPI's TestClient: good and bad requests, limits, batching,
+metrics; and `nmtkit serve` as a real process (graceful shutdown)."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from nmtkit.server import ServeSettings, create_app
+from nmtkit.translator import Translator
+
+REPO = Path(__file__).resolve().parents[1]
+NUMBERS = ["삼십사만 오천육백칠십팔", "사천칠십일", "구십칠만 삼천이백일"]
+
+
+@pytest.fixture(scope="module")
+def translator(numbers_checkpoint) -> Translator:
+    return Translator.load(numbers_checkpoint)
+
+
+@pytest.fixture
+def client(translator):
+    settings = ServeSettings(max_sentences=4, max_chars=100, max_beam=8, max_nbest=4, max_k=10)
+    with TestClient(create_app(translator, settings)) as c:
+        yield c
+
+
+def test_translate_alternatives_and_score(client, translator) -> None:
+    r = client.post("/translate", json={"text": NUMBERS, "beam": 4, "nbest": 2})
+    assert r.status_code == 200, r.text
+    out = r.json()["translations"]
+    assert [t["text"] for t in out] == translator.translate(NUMBERS, beam=4)
+    assert all(len(t["nbest"]) == 2 and t["nbest"][0]["text"] == t["text"] for t in out)
+    assert "attention" not in out[0]  # only when asked
+
+    r = client.post("/translate", json={"text": NUMBERS[:1], "attention": True, "alignment": True,
+                                        "prefix": ["three hundred fo"]})
+    (t,) = r.json()["translations"]
+    assert t["text"].startswith("three hundred fo")
+    assert len(t["attention"]) == len(t["tokens"]) + 1 and len(t["attention"][0]) == len(t["source_tokens"])
+    assert len(t["attention_layers"]) == 1 and len(t["alignment"]) == len(t["text"].split())
+
+    r = client.post("/alternatives", json={"source": NUMBERS[0], "prefix": "three hundred ", "k": 3})
+    alts = r.json()["alternatives"]
+    assert alts[0]["word"] == "forty-five" and alts[0]["translation"].startswith("three hundred forty-five")
+
+    r = client.post("/score", json={"source": NUMBERS[:2], "target": ["three hundred", "four thousand seventy-one"]})
+    scores = r.json()["scores"]
+    assert scores[1]["log_prob"] > scores[0]["log_prob"] and scores[1]["tokens"][-1] == "</s>"
+
+
+def test_health_info_metrics_docs_and_page(client) -> None:
+    assert client.get("/health").json()["status"] == "ok"
+    info = client.get("/info").json()
+    assert info["model"] == "rnn" and info["vocab"]["source"] > 0 and info["parameters"] > 1000
+    assert info["attention"] == {"layers": 1, "heads": 1} and info["step"] == 300
+    client.post("/translate", json={"text": NUMBERS[:1]})
+    metrics = client.get("/metrics").text
+    assert 'nmtkit_requests_total{route="/translate",status="200"} 1.0' in metrics
+    assert "nmtkit_batch_sentences_count 1.0" in metrics and "nmtkit_queue_length" in metrics
+    assert "nmtkit_request_seconds_bucket" in metrics
+    assert client.get("/openapi.json").json()["paths"]["/translate"]
+    page = client.get("/")
+    assert page.status_code == 200 and "<textarea id=\"source\"" in page.text
+    assert client.get("/static/app.js").status_code == 200
+
+
+@pytest.mark.parametrize("body, status, field", [
+    ({"text": ["a"] * 5}, 413, "text"),
+    ({"text": ["x" * 101]}, 413, "text.0"),
+    ({"text": NUMBERS, "beam": 9}, 422, "beam"),
+    ({"text": NUMBERS, "beam": 4, "nbest": 5}, 422, "nbest"),
+    ({"text": NUMBERS, "beam": 0}, 422, "beam"),
+    ({"text": "not a list"}, 422, "text"),
+    ({"text": [3]}, 422, "text.0"),
+    ({"text": []}, 422, "text"),
+    ({"text": NUMBERS, "prefix": ["a"]}, 422, "prefix"),
+    ({"text": NUMBERS, "colour": "red"}, 422, "colour"),
+])
+def test_bad_requests_name_the_field(client, body, status, field) -> None:
+    r = client.post("/translate", json=body)
+    assert r.status_code == status, r.text
+    assert any(d["field"] == field for d in r.json()["detail"]), r.json()
+
+
+def test_malformed_json_huge_k_and_bad_score_requests(client) -> None:
+    r = client.post("/translate", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert r.status_code == 422
+    r = client.post("/alternatives", json={"source": NUMBERS[0], "k": 10**9})
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "k"
+    r = client.post("/score", json={"source": ["a", "b"], "target": ["a"]})
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "target"
+
+
+def test_an_internal_error_is_500_and_the_service_goes_on(client, translator, monkeypatch) -> None:
+    original = translator.translate
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the model fell over")
+
+    monkeypatch.setattr(translator, "translate", broken)
+    r = client.post("/translate", json={"text": NUMBERS[:1]})
+    assert r.status_code == 500 and "the model fell over" in r.json()["detail"]
+    monkeypatch.setattr(translator, "translate", original)
+    assert client.post("/translate", json={"text": NUMBERS[:1]}).status_code == 200
+
+
+def test_too_long_inputs_follow_the_policy(translator) -> None:
+    long = " ".join(["삼십사만"] * 60)
+    for policy, status in (("truncate", 200), ("skip", 200), ("error", 422)):
+        with TestClient(create_app(translator, ServeSettings(too_long=policy, max_chars=10_000))) as c:
+            r = c.post("/translate", json={"text": [NUMBERS[0], long]})
+            assert r.status_code == status, r.text
+            if policy == "skip":
+                assert r.json()["translations"][1]["text"] == ""
+
+
+def test_a_full_queue_is_503_and_a_slow_answer_504(translator, monkeypatch) -> None:
+    gate = threading.Event()
+    original = translator.translate
+
+    def slow(*args, **kwargs):
+        gate.wait(5)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(translator, "translate", slow)
+    settings = ServeSettings(queue_limit=1, timeout_s=0.5, batching=False)
+    with TestClient(create_app(translator, settings)) as c:
+        codes = []
+        threads = [threading.Thread(target=lambda: codes.append(
+            c.post("/translate", json={"text": NUMBERS[:1]}).status_code)) for _ in range(4)]
+        for t in threads:
+            t.start()
+            time.sleep(0.05)
+        for t in threads:
+            t.join()
+        gate.set()
+    assert 503 in codes and 504 in codes, codes
+
+
+def test_concurrent_requests_share_model_calls_and_each_gets_its_own(translator) -> None:
+    settings = ServeSettings(batch_wait_ms=200)
+    sentences = [[s] for s in NUMBERS * 4]  # 12 requests of one sentence
+    expected = translator.translate([s[0] for s in sentences], beam=2)
+    with TestClient(create_app(translator, settings)) as c:
+        results: dict[int, str] = {}
+
+        def ask(i: int) -> None:
+            r = c.post("/translate", json={"text": sentences[i], "beam": 2})
+            results[i] = r.json()["translations"][0]["text"]
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(sentences))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        calls = c.app.state.batcher.model_calls
+    assert [results[i] for i in range(len(sentences))] == expected  # each caller its own, in order
+    assert 1 <= calls < len(sentences)
+    # with batching off, every request is a model call of its own
+    with TestClient(create_app(translator, ServeSettings(batching=False))) as c:
+        for s in sentences[:3]:
+            c.post("/translate", json={"text": s})
+        assert c.app.state.batcher.model_calls == 3
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(checkpoint: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "nmtkit.cli", "serve", "--checkpoint", str(checkpoint),
+                             "--port", str(port), "--threads", "1", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            time.sleep(0.1)
+        if proc.poll() is not None:
+            break
+    proc.kill()
+    raise AssertionError(f"the server did not start: {proc.stderr.read()[-2000:]}")
+
+
+def test_sigterm_lets_requests_in_flight_finish_and_refuses_new_ones(numbers_checkpoint) -> None:
+    proc, url = start_server(numbers_checkpoint)
+    try:
+        long = [" ".join(NUMBERS * 3)] * 40  # a request that takes a while (beam 8, 40 sentences)
+        answer: dict = {}
+
+        def slow() -> None:
+            answer["r"] = httpx.post(f"{url}/translate", json={"text": long, "beam": 8}, timeout=60)
+
+        thread = threading.Thread(target=slow)
+        thread.start()
+        time.sleep(0.5)  # it is in flight
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        with pytest.raises(httpx.TransportError):  # the listening socket is closed
+            httpx.post(f"{url}/translate", json={"text": NUMBERS[:1]}, timeout=5)
+        thread.join(60)
+        assert answer["r"].status_code == 200 and len(answer["r"].json()["translations"]) == 40
+        assert proc.wait(30) in (0, -signal.SIGTERM)  # uvicorn ends by the signal it handled
+    finally:
+        proc.kill()
+
+
+def test_serve_binds_to_this_machine_by_default(numbers_checkpoint) -> None:
+    proc, url = start_server(numbers_checkpoint)
+    try:
+        out = json.loads(httpx.get(f"{url}/info").text)
+        assert out["model"] == "rnn"
+        listening = subprocess.run(["ss", "-ltn"], capture_output=True, text=True).stdout \
+            if Path("/usr/bin/ss").exists() or Path("/bin/ss").exists() else ""
+        if listening:
+            port = url.rsplit(":", 1)[1]
+            lines = [line for line in listening.splitlines() if f":{port} " in line]
+            assert lines and all("127.0.0.1" in line for line in lines), lines
+    finally:
+        proc.terminate()
+        proc.wait(30)
