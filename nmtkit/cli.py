@@ -344,6 +344,17 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(info_json(facts) if args.json else render(facts))
 
 
+def cmd_generate(args: argparse.Namespace) -> None:
+    translator = _load_translator(args)
+    prompts = args.prompt or [""]
+    outputs = translator.generate(prompts, max_len=args.max_len, beam=args.beam or 1,
+                                  sample=args.sample, temperature=args.temperature, top_k=args.top_k,
+                                  top_p=args.top_p, seed=args.seed, num=args.num)
+    for texts in outputs:
+        for text in texts:
+            print(text)
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     try:
         from nmtkit.server import ServeSettings, serve
@@ -361,9 +372,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from nmtkit.demo import run_demo
+    from nmtkit.demo import run_demo, run_vit_demo
 
-    run_demo(model=args.model, direction=args.direction, overrides=args.set)
+    if args.model == "vit":
+        run_vit_demo(args.set)
+    else:
+        run_demo(model=args.model, direction=args.direction, overrides=args.set)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -546,6 +560,21 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="folder of the averaged checkpoint")
     sp.set_defaults(fn=cmd_average)
 
+    sp = sub.add_parser("generate", help="continue text with a language model (decoder_only)")
+    sp.add_argument("--checkpoint", required=True, help="a language model's checkpoint or run folder")
+    sp.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    sp.add_argument("--prompt", action="append", default=[],
+                    help="text to continue (repeat it for several; default: from nothing)")
+    sp.add_argument("--num", type=POSITIVE, default=1, help="continuations per prompt")
+    sp.add_argument("--max-len", type=POSITIVE, default=50, help="the most tokens to generate")
+    sp.add_argument("--beam", type=POSITIVE, default=None, help="beam search (default greedy)")
+    sp.add_argument("--sample", action="store_true", help="sample each token")
+    sp.add_argument("--temperature", type=POSITIVE_FLOAT, default=1.0)
+    sp.add_argument("--top-k", type=NON_NEGATIVE_INT, default=0)
+    sp.add_argument("--top-p", type=PROBABILITY, default=1.0)
+    sp.add_argument("--seed", type=int, default=None)
+    sp.set_defaults(fn=cmd_generate)
+
     sp = sub.add_parser("serve", help="a REST service with cross-request batching, and a page to "
                         "see the attention and steer translations")
     sp.add_argument("--checkpoint", required=True, action="append",
@@ -583,8 +612,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="everything, as one JSON object")
     sp.set_defaults(fn=cmd_info)
 
-    sp = sub.add_parser("demo", help="generate the numbers corpus, train, translate, score, plot")
-    sp.add_argument("--model", choices=["rnn", "transformer"], default="rnn")
+    sp = sub.add_parser("demo", help="generate the numbers corpus, train, translate, score, plot; "
+                        "or (--model vit) a Vision Transformer on 8x8 digits")
+    sp.add_argument("--model", choices=["rnn", "transformer", "vit"], default="rnn")
     sp.add_argument("--direction", choices=["ko-en", "en-ko"], default="ko-en")
     sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     sp.set_defaults(fn=cmd_demo)

@@ -11,7 +11,7 @@ import json
 import re
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -20,26 +20,59 @@ from nmtkit.errors import NMTKitError
 from nmtkit.files import check_input_file
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
+    """A part of a config: unknown keys, inf and nan are errors."""
+
     # no inf/nan: every value must survive the round trip through checkpoint.json
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
-class DataConfig(_Section):
-    """Where the parallel text is, and which pairs `prepare` keeps."""
+S = TypeVar("S", bound=Section)
 
-    train_src: Path = Field(description="training sources, one sentence per line (UTF-8)")
-    train_tgt: Path = Field(description="their translations, line by line")
-    valid_src: Path = Field(description="validation sources (BLEU and loss during training)")
-    valid_tgt: Path = Field(description="validation references")
+
+class DataConfig(Section):
+    """Where the text is, and which pairs `prepare` keeps: parallel text (train_src/train_tgt,
+    valid_src/valid_tgt), or, for a language model, one language (train, valid)."""
+
+    train_src: Path | None = Field(None, description="training sources, one sentence per line (UTF-8)")
+    train_tgt: Path | None = Field(None, description="their translations, line by line")
+    valid_src: Path | None = Field(None, description="validation sources (BLEU and loss during training)")
+    valid_tgt: Path | None = Field(None, description="validation references")
     test_src: Path | None = Field(None, description="test sources (prepared too; optional)")
     test_tgt: Path | None = Field(None, description="test references")
+    train: Path | None = Field(None, description="a language model's training text (instead of "
+                               "the parallel files), one sentence per line")
+    valid: Path | None = Field(None, description="a language model's validation text")
+    test: Path | None = Field(None, description="a language model's test text (optional)")
     out_dir: Path = Field(Path("data-bin/default"), description="the prepared data folder")
     max_len: int = Field(128, ge=1, description="longest kept pair, in subword tokens")
     max_len_ratio: float = Field(3.0, gt=1.0, description="drop pairs whose length ratio exceeds it")
 
+    @property
+    def monolingual(self) -> bool:
+        """Text of one language (a language model's), not sentence pairs."""
+        return self.train is not None
 
-class VocabConfig(_Section):
+    @model_validator(mode="after")
+    def _parallel_or_monolingual(self) -> DataConfig:
+        parallel = ("train_src", "train_tgt", "valid_src", "valid_tgt")
+        if self.train is None and self.valid is None:
+            missing = [k for k in parallel if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"{missing[0]}: required (or give data.train and data.valid, one "
+                                 "language, for a language model)")
+        else:
+            if self.train is None or self.valid is None:
+                raise ValueError(f"{'train' if self.train is None else 'valid'}: a language model "
+                                 "needs both data.train and data.valid")
+            given = [k for k in (*parallel, "test_src", "test_tgt") if getattr(self, k) is not None]
+            if given:
+                raise ValueError(f"{given[0]}: give parallel files or one language "
+                                 "(data.train, data.valid), not both")
+        return self
+
+
+class VocabConfig(Section):
     """Subword vocabulary, learned with sentencepiece on the training data."""
 
     type: Literal["bpe", "unigram", "char", "word"] = Field("bpe", description="sentencepiece model type")
@@ -56,7 +89,7 @@ class VocabConfig(_Section):
         True, description="every digit its own piece, so numbers are copied digit by digit")
 
 
-class RNNConfig(_Section):
+class RNNConfig(Section):
     """The classic attentional encoder-decoder (Bahdanau et al. 2015; Luong et al. 2015)."""
 
     type: Literal["rnn"] = "rnn"
@@ -95,7 +128,7 @@ class RNNConfig(_Section):
         return self
 
 
-class TransformerBlocks(_Section):
+class TransformerBlocks(Section):
     """What every stack of Transformer layers shares (the encoder-decoder, the decoder-only
     model and the Vision Transformer)."""
 
@@ -131,16 +164,27 @@ class TransformerConfig(TransformerBlocks):
     tie_output: bool = Field(True, description="the target embedding is also the output layer")
 
 
-ModelConfig = Annotated[RNNConfig | TransformerConfig, Field(discriminator="type")]
+class DecoderOnlyConfig(TransformerBlocks):
+    """The decoder-only Transformer (GPT): one stack of masked self-attention layers over one
+    sequence, a language model, or a translator reading `source </s> target </s>`."""
+
+    type: Literal["decoder_only"] = "decoder_only"
+    layers: int = Field(6, ge=1, le=256, description="decoder layers (self-attention, feed-forward)")
+    prefix_lm: bool = Field(False, description="translation: the source positions attend to each "
+                            "other both ways (a prefix language model); the target stays causal")
+    tie_output: bool = Field(True, description="the embedding is also the output layer")
 
 
-class EarlyStoppingConfig(_Section):
+ModelConfig = Annotated[RNNConfig | TransformerConfig | DecoderOnlyConfig, Field(discriminator="type")]
+
+
+class EarlyStoppingConfig(Section):
     metric: Literal["bleu", "loss", "ppl"] = Field("bleu", description="what `best` and early "
                                                    "stopping follow (loss if BLEU is off)")
     patience: int = Field(0, ge=0, description="validations without improvement; 0 = never stop")
 
 
-class ScheduledSamplingConfig(_Section):
+class ScheduledSamplingConfig(Section):
     """Scheduled sampling (Bengio et al. 2015): the probability eps_i of feeding the gold
     previous token (teacher forcing) instead of one sampled from the model decays with the
     update i, from teacher forcing towards what the model sees at inference:
@@ -166,7 +210,7 @@ class ScheduledSamplingConfig(_Section):
         return self
 
 
-class TrainingConfig(_Section):
+class TrainingConfig(Section):
     out_dir: Path = Field(Path("runs/default"), description="the run folder: checkpoints, log, curves")
     seed: int = Field(1234, description="seeds the weights, dropout and the batch order")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when there is one")
@@ -219,7 +263,7 @@ class TrainingConfig(_Section):
         return self
 
 
-class DecodingConfig(_Section):
+class DecodingConfig(Section):
     """Defaults for translating with a checkpoint (validation uses greedy search and max_len_*)."""
 
     beam: int = Field(1, ge=1, le=1024, description="beam size; 1 = greedy search")
@@ -235,7 +279,7 @@ class DecodingConfig(_Section):
         "an empty translation (and warn), or stop with an error")
 
 
-class Config(_Section):
+class Config(Section):
     data: DataConfig
     vocab: VocabConfig = VocabConfig()
     model: ModelConfig = RNNConfig()
@@ -248,22 +292,33 @@ class Config(_Section):
     @model_validator(mode="after")
     def _lengths_fit_positions(self) -> Config:
         positions = getattr(self.model, "max_positions", None)
+        # a decoder-only model reads source and target in one sequence: twice the length
+        one = self.model.type == "decoder_only"
+        need = 2 * (self.data.max_len + 1) if one else self.data.max_len + 2
         if positions is not None and getattr(self.model, "positional", "none") != "none" \
-                and self.data.max_len + 2 > positions:
-            raise ValueError(f"data.max_len: {self.data.max_len} + 2 (for <s> or </s>) exceeds "
+                and need > positions:
+            raise ValueError(f"data.max_len: {self.data.max_len} needs {need} positions (with </s>"
+                             f"{', source and target in one sequence' if one else ''}), more than "
                              f"model.max_positions ({positions}): lower data.max_len or raise "
                              "model.max_positions")
+        if self.model.type == "decoder_only" and not self.vocab.joint:
+            raise ValueError("vocab.joint: a decoder-only model reads source and target in one "
+                             "sequence, so it needs one (joint) vocabulary")
+        if self.data.monolingual and self.model.type != "decoder_only":
+            raise ValueError(f"data.train: text of one language trains a language model "
+                             f"(model.type: decoder_only), not a {self.model.type}")
         return self
 
 
-MODEL_CONFIGS: dict[str, type[BaseModel]] = {"rnn": RNNConfig, "transformer": TransformerConfig}
+MODEL_CONFIGS: dict[str, type[BaseModel]] = {"rnn": RNNConfig, "transformer": TransformerConfig,
+                                              "decoder_only": DecoderOnlyConfig}
 # keys of one model family that the other spells differently
 ANALOGUES = {"hidden_size": "d_model", "embed_size": "d_model", "d_model": "hidden_size / embed_size"}
 
 
-def _section_class(loc: tuple[Any, ...]) -> tuple[type[BaseModel] | None, str | None]:
+def _section_class(loc: tuple[Any, ...], root: type[BaseModel]) -> tuple[type[BaseModel] | None, str | None]:
     """The config class holding the key at loc[-1], and the model type if in `model`."""
-    cls: type[BaseModel] = Config
+    cls = root
     parts, tag = list(loc[:-1]), None
     while parts:
         name = parts.pop(0)
@@ -281,10 +336,10 @@ def _section_class(loc: tuple[Any, ...]) -> tuple[type[BaseModel] | None, str | 
     return cls, tag
 
 
-def _unknown_key_hint(loc: tuple[Any, ...]) -> str:
+def _unknown_key_hint(loc: tuple[Any, ...], root: type[BaseModel]) -> str:
     """'did you mean ...?', or which model family the key belongs to."""
     key = str(loc[-1])
-    cls, tag = _section_class(loc)
+    cls, tag = _section_class(loc, root)
     if cls is None:
         return ""
     others = [t for t, c in MODEL_CONFIGS.items() if t != tag and key in c.model_fields]
@@ -297,7 +352,7 @@ def _unknown_key_hint(loc: tuple[Any, ...]) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
-def _format_error(err: ValidationError, source: str) -> str:
+def _format_error(err: ValidationError, source: str, root: type[BaseModel] = Config) -> str:
     lines = []
     for e in err.errors():
         parts = tuple(p for p in e["loc"] if not str(p).startswith("function-"))
@@ -306,7 +361,7 @@ def _format_error(err: ValidationError, source: str) -> str:
                                                                and p in MODEL_CONFIGS)]
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown key" + _unknown_key_hint(parts)
+            msg = "unknown key" + _unknown_key_hint(parts, root)
         elif e["type"] == "value_error" and re.match(r"^[\w.]+: ", msg):
             key, msg = msg.split(": ", 1)  # a check across keys names the key it is about
             shown.append(key)
@@ -340,11 +395,16 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def config_from_dict(raw: dict[str, Any], source: str = "<config>") -> Config:
+def validated(cls: type[S], raw: dict[str, Any], source: str) -> S:
+    """`cls` made from `raw`, or one NMTKitError naming each wrong key."""
     try:
-        return Config.model_validate(raw)
+        return cls.model_validate(raw)
     except ValidationError as err:
-        raise NMTKitError(_format_error(err, source)) from None
+        raise NMTKitError(_format_error(err, source, cls)) from None
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "<config>") -> Config:
+    return validated(Config, raw, source)
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -447,6 +507,7 @@ def config_reference() -> str:
     for title, cls, prefix in (
         ("data", DataConfig, "data."), ("vocab", VocabConfig, "vocab."),
         ("model, type: rnn", RNNConfig, "model."), ("model, type: transformer", TransformerConfig, "model."),
+        ("model, type: decoder_only", DecoderOnlyConfig, "model."),
         ("training", TrainingConfig, "training."),
         ("training.early_stopping", EarlyStoppingConfig, "training.early_stopping."),
         ("training.scheduled_sampling", ScheduledSamplingConfig, "training.scheduled_sampling."),

@@ -74,9 +74,13 @@ def read_lines(path: Path, what: str = "data file") -> Iterator[str]:
             yield (line.removeprefix("\ufeff") if n == 1 else line).strip()
 
 
-def read_pairs(src: Path, tgt: Path) -> Iterator[tuple[str, str]]:
+def read_pairs(src: Path | None, tgt: Path) -> Iterator[tuple[str, str]]:
     """The aligned lines of a source and a target file, streamed; files of unequal length end
-    with an error that gives both line counts."""
+    with an error that gives both line counts. Without a source file (a language model's text),
+    every source is empty."""
+    if src is None:
+        yield from (("", t) for t in read_lines(tgt))
+        return
     n = 0
     src_lines, tgt_lines = read_lines(src), read_lines(tgt)
     for s, t in zip_longest(src_lines, tgt_lines):
@@ -283,19 +287,21 @@ class PreparedData:
 
 
 def drop_reason(
-    src_len: int, tgt_len: int, max_len: int, max_len_ratio: float, train: bool
+    src_len: int, tgt_len: int, max_len: int, max_len_ratio: float, train: bool,
+    monolingual: bool = False,
 ) -> str | None:
     """Why a pair of encoded lengths is dropped ('empty', 'too_long', 'ratio'), or None to keep.
 
     Every split drops empty pairs and pairs longer than max_len (the model cannot be trained or
     validated on what does not fit); only the training split is filtered by length ratio (a
-    filter for misaligned pairs), so valid/test scores compare across settings.
+    filter for misaligned pairs), so valid/test scores compare across settings. A language
+    model's text (monolingual) has empty sources and no ratio.
     """
-    if src_len == 0 or tgt_len == 0:
+    if (src_len == 0 and not monolingual) or tgt_len == 0:
         return "empty"
     if src_len > max_len or tgt_len > max_len:
         return "too_long"
-    if not train:
+    if not train or monolingual:
         return None
     longer, shorter = max(src_len, tgt_len), min(src_len, tgt_len)
     if longer >= RATIO_MIN_TOKENS and longer / max(1, shorter) > max_len_ratio:
@@ -317,12 +323,21 @@ def file_digests(data: DataConfig) -> dict[str, dict[str, Any]]:
         f"{split}.{side}": {"path": str(path), "size": Path(path).stat().st_size,
                             "sha1": _digest(Path(path))}
         for split, pair in split_files(data).items()
-        for side, path in zip(SIDES, pair, strict=True)
+        for side, path in zip(SIDES, pair, strict=True) if path is not None
     }
 
 
-def split_files(data: DataConfig) -> dict[str, tuple[Path, Path]]:
-    """{split: (src file, tgt file)}, each checked to be a readable file."""
+def split_files(data: DataConfig) -> dict[str, tuple[Path | None, Path]]:
+    """{split: (src file, tgt file)}, each checked to be a readable file; a language model's
+    text has no source file (None)."""
+    if data.monolingual:
+        files: dict[str, tuple[Path | None, Path]] = {"train": (None, data.train),
+                                                      "valid": (None, data.valid)}
+        if data.test is not None:
+            files["test"] = (None, data.test)
+        for _, path in files.values():
+            check_input_file(Path(path), "data file")
+        return files
     if (data.test_src is None) != (data.test_tgt is None):
         given, missing = (
             ("data.test_src", "data.test_tgt")
@@ -420,12 +435,12 @@ def prepare(
 
     # read and validate the small splits before spending time on the training text
     for split in ("valid", "test"):
-        if split in files and not any(s and t for s, t in read_pairs(*files[split])):
+        if split in files and not any((s or data.monolingual) and t for s, t in read_pairs(*files[split])):
             raise NMTKitError(f"data.{split}_src / data.{split}_tgt ({files[split][0]}): no pair "
                               f"with both sides non-empty; the {split} set cannot be empty")
     tmp = temp_folder(out_dir)
     try:
-        spm_inputs = _training_text(files["train"], tmp)
+        spm_inputs = _training_text(files["train"], tmp, data.monolingual)
         if tokenizers is None:
             src_tok, tgt_tok, models = _learn_vocab(spm_inputs, vocab, tmp)
         else:
@@ -439,7 +454,7 @@ def prepare(
             log(_split_report(split, counts, data))
         if splits["train"]["kept"] == 0:
             raise NMTKitError(
-                f"{data.train_src}: no training pair survived filtering "
+                f"{data.train_src or data.train}: no training pair survived filtering "
                 "(check data.max_len / data.max_len_ratio)"
             )
         for side, tok in (("src", src_tok), ("tgt", tgt_tok)):
@@ -482,19 +497,22 @@ def _split_report(split: str, counts: dict[str, Any], data: DataConfig) -> str:
     return line
 
 
-def _training_text(train: tuple[Path, Path], dir: Path) -> dict[str, Path]:
+def _training_text(train: tuple[Path | None, Path], dir: Path, monolingual: bool) -> dict[str, Path]:
     """Stream the training pairs with both sides non-empty into one text file per side, for
-    sentencepiece to learn from (and to sample at most vocab.max_sentences lines of)."""
+    sentencepiece to learn from (and to sample at most vocab.max_sentences lines of); a
+    language model's text is all target side."""
     paths = {side: dir / f".spm-input.{side}.txt" for side in SIDES}
     kept = 0
     with open(paths["src"], "w", encoding="utf-8") as fs, open(paths["tgt"], "w", encoding="utf-8") as ft:
         for s, t in read_pairs(*train):
-            if s and t:
-                fs.write(s + "\n")
+            if (s or monolingual) and t:
+                fs.write(s + "\n" if s else "")
                 ft.write(t + "\n")
                 kept += 1
     if not kept:
-        raise NMTKitError(f"{train[0]}: the training data has no pair with both sides non-empty")
+        raise NMTKitError(f"{train[0] or train[1]}: the training data has no pair with both sides non-empty")
+    if monolingual:
+        del paths["src"]
     return paths
 
 
@@ -505,7 +523,7 @@ def _learn_vocab(
     names (relative to dir)."""
     try:
         if vocab.joint:
-            model = train_sentencepiece([texts["src"], texts["tgt"]], dir / "spm", vocab)
+            model = train_sentencepiece([texts[side] for side in SIDES if side in texts], dir / "spm", vocab)
             tok = Tokenizer(model)
             return tok, tok, (model.name, model.name)
         src_model = train_sentencepiece([texts["src"]], dir / "src", vocab)
@@ -568,7 +586,8 @@ def _binarize_split(
             for i, (s, t) in enumerate(zip(src_ids, tgt_ids, strict=True)):
                 line += 1
                 # an empty line encodes to no ids; so may a line of characters normalization removes
-                reason = drop_reason(len(s), len(t), data.max_len, data.max_len_ratio, split == "train")
+                reason = drop_reason(len(s), len(t), data.max_len, data.max_len_ratio, split == "train",
+                                     data.monolingual)
                 if reason is None:
                     keep.append(i)
                 else:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
 
-from nmtkit.config import load_config
+import torch
+
+from nmtkit.config import apply_overrides, load_config, validated
 from nmtkit.democorpus import make_demo_corpus
 from nmtkit.errors import NMTKitError
+from nmtkit.files import write_text_atomic
 from nmtkit.metrics import score
-from nmtkit.plotting import plot_attention
+from nmtkit.plotting import plot_attention, plot_patch_attention
 from nmtkit.training import is_run_folder, train
 from nmtkit.translator import Translator
 
@@ -66,3 +70,54 @@ def run_demo(model: str = "rnn", direction: str = "ko-en", overrides: list[str] 
         print(f"attention heatmap: {out}")
     print(f"demo finished in {(time.monotonic() - start) / 60:.1f} minutes")
     return scores.bleu
+
+
+VIT_OUTPUTS = {"model.safetensors", "config.json", "cls-attention.png"}
+
+
+def run_vit_demo(overrides: list[str] | None = None, out_dir: Path = Path("runs/demo-vit")) -> float:
+    """The Vision Transformer on scikit-learn's 8x8 digits: train, test, compare with logistic
+    regression, draw the [CLS] attention. `overrides` are model.KEY=VALUE / training.KEY=VALUE.
+    Returns the test accuracy."""
+    from safetensors.torch import save_model
+    from tqdm import tqdm
+
+    from nmtkit import vit
+
+    start = time.monotonic()
+    cfg = validated(vit.ViTDemoConfig, apply_overrides({}, overrides or []), "--set")
+    if out_dir.exists() and (not out_dir.is_dir() or {p.name for p in out_dir.iterdir()} - VIT_OUTPUTS):
+        raise NMTKitError(f"{out_dir} exists and holds more than an earlier ViT demo: "
+                          "move it to run the demo")
+    split = vit.digits()
+    print(f"digits: {len(split.train_labels)} training and {len(split.test_labels)} test images, 8x8 "
+          f"(scikit-learn), {cfg.model.patches} patches of {cfg.model.patch_size}x{cfg.model.patch_size}")
+    with tqdm(total=cfg.training.epochs, desc="ViT", unit="epoch") as bar:
+        def report(epoch: int, loss: float, seconds: float) -> None:
+            speed = epoch * len(split.train_labels) / seconds
+            bar.set_postfix(loss=f"{loss:.3f}", images_per_s=f"{speed:.0f}")
+            bar.update()
+
+        model = vit.train_vit(cfg.model, split, cfg.training, report)
+    accuracy = vit.accuracy(model, split.test_images, split.test_labels)
+    baseline = vit.logistic_regression_accuracy(split)
+    params = sum(p.numel() for p in model.parameters())
+    print(f"test accuracy: ViT {accuracy:.2%} ({params:,} parameters), "
+          f"logistic regression {baseline:.2%} (same split)")
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_model(model, str(out_dir / "model.safetensors"))
+    write_text_atomic(out_dir / "config.json", json.dumps(
+        {**cfg.model_dump(), "test_accuracy": accuracy, "logistic_regression_accuracy": baseline},
+        indent=2) + "\n")
+    shown = split.test_images[:8]
+    with torch.no_grad():
+        predicted = model(shown)[0].argmax(-1)
+    titles = [f"{int(p)} ({'ok' if p == y else 'label ' + str(int(y))})"
+              for p, y in zip(predicted, split.test_labels[:8], strict=True)]
+    maps = {"last layer": model.cls_attention(shown, -1).numpy(),
+            "rollout": model.cls_attention(shown).numpy()}
+    picture = plot_patch_attention(shown[:, 0].numpy(), maps, titles, out_dir / "cls-attention.png")
+    print(f"[CLS] attention over the patches (last layer and rollout, heads averaged): {picture}")
+    print(f"demo finished in {(time.monotonic() - start) / 60:.1f} minutes")
+    return accuracy

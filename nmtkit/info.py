@@ -119,7 +119,8 @@ def render(facts: dict[str, Any]) -> str:
             lines.append((key.replace("_", " "), ", ".join(value) if isinstance(value, list) else value))
     c = facts["config"]
     t, d = c["training"], c["data"]
-    lines.append(("data", f"{d['train_src']} -> {d['train_tgt']} (max_len {d['max_len']})"))
+    text = f"{d['train_src']} -> {d['train_tgt']}" if d.get("train_src") else f"{d['train']} (one language)"
+    lines.append(("data", f"{text} (max_len {d['max_len']})"))
     lines.append(("training", f"{t['optimizer']} lr {t['lr']:g}, {t['schedule']} schedule "
                               f"(warm-up {t['warmup_steps']}), max_tokens {t['max_tokens']}, "
                               f"label_smoothing {t['label_smoothing']}, {t['precision']}"))

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 from torch import nn
 
-from nmtkit.config import RNNConfig, TransformerConfig
+from nmtkit.config import DecoderOnlyConfig, RNNConfig, TransformerConfig
+from nmtkit.decoder_only import DecoderOnly, build_decoder_only
 from nmtkit.rnn import build_rnn
 from nmtkit.seq2seq import Seq2Seq
 from nmtkit.transformer import build_transformer
 
+Model = Seq2Seq | DecoderOnly  # what training and search take: the step interface, and forward
 
-def build_model(cfg: RNNConfig | TransformerConfig, src_vocab: int, tgt_vocab: int) -> Seq2Seq:
+
+def build_model(cfg: RNNConfig | TransformerConfig | DecoderOnlyConfig, src_vocab: int,
+                tgt_vocab: int) -> Model:
     if cfg.type == "rnn":
         return build_rnn(cfg, src_vocab, tgt_vocab)
+    if cfg.type == "decoder_only":
+        return build_decoder_only(cfg, src_vocab, tgt_vocab)
     return build_transformer(cfg, src_vocab, tgt_vocab)
 
 

@@ -152,3 +152,24 @@ def plot_curves(rows: list[dict[str, Any]], out: Path, title: str = "") -> Path:
              "plain cross-entropy, dropout off.\nSo the valid loss can sit below the train loss "
              "without anything being wrong.", fontsize=8, ha="left", va="top", color="0.3")
     return _save(fig, out)
+
+
+def plot_patch_attention(images: Any, maps: dict[str, Any], titles: list[str], out: Path) -> Path:
+    """The Vision Transformer's [CLS] attention: each image (top row) above, per entry of
+    `maps`, the weight [CLS] gives each of its patches (one cell per patch). images (n, H, W);
+    each map (n, H/p, W/p); array-likes."""
+    n = len(images)
+    fig, axes = plt.subplots(1 + len(maps), n, squeeze=False, figsize=(1.6 * n + 0.8, 1.8 * (1 + len(maps))))
+    for i in range(n):
+        axes[0][i].imshow(images[i], cmap="gray_r")
+        axes[0][i].set_title(titles[i], fontsize=8)
+    axes[0][0].set_ylabel("image", fontsize=8)
+    for row, (label, attention) in enumerate(maps.items(), start=1):
+        for i in range(n):
+            im = axes[row][i].imshow(attention[i], cmap="viridis", vmin=0.0)
+        axes[row][0].set_ylabel(label, fontsize=8)
+        fig.colorbar(im, ax=axes[row].tolist(), fraction=0.04)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return _save(fig, out)

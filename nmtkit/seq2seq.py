@@ -86,6 +86,12 @@ class Seq2Seq(nn.Module):
     def max_steps(self) -> int | None:
         return self.decoder.max_steps
 
+    @property
+    def max_source(self) -> int | None:
+        """The longest source (in tokens, without </s>) the encoder's positions hold."""
+        positions = getattr(self.encoder, "positions", None)
+        return None if positions is None or positions.table is None else positions.max_positions - 1
+
     def encode(self, src: Tensor, src_lengths: Tensor) -> EncoderOutput:
         return self.encoder(src, src_lengths)
 
@@ -117,19 +123,29 @@ class Seq2Seq(nn.Module):
         return self.decoder.cross_attention(tgt_in, self.encode(src, src_lengths))
 
     def _forward_with_own_predictions(self, enc: EncoderOutput, tgt_in: Tensor, ratio: float) -> Tensor:
-        """Scheduled sampling (Bengio et al. 2015): at each position the gold previous token is
-        fed with probability `ratio`, and otherwise a token sampled from the model's own
-        distribution at the step before (what it would have fed itself at inference)."""
-        state = self.init_state(enc)
-        prev = tgt_in[:, 0]
-        log_probs = []
-        for t in range(tgt_in.size(1)):
-            logits, state = self.step(prev, state)
-            lp = F.log_softmax(logits, dim=-1)
-            log_probs.append(lp)
-            if t + 1 < tgt_in.size(1):
-                gold = tgt_in[:, t + 1]
-                use_gold = torch.rand(gold.shape, device=gold.device) < ratio
-                own = torch.multinomial(lp.detach().exp(), 1).squeeze(1)  # (batch,)
-                prev = torch.where(use_gold, gold, own)
-        return torch.stack(log_probs, dim=1)
+        return feed_own_predictions(self, enc, tgt_in, ratio)
+
+    @property
+    def attention_shape(self) -> tuple[int, int]:
+        """(layers, heads) of what `attention` returns."""
+        return self.decoder.attention_shape
+
+
+def feed_own_predictions(model: nn.Module, enc: object, tgt_in: Tensor, ratio: float) -> Tensor:
+    """Scheduled sampling (Bengio et al. 2015), for any model with the step interface: at each
+    position the gold previous token is fed with probability `ratio`, and otherwise a token
+    sampled from the model's own distribution at the step before (what it would have fed itself
+    at inference). Returns log_probs (batch, tgt_len, vocab)."""
+    state = model.init_state(enc)
+    prev = torch.full_like(tgt_in[:, 0], model.start_token)
+    log_probs = []
+    for t in range(tgt_in.size(1)):
+        logits, state = model.step(prev, state)
+        lp = F.log_softmax(logits, dim=-1)
+        log_probs.append(lp)
+        if t + 1 < tgt_in.size(1):
+            gold = tgt_in[:, t + 1]
+            use_gold = torch.rand(gold.shape, device=gold.device) < ratio
+            own = torch.multinomial(lp.detach().exp(), 1).squeeze(1)  # (batch,)
+            prev = torch.where(use_gold, gold, own)
+    return torch.stack(log_probs, dim=1)

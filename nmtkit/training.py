@@ -256,7 +256,8 @@ class Trainer:
         self.train_corpus = self.data.split("train")
         self.valid_corpus = self.data.split("valid")
         if len(self.train_corpus) == 0:
-            raise NMTKitError(f"{self.cfg.data.train_src}: no training pairs left after filtering")
+            raise NMTKitError(f"{self.cfg.data.train_src or self.cfg.data.train}: no training pairs "
+                              "left after filtering")
         self.model: Seq2Seq = _build(self.cfg, len(self.data.src_tokenizer),
                                      len(self.data.tgt_tokenizer)).to(self.device)
         opt_cls = torch.optim.AdamW if tcfg.optimizer == "adamw" else torch.optim.Adam
@@ -340,7 +341,8 @@ class Trainer:
         old, new = ckpt.config, self.cfg
         hint = ("a run resumes as it was trained; to go on with other settings or data, start "
                 f"a new run with --init-from {ckpt.path}")
-        paths = {"train_src", "train_tgt", "valid_src", "valid_tgt", "test_src", "test_tgt", "out_dir"}
+        paths = {"train_src", "train_tgt", "valid_src", "valid_tgt", "test_src", "test_tgt", "train",
+                 "valid", "test", "out_dir"}
         diffs = []
         for section, allowed in (("model", set()), ("vocab", set()), ("data", paths),
                                  ("training", set(RESUMABLE))):
@@ -485,7 +487,8 @@ class Trainer:
             total_nll += float(nll)
             total_tokens += batch.n_tgt_tokens
         loss = total_nll / max(1, total_tokens)
-        bleu = self.valid_bleu() if self.tcfg.valid_bleu else None
+        # a language model has no translations to score: loss and perplexity only
+        bleu = self.valid_bleu() if self.tcfg.valid_bleu and not self.cfg.data.monolingual else None
         model.train()
         return EvalResult(loss, perplexity(loss), bleu)
 

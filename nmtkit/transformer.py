@@ -53,7 +53,7 @@ class TransformerEncoder(nn.Module):
         x = self.dropout(self.positions(self.embedding(src) * self.scale))  # (batch, src_len, d)
         key_mask = src_mask[:, None, None, :]  # (batch, 1, 1, src_len): no one attends to padding
         for layer in self.layers:
-            x = layer(x, key_mask)
+            x, _ = layer(x, key_mask)
         return EncoderOutput(self.final_norm(x), src_mask)
 
 

@@ -57,6 +57,17 @@ class MultiHeadAttention(nn.Module):
         context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
         return self.merge_heads(context)
 
+    def attend_with_weights(self, q: Tensor, k: Tensor, v: Tensor,
+                            mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        """attend, by hand, to also return the weights (batch, heads, q_len, k_len): the fused
+        kernel cannot give them."""
+        scores = (q @ k.transpose(-2, -1)).mul_(q.size(-1) ** -0.5)  # (batch, heads, q_len, k_len)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        weights = scores.softmax(dim=-1)
+        context = (dropout(weights, self.dropout) if self.training and self.dropout else weights) @ v
+        return self.merge_heads(context), weights
+
 
 class _Storage:
     """Room for the keys and values of `rows` batch rows and `capacity` positions, each
@@ -176,16 +187,20 @@ class SelfAttention(MultiHeadAttention):
         self.qkv_proj = nn.Linear(cfg.d_model, 3 * cfg.d_model)
 
     def forward(
-        self, x: Tensor, mask: Tensor | None, cache: KVCache | None = None
-    ) -> tuple[Tensor, KVCache | None]:
+        self, x: Tensor, mask: Tensor | None, cache: KVCache | None = None, need_weights: bool = False
+    ) -> tuple[Tensor, KVCache | None, Tensor | None]:
         """x (batch, len, d_model). `cache` holds the keys and values of the positions before x
-        (the decoder's, in search); it is returned with x's own added."""
+        (the decoder's, in search); it is returned with x's own added. With need_weights, also
+        the weights (batch, heads, len, cached + len)."""
         q, k, v = self.qkv_proj(x).chunk(3, dim=-1)  # each (batch, len, d_model)
         if cache is not None:
             cache = cache.append(k, v)
             k, v = cache.keys_values()  # (batch, cached + len, d_model)
         q, k, v = self.split_heads(q), self.split_heads(k), self.split_heads(v)
-        return self.attend(q, k, v, mask), cache
+        if need_weights:
+            out, weights = self.attend_with_weights(q, k, v, mask)
+            return out, cache, weights
+        return self.attend(q, k, v, mask), cache, None
 
 
 class CrossAttention(MultiHeadAttention):
@@ -222,10 +237,8 @@ class CrossAttention(MultiHeadAttention):
         # By hand: SDPA cannot return the weights, and for a search step (one new position per
         # row: a handful of queries per sentence) its CPU kernel took 3x as long as this (0.52
         # against 0.17 ms at 64 sentences x 5 beams).
-        scores = (q @ k.transpose(-2, -1)).mul_(q.size(-1) ** -0.5)  # (sentences, heads, g * len, src)
-        weights = scores.masked_fill_(~mask, float("-inf")).softmax(dim=-1)
-        context = (dropout(weights, self.dropout) if self.training and self.dropout else weights) @ v
-        out = self.merge_heads(context).view(batch, tgt_len, d_model)
+        out, weights = self.attend_with_weights(q, k, v, mask)  # weights: (sentences, heads, g * len, src)
+        out = out.view(batch, tgt_len, d_model)
         if not need_weights:
             return out, None
         heads, src_len = weights.size(1), weights.size(-1)
@@ -282,11 +295,14 @@ class EncoderLayer(nn.Module):
         self.ff = FeedForward(cfg)
         self.ff_residual = Residual(cfg)
 
-    def forward(self, x: Tensor, key_mask: Tensor) -> Tensor:
-        """x (batch, src_len, d_model); key_mask (batch, 1, 1, src_len), True at real tokens."""
-        y, _ = self.self_attn(self.self_attn_residual.before(x), key_mask)
+    def forward(self, x: Tensor, key_mask: Tensor | None,
+                need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+        """x (batch, src_len, d_model); key_mask (batch, 1, 1, src_len), True at real tokens.
+        Returns the new x, and with need_weights the self-attention weights (batch, heads,
+        src_len, src_len)."""
+        y, _, weights = self.self_attn(self.self_attn_residual.before(x), key_mask, None, need_weights)
         x = self.self_attn_residual.after(x, y)
-        return self.ff_residual.after(x, self.ff(self.ff_residual.before(x)))
+        return self.ff_residual.after(x, self.ff(self.ff_residual.before(x))), weights
 
 
 class DecoderLayer(nn.Module):
@@ -314,11 +330,12 @@ class DecoderLayer(nn.Module):
     ) -> tuple[Tensor, KVCache | None, Tensor | None]:
         """x (batch, new_len, d_model): the target positions that follow the cache's; self_mask
         broadcasts to (batch, heads, new_len, cached + new_len), True where a position may look.
-        Returns the new x, the cache with the new positions added, and the cross-attention
-        weights (batch, heads, new_len, src_len) if asked for."""
-        y, cache = self.self_attn(self.self_attn_residual.before(x), self_mask, cache)
+        Returns the new x, the cache with the new positions added, and, if asked for, the
+        cross-attention weights (batch, heads, new_len, src_len), or without cross-attention the
+        self-attention weights (batch, heads, new_len, cached + new_len)."""
+        y, cache, weights = self.self_attn(self.self_attn_residual.before(x), self_mask, cache,
+                                           need_weights and self.cross_attn is None)
         x = self.self_attn_residual.after(x, y)
-        weights = None
         if self.cross_attn is not None:
             y, weights = self.cross_attn(
                 self.cross_attn_residual.before(x), memory_kv, src_mask, need_weights, group

@@ -147,9 +147,9 @@ class Translator:
         # the longest input: what the config says, else the longest the model was trained on,
         # never past the positions of any member (their source and their output)
         limit = self.decoding.max_input_len or max(c.config.data.max_len for c in ckpts)
-        caps = [getattr(c.config.model, "max_positions", None) for c in ckpts]
-        self.max_input_tokens = min([limit] + [cap - 1 for cap in caps if cap is not None])
-        self.max_output_tokens = min([cap - 2 for cap in caps if cap is not None], default=None)
+        self.max_input_tokens = min([limit] + [m.max_source for m in models if m.max_source is not None])
+        self.max_output_tokens = min([m.max_steps - 1 for m in models if m.max_steps is not None],
+                                     default=None)
         self.last_too_long: list[int] = []  # inputs of the last call past max_input_tokens
 
     @classmethod
@@ -171,11 +171,11 @@ class Translator:
     @property
     def decoder_layers(self) -> int:
         """Layers of attention the details can show (1 for the RNN)."""
-        return self.members[0].decoder.attention_shape[0]
+        return self.members[0].attention_shape[0]
 
     @property
     def heads(self) -> int:
-        return self.members[0].decoder.attention_shape[1]
+        return self.members[0].attention_shape[1]
 
     def _batches(self, ids: list[list[int]], batch_tokens: int) -> list[list[int]]:
         """Indices of non-empty inputs grouped by similar length, each group within batch_tokens
@@ -376,6 +376,28 @@ class Translator:
     def _empty(nbest: int) -> Translation:
         empty = Translation("", [], ["</s>"], 0.0, None)
         return Translation("", [], ["</s>"], 0.0, None, [empty] * nbest if nbest > 1 else [])
+
+    @torch.inference_mode()
+    def generate(self, prompts: Sequence[str] = ("",), max_len: int = 50, *, beam: int = 1,
+                 sample: bool = False, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                 seed: int | torch.Generator | None = None, num: int = 1) -> list[list[str]]:
+        """A language model's continuations of each prompt (which they begin with): `num` per
+        prompt (samples, or the n best of a beam), up to `max_len` tokens."""
+        if not self.ckpt.config.data.monolingual:
+            raise NMTKitError(f"{self.ckpt.path} translates; generate continues text with a language "
+                              "model (model.type: decoder_only trained on data.train, one language)")
+        _check_sentences(prompts)
+        _check_options(max(beam, num) if not sample else beam, num, sample, temperature, top_k, top_p,
+                       max_len_b=max_len)
+        search = self._search_function(max(beam, num) if not sample else 1, num, 0.0, sample,
+                                       temperature, top_k, top_p, seed, 0.0, max_len)
+        src, lengths = collate_source([[] for _ in prompts])  # no source: just </s>
+        forced = [self._prefix(p) for p in prompts]
+        steering = Steering(len(prompts), prefix=[f[0] for f in forced], partial=[f[1] for f in forced],
+                            pieces=self.tgt_pieces, device=self.device)
+        hyps = search(src.to(self.device), lengths.to(self.device), steering)
+        return [[self.tgt_tok.decode(h.tokens) for h in (hyp.nbest[:num] if num > 1 else [hyp])]
+                for hyp in hyps]
 
     # ---- steering ----
     def _prefix(self, text: str) -> tuple[list[int], str]:

@@ -35,8 +35,12 @@ def test_values_that_cannot_be_saved_or_used_are_rejected(training) -> None:
 
 
 def test_lengths_must_fit_the_positions_and_sizes_must_be_possible() -> None:
-    assert "data.max_len: 1023 + 2 (for <s> or </s>) exceeds model.max_positions (1024)" in error(
-        {"data": {**DATA, "max_len": 1023}, "model": {"type": "transformer"}})
+    assert "data.max_len: 1023 needs 1025 positions (with </s>), more than model.max_positions (1024)" \
+        in error({"data": {**DATA, "max_len": 1023}, "model": {"type": "transformer"}})
+    joint = {"vocab": {"joint": True}, "model": {"type": "decoder_only", "max_positions": 200}}
+    assert "data.max_len: 100 needs 202 positions (with </s>, source and target in one sequence)" \
+        in error({"data": {**DATA, "max_len": 100}, **joint})
+    config_from_dict({"data": {**DATA, "max_len": 99}, **joint})
     config_from_dict({"data": {**DATA, "max_len": 1023}, "model": {"type": "rnn"}})  # no positions
     assert "model.hidden_size: Input should be less than or equal to 65536" in error(
         {"data": DATA, "model": {"type": "rnn", "hidden_size": 2_000_000}})
