@@ -23,4 +23,4 @@ test: install
 	$(PY) -m pytest -q -n 2  # two workers: the suite is mostly single-threaded
 
 clean:  # what the demo and the tests made; never your own runs or prepared data
-	rm -rf demo-data runs/demo-rnn-* runs/demo-transformer-* .pytest_cache .ruff_cache
+	rm -rf demo-data runs/demo-rnn-* runs/demo-transformer-* runs/demo-vit .pytest_cache .ruff_cache

@@ -276,7 +276,8 @@ def average_checkpoints(paths: list[Path], out: Path) -> Path:
     mean = {k: torch.stack([s[k].float() for s in states]).mean(0).to(v.dtype)
             for k, v in states[0].items()}
     first.model.load_state_dict(mean)
-    info = {"step": first.info.get("step"), "averaged_from": [str(p) for p in paths]}
+    info = {"step": first.info.get("step"), "averaged_from": [str(p) for p in paths],
+            "longest_train_source": max(c.info.get("longest_train_source", 0) for c in ckpts)}
     return save_checkpoint(out, first.model, first.config, first.src_tokenizer,
                            first.tgt_tokenizer, info)
 

@@ -335,6 +335,9 @@ def cmd_split(args: argparse.Namespace) -> None:
     if report.duplicates:
         print(f"({report.duplicates:,} pairs share their source sentence with another pair; each "
               "such group went to one split)")
+    print("\nfor your config (e.g. a copy of configs/base-transformer.yaml):\ndata:")
+    for split, (src, tgt) in report.files.items():
+        print(f"  {split}_src: {src}\n  {split}_tgt: {tgt}")
 
 
 def cmd_info(args: argparse.Namespace) -> None:

@@ -432,7 +432,9 @@ class Trainer:
         metrics = None if eval_result is None else eval_result.__dict__
         path = self.run_dir / f"{CKPT_PREFIX}{st.step:08d}"
         info = {"step": st.step, "epoch": round(self.epochs_done, 4), "metrics": metrics,
-                "train_seconds": round(st.train_seconds, 1), "data_inputs": self.data.meta["inputs"]}
+                "train_seconds": round(st.train_seconds, 1), "data_inputs": self.data.meta["inputs"],
+                # the Translator warns about inputs far longer than anything seen in training
+                "longest_train_source": int(max(self.train_corpus.src_lengths, default=0))}
         if self.init_from is not None:
             info["init_from"] = str(self.init_from)
         save_checkpoint(path, self.model, self.cfg, self.data.src_tokenizer, self.data.tgt_tokenizer,

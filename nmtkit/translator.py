@@ -151,6 +151,9 @@ class Translator:
         self.max_output_tokens = min([m.max_steps - 1 for m in models if m.max_steps is not None],
                                      default=None)
         self.last_too_long: list[int] = []  # inputs of the last call past max_input_tokens
+        # inputs far past the longest training source still translate, with a warning: models
+        # rarely generalise to lengths they never saw (0: unknown, no warning)
+        self.longest_train_source = max(c.info.get("longest_train_source", 0) for c in ckpts)
 
     @classmethod
     def load(
@@ -295,6 +298,14 @@ class Translator:
         ids = [self.src_tok.encode(s) if s.strip() else [] for s in sentences]
         limit = self.max_input_tokens
         self.last_too_long = [i for i, x in enumerate(ids) if len(x) > limit]
+        longest = self.longest_train_source
+        far = max(int(1.5 * longest), longest + 10)  # "far longer": half as long again, 10 at least
+        unusual = [i for i, x in enumerate(ids) if far < len(x) <= limit] if longest else []
+        if unusual:
+            warnings.warn(NMTKitWarning(
+                f"{len(unusual)} input(s) far longer than any training source (the longest had {longest} "
+                f"subword tokens; input {unusual[0] + 1} has {len(ids[unusual[0]])}): expect worse "
+                "translations of them (often cut short or repeating)"), stacklevel=3)
         if not self.last_too_long:
             return ids
         first = self.last_too_long[0]

@@ -72,3 +72,10 @@ def test_split_never_writes_into_a_users_folder(tmp_path: Path, capsys) -> None:
                  str(tmp_path / "cli")]) == 0
     out = capsys.readouterr().out
     assert "valid: 2" in out and "test: 2" in out and "train.en" in out
+    import yaml
+
+    from nmtkit.config import config_from_dict
+
+    snippet = yaml.safe_load(out[out.index("data:"):])  # what it prints for the config
+    cfg = config_from_dict({"data": {**snippet["data"], "out_dir": str(tmp_path / "bin")}})
+    assert read(cfg.data.test_tgt) == read(tmp_path / "cli" / "test.fr")

@@ -270,6 +270,26 @@ def test_inputs_past_the_limit_are_truncated_with_a_warning_for_the_rnn_too(tiny
         t.translate(["삼십", long], too_long="error")
 
 
+def test_inputs_far_longer_than_any_training_source_translate_with_a_warning(tiny_config) -> None:
+    import warnings
+
+    from nmtkit.errors import NMTKitWarning
+
+    t = Translator.load(train_run(tiny_config, "unusual", max_steps=1))
+    longest = t.longest_train_source
+    assert 0 < longest < 20 and t.max_input_tokens == 40
+    words = []
+    while len(t.src_tok.encode(" ".join(words))) <= max(int(1.5 * longest), longest + 10):
+        words.append("삼십사")
+    with pytest.warns(NMTKitWarning, match=f"1 input\\(s\\) far longer than any training source \\(the "
+                      f"longest had {longest} subword tokens; input 2 has"):
+        out = t.translate(["삼십", " ".join(words)])
+    assert len(out) == 2 and t.last_too_long == []  # translated whole, not truncated
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t.translate(["삼십", " ".join(words[:-1])])  # at the threshold: no warning
+
+
 def test_translation_prints_politely(tiny_config) -> None:
     t = Translator.load(train_run(tiny_config, "repr", max_steps=1))
     (r,) = t.translate(["삼십 사"], beam=2, nbest=2, return_details=True)
