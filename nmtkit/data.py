@@ -424,12 +424,20 @@ def prepare(
     files = split_files(data)
     inputs = file_digests(data)
     fingerprint = _fingerprint(data, vocab, inputs, tokenizers)
-    if _existing_fingerprint(out_dir) == fingerprint:
+    existing = _existing_fingerprint(out_dir)
+    # resuming with a checkpoint's tokenizers: a folder prepared from the same config and inputs
+    # that learnt those very subword models serves as it is (several runs may share it)
+    plain = tokenizers is not None and existing == _fingerprint(data, vocab, inputs, None)
+    if existing == fingerprint or plain:
         try:
             prepared = PreparedData.load(out_dir)
             prepared.verify()
-            log(f"prepare: {out_dir} is up to date (same config and inputs); reusing it")
-            return prepared
+            if not plain or [t.to_bytes() for t in tokenizers] == \
+                    [prepared.src_tokenizer.to_bytes(), prepared.tgt_tokenizer.to_bytes()]:
+                log(f"prepare: {out_dir} is up to date (same config and inputs); reusing it")
+                return prepared
+            log(f"prepare: {out_dir} has other subword models than the checkpoint's; preparing it "
+                "again with the checkpoint's")
         except DamagedData as err:
             log(f"prepare: {out_dir} is damaged ({err}); preparing it again")
 

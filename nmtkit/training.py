@@ -678,7 +678,7 @@ class Trainer:
                     if st.step % tcfg.log_every == 0:
                         self.record("train", loss=window_loss / max(1, window_n),
                                     lr=self.schedule(st.step), tokens_per_s=tok_s,
-                                    elapsed_s=st.train_seconds)
+                                    elapsed_s=st.train_seconds, **memory_gb())
                         window_tokens, window_start, window_loss, window_n = 0, time.monotonic(), 0.0, 0
                 self._measure_speed(n_tokens, time.monotonic() - update_start)
                 st.stopped = self._limit_reached()  # known before a checkpoint records it
@@ -825,6 +825,20 @@ def train(config: Config, resume: str | bool | None = None, init_from: Path | No
         if trainer.distributed and dist.is_initialized():
             dist.destroy_process_group()
     return trainer.run_dir
+
+
+def memory_gb() -> dict[str, float]:
+    """This process's resident memory now and at its peak, in GB (what a run's log records to
+    show whether memory stays flat over a long run); empty where the OS does not say."""
+    try:
+        import resource
+
+        with open("/proc/self/statm") as f:
+            rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+    except (OSError, ImportError, ValueError, IndexError):
+        return {}
+    return {"rss_gb": round(rss / 1e9, 3), "peak_rss_gb": round(peak / 1e9, 3)}
 
 
 def load_log(run_dir: Path) -> list[dict[str, Any]]:

@@ -58,7 +58,7 @@ def make_config(tmp_path: Path, *, test: bool = True, **data_kw) -> DataConfig:
     vsrc, vtgt = synth_pairs(20, seed=2)
     tsrc, ttgt = synth_pairs(10, seed=3)
     raw = tmp_path / "raw"
-    raw.mkdir(exist_ok=True)
+    raw.mkdir(parents=True, exist_ok=True)
     files = {
         "train_src": write(raw / "train.src", src + TRAIN_EXTRA_SRC),
         "train_tgt": write(raw / "train.tgt", tgt + TRAIN_EXTRA_TGT),
@@ -258,6 +258,18 @@ def test_prepare_reuses_and_redoes(tmp_path: Path) -> None:
     assert data.split("train")[0][0].tolist() == data.src_tokenizer.encode(
         text.split("\n")[0].replace("kalo", "kolo", 1)
     )
+
+    # a resumed run brings its checkpoint's subword models: the same ones reuse the folder, which
+    # other runs may share; other ones prepare it again with them
+    logs.clear()
+    prepare(cfg, VOCAB, log=logs.append, tokenizers=(data.src_tokenizer, data.tgt_tokenizer))
+    assert any("reusing" in line for line in logs)
+    other = prepare(make_config(tmp_path / "other"), VocabConfig(type="bpe", size=70, byte_fallback=False),
+                    log=lambda _: None)
+    logs.clear()
+    again = prepare(cfg, VOCAB, log=logs.append, tokenizers=(other.src_tokenizer, other.tgt_tokenizer))
+    assert any("other subword models than the checkpoint's" in line for line in logs)
+    assert len(again.src_tokenizer) == len(other.src_tokenizer) != len(data.src_tokenizer)
 
     # a config change redoes it too
     logs.clear()
