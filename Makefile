@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint clean peers
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -24,3 +24,31 @@ test: install
 
 clean:  # what the demo and the tests made; never your own runs or prepared data
 	rm -rf demo-data runs/demo-rnn-* runs/demo-transformer-* runs/demo-vit .pytest_cache .ruff_cache
+
+# The peers of the side-by-side benchmarks (benchmarks/README.md), each in a virtual environment
+# of its own under .venv-peers/, never nmtkit's dependencies; torch==2.13.0 (CPU) first in each.
+PEERS ?= .venv-peers
+peers: $(PEERS)/hf/.installed $(PEERS)/joey/.installed $(PEERS)/onmt/.installed
+
+$(PEERS)/hf/.installed:  # Hugging Face transformers and CTranslate2
+	python3 -m venv $(PEERS)/hf
+	$(PEERS)/hf/bin/pip install -q torch==2.13.0
+	$(PEERS)/hf/bin/pip install -q transformers ctranslate2 sentencepiece sacrebleu numpy pydantic pyyaml safetensors tqdm
+	$(PEERS)/hf/bin/python -c 'import torch; assert torch.__version__.startswith("2.13.0"), torch.__version__'
+	touch $@
+
+$(PEERS)/joey/.installed:  # Joey NMT 2.3 (and importlib_metadata, which it does not declare)
+	python3 -m venv $(PEERS)/joey
+	$(PEERS)/joey/bin/pip install -q torch==2.13.0
+	$(PEERS)/joey/bin/pip install -q joeynmt==2.3.0 importlib_metadata
+	$(PEERS)/joey/bin/python -c 'import torch; assert torch.__version__.startswith("2.13.0"), torch.__version__'
+	touch $@
+
+$(PEERS)/onmt/.installed:  # OpenNMT-py 3.5.1 pins torch<2.3: without its dependencies, then theirs
+	python3 -m venv $(PEERS)/onmt
+	$(PEERS)/onmt/bin/pip install -q torch==2.13.0
+	$(PEERS)/onmt/bin/pip install -q --no-deps OpenNMT-py==3.5.1
+	$(PEERS)/onmt/bin/pip install -q configargparse waitress "pyonmttok<2,>=1.37" rapidfuzz pyahocorasick \
+		spacy flask fasttext-wheel sentencepiece sacrebleu numpy pyyaml tensorboard
+	$(PEERS)/onmt/bin/python -c 'import torch; assert torch.__version__.startswith("2.13.0"), torch.__version__'
+	touch $@
