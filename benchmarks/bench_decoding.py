@@ -18,7 +18,7 @@ process sends the same batches to the workers in turn, one at a time, with a pau
 and the table shows medians. nmtkit decodes as its Translator does on the CPU (keep_freed_memory
 on, linear layers packed for oneDNN).
 
-    /work/peers-venv/bin/python benchmarks/bench_decoding.py   # peers installed there, see README
+    .venv-peers/hf/bin/python benchmarks/bench_decoding.py   # peers installed there, see README
 
 A peer that is not installed is skipped.
 """
