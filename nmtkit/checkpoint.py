@@ -262,6 +262,11 @@ def average_checkpoints(paths: list[Path], out: Path) -> Path:
     if not paths:
         raise NMTKitError("nmtkit average: give at least one checkpoint")
     out = Path(out)
+    for path in paths:
+        if not (Path(path) / "checkpoint.json").is_file() and (Path(path) / "last").exists():
+            newest = sorted(Path(path).glob("ckpt-*"))[-3:]
+            raise NMTKitError(f"{path} is a run folder: average takes its checkpoints, e.g. "
+                              + " ".join(str(c) for c in newest))
     _check_average_out(out, paths)
     ckpts = [load_checkpoint(p) for p in paths]
     first = ckpts[0]

@@ -8,11 +8,12 @@ import os
 import queue
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from nmtkit.errors import NMTKitError
+from nmtkit.errors import NMTKitError, NMTKitWarning
 from nmtkit.files import os_error
 
 if TYPE_CHECKING:
@@ -163,7 +164,6 @@ def cmd_translate(args: argparse.Namespace) -> None:
 
     import torch
 
-    from nmtkit.errors import NMTKitWarning
     from nmtkit.files import check_input_file
 
     if args.input:
@@ -236,15 +236,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     import warnings
 
     from nmtkit.data import read_parallel
-    from nmtkit.errors import NMTKitWarning
-    from nmtkit.files import check_output_file, write_text_atomic
+    from nmtkit.files import check_output_file, write_output_text
     from nmtkit.metrics import score
 
     src, ref = read_parallel(Path(args.src), Path(args.ref))  # exist, UTF-8, same line count
     if not any(line.strip() for line in src):
         raise NMTKitError(f"--src {args.src}: no sentence to translate (the file is empty or blank)")
     if args.output:
-        check_output_file(Path(args.output), [Path(args.src), Path(args.ref)], option="--output")
+        check_output_file(Path(args.output), [Path(args.src), Path(args.ref)], option="--output",
+                          force=args.force)
     translator = _load_translator(args)
     policy = args.too_long or translator.decoding.too_long
     with warnings.catch_warnings():
@@ -254,7 +254,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     too_long.add(translator, len(src))
     too_long.report(policy, args.src)
     if args.output:
-        write_text_atomic(Path(args.output), "".join(h + "\n" for h in hyps))
+        write_output_text(Path(args.output), "".join(h + "\n" for h in hyps))
     print(score(hyps, ref, args.tokenize))
 
 
@@ -263,12 +263,11 @@ def cmd_score(args: argparse.Namespace) -> None:
     import warnings
 
     from nmtkit.data import read_parallel
-    from nmtkit.errors import NMTKitWarning
 
     src, tgt = read_parallel(Path(args.src), Path(args.tgt))
     translator = _load_translator(args)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NMTKitWarning)
+    with warnings.catch_warnings():  # over-long sources are reported below, targets by score
+        warnings.filterwarnings("ignore", r"\d+ input\(s\) longer", NMTKitWarning)
         scores = translator.score(src, tgt, batch_tokens=args.batch_tokens, too_long=args.too_long)
     too_long = _TooLong()
     too_long.add(translator, len(src))
@@ -285,9 +284,9 @@ def cmd_plot_attention(args: argparse.Namespace) -> None:
     from nmtkit.plotting import check_picture_path, plot_attention, plot_attention_grid
 
     check_picture_path(Path(args.out))
+    if not args.sentence.strip():
+        raise NMTKitError("--sentence is empty: give the sentence whose attention to draw")
     translator = _load_translator(args)
-    if translator.decoder_layers == 1 and (args.layer or args.head):
-        raise NMTKitError("--layer/--head: this model has one attention (an RNN)")
     (result,) = translator.translate([args.sentence], return_details=True, beam=args.beam,
                                      attention_layer=args.layer, attention_head=args.head,
                                      all_attention=args.all_heads)
@@ -313,6 +312,8 @@ def cmd_plot_curves(args: argparse.Namespace) -> None:
     run_dir = Path(args.run_dir)
     out = Path(args.out) if args.out else run_dir / "curves.png"
     rows = load_log(run_dir)
+    if not any(r.get("type") in ("train", "valid") for r in rows):
+        raise NMTKitError(f"{run_dir / 'log.jsonl'}: no training or validation records yet: nothing to draw")
     check_picture_path(out)
     plot_curves(rows, out, title=str(run_dir))
     print(f"wrote {out}")
@@ -520,8 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
     with_decoding(sp)
     sp.add_argument("--src", required=True, help="source sentences, one per line")
     sp.add_argument("--ref", required=True, help="reference translations, line by line with --src")
-    sp.add_argument("--output", help="also write the translations here (a new file, or one "
-                    "that is not --src or --ref)")
+    sp.add_argument("--output", help="also write the translations here (a new file; an "
+                    "existing one only with --force, and never --src or --ref)")
+    sp.add_argument("--force", action="store_true", help="let --output replace an existing file")
     sp.add_argument("--tokenize", default=None, choices=sorted(TOKENIZERS),
                     help="sacreBLEU tokenizer for BLEU (default 13a; char or zh for text written "
                     "without spaces)")
@@ -584,7 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="checkpoint or run folder; give it several times to serve an ensemble")
     sp.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this "
                     "machine only; 0.0.0.0 for every interface)")
-    sp.add_argument("--port", type=POSITIVE, default=8000)
+    sp.add_argument("--port", type=_number(int, 1, high=65535), default=8000)
     sp.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     sp.add_argument("--quantize", choices=["int8"], default=None, help="int8 linear layers (CPU)")
     sp.add_argument("--threads", type=NON_NEGATIVE_INT, default=0,
@@ -624,10 +626,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """nmtkit's own warnings as one line each, without Python's file and line."""
+    if issubclass(category, NMTKitWarning):
+        print(f"nmtkit: warning: {message}", file=sys.stderr)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
+_python_show_warning = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.fn(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            args.fn(args)
     except NMTKitError as err:
         print(f"\nnmtkit: error: {err}" if _bar_open() else f"nmtkit: error: {err}", file=sys.stderr)
         return 2

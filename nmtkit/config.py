@@ -11,7 +11,7 @@ import json
 import re
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -25,6 +25,26 @@ class Section(BaseModel):
 
     # no inf/nan: every value must survive the round trip through checkpoint.json
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, raw: Any) -> Any:
+        """YAML reads `yes`/`true` as a boolean, which pydantic would take as the number 1."""
+        if isinstance(raw, dict):
+            for key, value in raw.items():
+                field = cls.model_fields.get(key)
+                if isinstance(value, bool) and field is not None:
+                    types = _types(field.annotation)
+                    if bool not in types and types & {int, float}:
+                        raise ValueError(f"{key}: expected a number, got the boolean "
+                                         f"{str(value).lower()}")
+        return raw
+
+
+def _types(annotation: Any) -> set[Any]:
+    """The plain types an annotation allows (int | None -> {int, NoneType})."""
+    args = get_args(annotation)
+    return set().union(*(_types(a) for a in args)) if args else {annotation}
 
 
 S = TypeVar("S", bound=Section)
@@ -212,7 +232,7 @@ class ScheduledSamplingConfig(Section):
 
 class TrainingConfig(Section):
     out_dir: Path = Field(Path("runs/default"), description="the run folder: checkpoints, log, curves")
-    seed: int = Field(1234, description="seeds the weights, dropout and the batch order")
+    seed: int = Field(1234, ge=0, le=2**63 - 1, description="seeds the weights, dropout and the batch order")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when there is one")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast (faster on CPUs "
                                                "with AVX512-BF16 and on GPUs); checkpoints stay fp32")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import struct
 from collections import Counter
@@ -392,8 +393,21 @@ def _existing_fingerprint(out_dir: Path) -> str | None:
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return ""  # ours but damaged: redo it
-    return meta.get("fingerprint", "") if isinstance(meta, dict) else ""
+        meta = None
+    # meta.json is written last, atomically: one that is not ours means the folder is not ours
+    if not isinstance(meta, dict) or not {"format", "fingerprint", "splits"} <= meta.keys():
+        raise NMTKitError(f"data.out_dir {out_dir}: its {META_FILE} was not written by nmtkit "
+                          "prepare; choose another data.out_dir or remove the folder")
+    foreign = sorted(p.name for p in out_dir.iterdir() if not _PREPARED_NAME.match(p.name))
+    if foreign:
+        raise NMTKitError(f"data.out_dir {out_dir} holds files prepare did not write "
+                          f"({', '.join(foreign[:3])}); move them out or choose another data.out_dir")
+    return str(meta["fingerprint"])
+
+
+# every name prepare writes into data.out_dir (and its own temp files)
+_PREPARED_NAME = re.compile(r"^(meta\.json|(spm|src|tgt)\.(model|vocab)|(train|valid|test)\.(src|tgt)\."
+                            r"(bin|idx|txt)|\.spm-input\.(src|tgt)\.txt|\..*-\d+-.*)$")
 
 
 def _replace_dir(tmp: Path, out_dir: Path) -> None:

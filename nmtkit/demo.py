@@ -15,10 +15,31 @@ from nmtkit.errors import NMTKitError
 from nmtkit.files import write_text_atomic
 from nmtkit.metrics import score
 from nmtkit.plotting import plot_attention, plot_patch_attention
-from nmtkit.training import is_run_folder, train
+from nmtkit.training import RUN_NAMES, is_run_folder, list_checkpoints, train
 from nmtkit.translator import Translator
 
 CONFIGS = {"rnn": Path("configs/demo.yaml"), "transformer": Path("configs/demo-transformer.yaml")}
+
+
+def _is_demo_run(run_dir: Path, corpus_dir: Path) -> bool:
+    """An empty folder, or a run the demo trained (on its corpus) holding nothing but what
+    training and the demo write: only that may be replaced."""
+    if not run_dir.is_dir() or run_dir.is_symlink():
+        return False
+    names = [p.name for p in run_dir.iterdir()]
+    if not names:
+        return True
+    if not is_run_folder(run_dir) or not all(RUN_NAMES.match(n) for n in names):
+        return False
+    for checkpoint in list_checkpoints(run_dir):
+        try:
+            config = json.loads((checkpoint / "checkpoint.json").read_text(encoding="utf-8"))["config"]
+            train_src = Path(config["data"]["train_src"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        if train_src.parent != corpus_dir:
+            return False
+    return True
 
 
 def run_demo(model: str = "rnn", direction: str = "ko-en", overrides: list[str] | None = None) -> float:
@@ -44,8 +65,9 @@ def run_demo(model: str = "rnn", direction: str = "ko-en", overrides: list[str] 
                                     f"training.bleu_tokenize={tokenize}", *(overrides or [])])
     run_dir = Path(cfg.training.out_dir)
     if run_dir.exists():  # the demo always trains from scratch: an earlier demo run goes
-        if not run_dir.is_dir() or not (is_run_folder(run_dir) or not any(run_dir.iterdir())):
-            raise NMTKitError(f"{run_dir} exists and is not a run folder: move it to run the demo")
+        if not _is_demo_run(run_dir, corpus_dir):
+            raise NMTKitError(f"{run_dir} exists and is not an earlier demo run (only those are "
+                              "replaced): move it, or choose --set training.out_dir=NEW")
         shutil.rmtree(run_dir)
     train(cfg)
 

@@ -6,6 +6,7 @@ and never a user's file or folder deleted or overwritten that nmtkit did not cre
                           name that tells which process made it (so a later run can clean it up)
     remove_stale          clean temp folders left by processes that were killed
     write_text_atomic     write a file via a temp file and a rename
+    write_output_text     the same for a path a user names, which may be a device or a pipe
     check_output_file     refuse to overwrite an input, a folder, or a file of another kind
     os_error              an OSError (full disk, read-only folder, ...) as a one-line NMTKitError
 """
@@ -119,14 +120,29 @@ def write_text_atomic(path: Path, text: str) -> None:
         raise
 
 
+def write_output_text(path: Path, text: str) -> None:
+    """A user-named output: a regular file (or a link to one) is replaced atomically; a device
+    or pipe (/dev/stdout, /dev/full, a FIFO) is written into, never replaced by a file."""
+    path = Path(path)
+    if path.exists() and not path.resolve().is_file():
+        with open(path, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+        return
+    write_text_atomic(path.resolve() if path.is_symlink() else path, text)
+
+
 def check_output_file(path: Path, inputs: Iterable[Path] = (), magic: bytes | None = None,
-                      option: str = "--out", makes_folder: bool = False) -> Path:
+                      option: str = "--out", makes_folder: bool = False, force: bool | None = None
+                      ) -> Path:
     """An output file may replace a file of its own kind (one starting with `magic`, when
     given), never one of the command's inputs, a folder, or a file of another kind. Its folder
-    must exist, unless the writer makes it (`makes_folder`)."""
+    must exist, unless the writer makes it (`makes_folder`). A text output has no kind to tell:
+    with `force` given, an existing regular file is replaced only when it is True."""
     path = Path(path)
     if path.is_dir():
         raise NMTKitError(f"{option} {path} is a folder; give a file name")
+    if path.exists() and not path.resolve().is_file():
+        return path  # a device or a pipe: written into, not replaced
     if not path.exists():
         parent = next((p for p in path.parents if p.exists()), Path("."))
         if not parent.is_dir():
@@ -138,6 +154,9 @@ def check_output_file(path: Path, inputs: Iterable[Path] = (), magic: bytes | No
         if Path(given).exists() and path.samefile(given):
             raise NMTKitError(f"{option} {path} is one of this command's inputs; it would be "
                               "overwritten: choose another file")
+    if force is False:
+        raise NMTKitError(f"{option} {path} exists; add --force to replace it, or choose "
+                          "another name")
     if magic is not None:
         with open(path, "rb") as f:
             if f.read(len(magic)) != magic:

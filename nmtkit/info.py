@@ -32,6 +32,7 @@ def describe(path: Path) -> dict[str, Any]:
     meta = read_json(ckpt / "checkpoint.json")
     config = config_from_dict(meta.get("config", {}), str(ckpt / "checkpoint.json"))
     vocab = read_json(ckpt / "vocab.json")
+    _check_weights(ckpt / "model.safetensors")
     with torch.device("meta"):
         params = count_parameters(build_model(config.model, len(vocab["src"]), len(vocab["tgt"])))
     facts: dict[str, Any] = {
@@ -65,6 +66,19 @@ def describe(path: Path) -> dict[str, Any]:
             valid = [r for r in load_log(run) if r.get("type") == "valid"]
             facts["validations"] = len(valid)
     return facts
+
+
+def _check_weights(path: Path) -> None:
+    """The weights file's header and size (reading no tensor): info must not call a damaged
+    checkpoint fine."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            if not list(f.keys()):
+                raise NMTKitError(f"{path}: holds no weights (a damaged checkpoint)")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise NMTKitError(f"{path}: corrupted or truncated safetensors file ({err})") from None
 
 
 def _model_line(model: dict[str, Any]) -> str:

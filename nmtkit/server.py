@@ -22,6 +22,7 @@ import concurrent.futures
 import functools
 import io
 import math
+import socket
 import threading
 import time
 import warnings
@@ -43,6 +44,7 @@ from prometheus_client import (
     generate_latest,
 )
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nmtkit.errors import NMTKitError, NMTKitWarning
 from nmtkit.model import count_parameters
@@ -69,7 +71,8 @@ class ServeSettings(BaseModel):
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: "5" or true is not a beam, "yes" not a flag (a wrong type is 422, as documented)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class TranslateRequest(_Body):
@@ -255,6 +258,15 @@ class Batcher:
         return parts
 
 
+def _check_prefixes(translator: Translator, prefixes: list[str]) -> None:
+    """422 naming the field for a prefix the model cannot produce, before it joins a batch."""
+    for i, prefix in enumerate(prefixes):
+        try:
+            translator.check_prefix(prefix)
+        except NMTKitError as err:
+            raise HTTPException(422, [{"field": f"prefix[{i}]", "message": str(err)}]) from None
+
+
 class _Metrics:
     """Prometheus metrics in a registry of this app's own (no global state)."""
 
@@ -305,6 +317,13 @@ def create_app(translator: Translator, settings: ServeSettings | None = None) ->
         errors = [{"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"]}
                   for e in err.errors()]
         return JSONResponse({"detail": errors}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        if err.status_code == 400:  # a body that is not JSON at all (bytes that are not UTF-8...)
+            return JSONResponse({"detail": [{"field": "body", "message": f"not valid JSON: {err.detail}"}]},
+                                status_code=422)
+        return JSONResponse({"detail": err.detail}, status_code=err.status_code, headers=err.headers)
 
     @app.exception_handler(Exception)
     async def internal(request: Request, err: Exception) -> JSONResponse:
@@ -364,6 +383,7 @@ def create_app(translator: Translator, settings: ServeSettings | None = None) ->
         if len(prefix) != len(req.text):
             raise HTTPException(422, [{"field": "prefix", "message": f"{len(prefix)} prefixes for "
                                        f"{len(req.text)} sentences"}])
+        _check_prefixes(translator, prefix)
         options = {"beam": beam, "nbest": req.nbest, "all_attention": req.attention,
                    "attention": req.attention, "alignment": req.alignment}
         job = _Job("translate", ("translate", *sorted(options.items())),
@@ -378,6 +398,7 @@ def create_app(translator: Translator, settings: ServeSettings | None = None) ->
         _limit("k", req.k, settings.max_k)
         beam = req.beam if req.beam is not None else translator.decoding.beam
         _limit("beam", beam, settings.max_beam)
+        _check_prefixes(translator, [req.prefix])
         job = _Job("alternatives", ("alternatives", id(req)),
                    {"source": req.source, "prefix": req.prefix, "k": req.k, "beam": beam}, 1)
         result = await run(job)
@@ -449,7 +470,13 @@ def serve(translator: Translator, settings: ServeSettings, host: str, port: int,
     if threads:
         torch.set_num_threads(threads)
     threads = torch.get_num_threads()
+    try:  # bind first, so that a port in use or an unknown host is one clear error
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listener = socket.create_server((host, port), family=family)
+    except OSError as err:
+        raise NMTKitError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
     print(f"nmtkit serve: http://{host}:{port}/ (API docs at /docs); the model runs in one worker "
           f"with {threads} thread{'s' * (threads > 1)}", flush=True)
-    uvicorn.run(create_app(translator, settings), host=host, port=port, log_level="warning",
-                timeout_graceful_shutdown=math.ceil(settings.timeout_s) + 5)
+    config = uvicorn.Config(create_app(translator, settings), log_level="warning",
+                            timeout_graceful_shutdown=math.ceil(settings.timeout_s) + 5)
+    uvicorn.Server(config).run(sockets=[listener])

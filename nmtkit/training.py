@@ -15,6 +15,7 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import threading
 import time
@@ -107,9 +108,22 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
                   if p.is_dir() and not p.is_symlink() and p.name.startswith(CKPT_PREFIX))
 
 
+# what training writes into a run folder (and the demo's pictures, and temp names)
+RUN_NAMES = re.compile(r"^(ckpt-\d+|best|last|log\.jsonl|tensorboard|attention\.png|curves\.png"
+                       r"|\..*-\d+-.*)$")
+
+
 def is_run_folder(path: Path) -> bool:
-    """A folder `nmtkit train` made: it has a training log or checkpoints."""
-    return (path / "log.jsonl").is_file() or bool(list_checkpoints(path))
+    """A folder `nmtkit train` made: checkpoints, or the training log it writes first (a file
+    that merely has that name does not count)."""
+    if list_checkpoints(path):
+        return True
+    try:
+        with open(path / "log.jsonl", encoding="utf-8") as f:
+            first = json.loads(f.readline())
+    except (OSError, ValueError):
+        return False
+    return isinstance(first, dict) and first.get("type") in ("train", "valid") and "step" in first
 
 
 def point_link(link: Path, target: Path) -> None:
@@ -132,9 +146,11 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str,
                        allowed: set[str] = frozenset()) -> list[str]:
-    """'key: old -> new' for each key (outside `allowed`) whose value differs."""
+    """'key: old -> new' for each key (outside `allowed`) whose value differs; a different
+    `type` (another model family) comes first, as the cause of every other difference."""
     a, b = _flat(old), _flat(new)
-    return [f"{prefix}{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys())
+    keys = sorted(a.keys() | b.keys(), key=lambda k: (k != "type", k))
+    return [f"{prefix}{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys
             if a.get(k) != b.get(k) and k not in allowed]
 
 
@@ -845,8 +861,13 @@ def load_log(run_dir: Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / "log.jsonl"
     if not path.is_file():
         raise NMTKitError(f"{path}: no training log (is {run_dir} a run folder?)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise NMTKitError(f"{path}: line {line} is not valid UTF-8 (not a training log)") from None
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
                 row = json.loads(line)

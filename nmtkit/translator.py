@@ -242,6 +242,7 @@ class Translator:
         its heads), all of them with all_attention, and word alignments with alignment
         (alignment_layer; default the second-to-last layer of a Transformer)."""
         _check_sentences(sentences)
+        self._check_translates()
         d = self.decoding
         beam = d.beam if beam is None else beam
         length_penalty = d.length_penalty if length_penalty is None else length_penalty
@@ -251,6 +252,10 @@ class Translator:
         _check_options(beam, nbest, sample, temperature, top_k, top_p, length_penalty, max_len_a,
                        max_len_b, batch_tokens)
         _check_steering(no_repeat_ngram_size, repetition_penalty)
+        if seed is not None and not isinstance(seed, torch.Generator) and \
+                (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+            raise NMTKitError(f"seed must be a whole number from 0 to 2**63 - 1 or a torch.Generator, "
+                              f"not {seed!r}")
         layers = self._layers(attention_layer, attention_head, alignment_layer)
         prefixes = _check_prefixes(prefix, len(sentences))
         search = self._search_function(beam, nbest, length_penalty, sample, temperature, top_k,
@@ -397,7 +402,9 @@ class Translator:
         if not self.ckpt.config.data.monolingual:
             raise NMTKitError(f"{self.ckpt.path} translates; generate continues text with a language "
                               "model (model.type: decoder_only trained on data.train, one language)")
-        _check_sentences(prompts)
+        _check_sentences(prompts, "generate", "prompts")
+        if isinstance(num, bool) or not isinstance(num, int) or not 1 <= num <= MAX_BEAM:
+            raise NMTKitError(f"num must be a whole number from 1 to {MAX_BEAM}, not {num!r}")
         _check_options(max(beam, num) if not sample else beam, num, sample, temperature, top_k, top_p,
                        max_len_b=max_len)
         search = self._search_function(max(beam, num) if not sample else 1, num, 0.0, sample,
@@ -410,6 +417,11 @@ class Translator:
         return [[self.tgt_tok.decode(h.tokens) for h in (hyp.nbest[:num] if num > 1 else [hyp])]
                 for hyp in hyps]
 
+    def _check_translates(self) -> None:
+        if self.ckpt.config.data.monolingual:
+            raise NMTKitError(f"{self.ckpt.path} is a language model (one language, no source): it "
+                              "continues text with `nmtkit generate`; it does not translate or score pairs")
+
     # ---- steering ----
     def _prefix(self, text: str) -> tuple[list[int], str]:
         """A prefix as forced target ids (its complete words) and the piece text of a last word
@@ -417,14 +429,33 @@ class Translator:
         if not text.strip():
             return [], ""
         if text[-1].isspace():
-            return self.tgt_tok.encode(text.strip()), ""
+            return self._forced(text, self.tgt_tok.encode(text.strip())), ""
         head, last = _split_last_word(text)
         forced = self.tgt_tok.encode(head) if head.strip() else []
+        self._forced(text, forced + self.tgt_tok.encode(last))  # can it spell the last word?
         partial = WORD_START + last
         if not any(p.startswith(partial) or partial.startswith(p)
                    for p in self.tgt_pieces if p and not p.startswith("<")):
-            return forced + self.tgt_tok.encode(last), ""  # nothing spells it: force its pieces
-        return forced, partial
+            # nothing spells it: force its pieces
+            return self._forced(text, forced + self.tgt_tok.encode(last)), ""
+        return self._forced(text, forced), partial
+
+    def check_prefix(self, text: str) -> None:
+        """Raise NMTKitError for a prefix this model cannot produce (a service checks each
+        request's prefixes before they join a batch with other requests)."""
+        self._prefix(text)
+
+    def _forced(self, text: str, ids: list[int]) -> list[int]:
+        """A prefix's forced ids, if the model can produce them: no piece the vocabulary lacks
+        (search never emits <unk>), and room left for the output's longest length."""
+        if UNK_ID in ids:
+            word = next((w for w in text.split() if UNK_ID in self.tgt_tok.encode(w)), text)
+            raise NMTKitError(f"prefix {text[:60]!r}: the target vocabulary cannot spell {word[:40]!r} "
+                              "(its characters are not in it, and it has no byte fallback)")
+        if self.max_output_tokens is not None and len(ids) >= self.max_output_tokens:
+            raise NMTKitError(f"prefix {text[:60]!r}... is {len(ids)} pieces; this model's outputs are at "
+                              f"most {self.max_output_tokens} pieces")
+        return ids
 
     @torch.inference_mode()
     def alternatives(self, source: str, prefix: str = "", k: int = 5, *, candidates: int = 0,
@@ -439,6 +470,7 @@ class Translator:
         word's probability being the product of its pieces'. Words reached twice add up. The
         translations come from one call of `translate(prefix=...)` with the rest of `options`,
         so choosing alternative j and translating with its `prefix` gives its `translation`."""
+        self._check_translates()
         if not isinstance(source, str) or not isinstance(prefix, str):
             raise TypeError("alternatives takes one source sentence and one prefix, as str")
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_BEAM:
@@ -530,16 +562,29 @@ class Translator:
         """The model's log-probability of each given translation (a teacher-forced pass, batched
         like training): per sentence, its sum, its per-piece mean and each piece's. Uses:
         filtering noisy corpora, reranking n-best lists, checking a reference."""
-        _check_sentences(sources)
-        _check_sentences(targets)
+        _check_sentences(sources, "score", "sources")
+        self._check_translates()
+        _check_sentences(targets, "score", "targets")
         if len(sources) != len(targets):
             raise NMTKitError(f"{len(sources)} sources but {len(targets)} targets")
         batch_tokens = self.decoding.batch_tokens if batch_tokens is None else batch_tokens
         _check_options(1, 1, False, 1.0, 0, 1.0, batch_tokens=batch_tokens)
-        src_ids = self._encode(sources, too_long or self.decoding.too_long)
+        policy = too_long or self.decoding.too_long
+        src_ids = self._encode(sources, policy)
         tgt_ids = [self.tgt_tok.encode(t) if t.strip() else [] for t in targets]
-        if self.max_output_tokens is not None:
-            tgt_ids = [t[: self.max_output_tokens] for t in tgt_ids]
+        # targets are bounded too (a 20,000-piece target would run for minutes): by the
+        # positions, or for the RNN by twice the input limit; cut (with a warning) unless
+        # too_long is error
+        limit = self.max_output_tokens or 2 * self.max_input_tokens
+        over = [i for i, t in enumerate(tgt_ids) if len(t) > limit]
+        if over and policy == "error":
+            raise NMTKitError(f"target {over[0] + 1} has {len(tgt_ids[over[0]])} subword tokens, more "
+                              f"than the limit of {limit} (too_long: error)")
+        if over:
+            warnings.warn(NMTKitWarning(
+                f"{len(over)} target(s) longer than {limit} subword tokens were scored on their first "
+                f"{limit} (the first: target {over[0] + 1})"), stacklevel=2)
+            tgt_ids = [t[:limit] for t in tgt_ids]
         cost = [max(len(s), len(t)) + 1 for s, t in zip(src_ids, tgt_ids, strict=True)]
         sampler = TokenBatchSampler(cost, cost, batch_tokens, shuffle=False, seed=0)
         results: list[Score | None] = [None] * len(sources)
@@ -629,13 +674,12 @@ def _check_steering(no_repeat_ngram_size: int, repetition_penalty: float) -> Non
         raise NMTKitError(f"repetition_penalty must be a finite number > 0, not {repetition_penalty!r}")
 
 
-def _check_sentences(sentences: object) -> None:
+def _check_sentences(sentences: object, caller: str = "translate", what: str = "sentences") -> None:
     """A list of strings: a plain string would be translated character by character."""
     if isinstance(sentences, str | bytes):
-        raise TypeError("translate takes a list of sentences; for one sentence, pass "
-                        f"[{sentences[:30]!r}]")
+        raise TypeError(f"{caller} takes a list of {what}; for one, pass [{sentences[:30]!r}]")
     if not isinstance(sentences, Sequence):
-        raise TypeError(f"translate takes a list of sentences, not {type(sentences).__name__}")
+        raise TypeError(f"{caller} takes a list of {what}, not {type(sentences).__name__}")
     for i, s in enumerate(sentences):
         if not isinstance(s, str):
             raise TypeError(f"sentence {i} is a {type(s).__name__}, not a str")

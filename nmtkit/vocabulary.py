@@ -114,11 +114,24 @@ def train_sentencepiece(texts: list[Path], model_prefix: Path, cfg: VocabConfig)
                     f"vocab: cannot train a {cfg.type} vocabulary of size {cfg.size} on {names}: "
                     f"{msg} ({hint})"
                 ) from None
+        _check_written(Path(f"{tmp_prefix}.model"))
         os.replace(f"{tmp_prefix}.vocab", vocab_path)
         os.replace(f"{tmp_prefix}.model", model_path)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return model_path
+
+
+def _check_written(model_file: Path) -> None:
+    """sentencepiece reports no write error: a full disk leaves a short model file behind."""
+    try:
+        spm.SentencePieceProcessor(model_file=str(model_file))
+    except (RuntimeError, OSError):
+        if shutil.disk_usage(model_file.parent).free < 16 << 20:
+            folder = next(p for p in model_file.parents if not p.name.startswith("."))  # not a temp
+            raise NMTKitError(f"{folder}: no space left on the device (the vocabulary could not "
+                              "be written)") from None
+        raise NMTKitError(f"sentencepiece wrote an unreadable model to {model_file.parent}") from None
 
 
 class Tokenizer:

@@ -1,4 +1,6 @@
 import os
+import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -137,13 +139,26 @@ def _mistakes(ckpt: Path, tmp: Path) -> list[tuple[list[str], str]]:
     text.write_text("삼십\n")
     empty = tmp / "empty.txt"
     empty.write_text("")
+    notes = tmp / "notes.txt"
+    notes.write_text("my notes\n")
     latin1 = tmp / "latin1.yaml"
     latin1.write_bytes(b"data:\n  train_src: caf\xe9\n")
     dup = tmp / "dup.yaml"
     dup.write_text("data: {train_src: a, train_tgt: b, valid_src: c, valid_tgt: d}\n"
                    "training:\n  lr: 0.1\n  lr: 0.2\n")
     c = str(ckpt)
+    logs = tmp / "logs"
+    logs.mkdir(exist_ok=True)
+    (logs / "log.jsonl").write_text("")
+    garbage = tmp / "garbage-ckpt"
+    if not garbage.exists():
+        shutil.copytree(ckpt, garbage)
+        (garbage / "model.safetensors").write_bytes(os.urandom(3000))
     return [
+        (["average", str(ckpt.parent), "--out", str(tmp / "avg")], "is a run folder: average takes its checkpoints"),
+        (["plot-curves", str(logs)], "no training or validation records yet"),
+        (["plot-attention", "--checkpoint", c, "--sentence", " ", "--out", str(tmp / "a.png")], "--sentence is empty"),
+        (["info", str(garbage)], "model.safetensors: corrupted or truncated safetensors file"),
         (["train", str(folder)], "config file " + str(folder) + " is a folder"),
         (["train", str(latin1)], "latin1.yaml: line 2 is not valid UTF-8"),
         (["train", str(dup)], "dup.yaml: line 4: key 'lr' is given twice in one section (first on line 3)"),
@@ -165,6 +180,8 @@ def _mistakes(ckpt: Path, tmp: Path) -> list[tuple[list[str], str]]:
         (["evaluate", "--checkpoint", c, "--src", str(fifo), "--ref", str(text)], "not a regular file"),
         (["evaluate", "--checkpoint", c, "--src", str(text), "--ref", str(text), "--output", str(text)],
          "--output " + str(text) + " is one of this command's inputs"),
+        (["evaluate", "--checkpoint", c, "--src", str(text), "--ref", str(text), "--output", str(notes)],
+         "--output " + str(notes) + " exists; add --force to replace it"),
         (["plot-attention", "--checkpoint", c, "--sentence", "삼", "--out", str(text)], "give a file name ending in .png"),
         (["plot-attention", "--checkpoint", c, "--sentence", "삼", "--out", str(tmp / "in.png")], None),
         (["average", c, "--out", str(folder)], "--out " + str(folder) + " already exists"),
@@ -188,6 +205,24 @@ def test_every_mistake_is_one_line_and_exit_2(ckpt, tmp_path, capsys, monkeypatc
         assert message is None or message in lines[0], (args, lines[0])
     assert (tmp_path / "in.png").read_text() == "not a picture"
     assert (tmp_path / "in.txt").read_text() == "삼십\n"
+    assert (tmp_path / "notes.txt").read_text() == "my notes\n"
+
+
+def test_evaluate_output_replaces_only_when_forced_and_keeps_links_and_devices(ckpt, tmp_path) -> None:
+    text = tmp_path / "in.txt"
+    text.write_text("삼십\n")
+    target = tmp_path / "hyp.txt"
+    target.write_text("old\n")
+    link = tmp_path / "link.txt"
+    link.symlink_to(target.name)
+    args = ["evaluate", "--checkpoint", str(ckpt), "--src", str(text), "--ref", str(text)]
+    assert main([*args, "--output", str(link), "--force"]) == 0
+    assert link.is_symlink() and target.read_text() != "old\n" and len(target.read_text().splitlines()) == 1
+    if os.geteuid() == 0:  # a device node is written into, never replaced by a regular file
+        device = tmp_path / "null"
+        os.mknod(device, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        assert main([*args, "--output", str(device)]) == 0
+        assert stat.S_ISCHR(device.stat().st_mode)
 
 
 def test_full_disk_and_read_only_folders_are_one_line(ckpt, tmp_path) -> None:

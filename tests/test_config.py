@@ -29,9 +29,16 @@ def test_unknown_keys_suggest_the_fix(model, expected) -> None:
 
 
 @pytest.mark.parametrize("training", [{"max_minutes": float("inf")}, {"lr": float("nan")},
-                                      {"betas": [0.9, 1.5]}, {"betas": [0.9]}])
+                                      {"betas": [0.9, 1.5]}, {"betas": [0.9]}, {"seed": 2**64}])
 def test_values_that_cannot_be_saved_or_used_are_rejected(training) -> None:
     assert "training." in error({"data": DATA, "training": training})
+
+
+def test_a_yaml_boolean_is_not_a_number() -> None:
+    assert "training.max_steps: expected a number, got the boolean true" in error(
+        {"data": DATA, "training": {"max_steps": True}})
+    assert "model.dropout: expected a number, got the boolean false" in error(
+        {"data": DATA, "model": {"type": "rnn", "dropout": False}})
 
 
 def test_lengths_must_fit_the_positions_and_sizes_must_be_possible() -> None:

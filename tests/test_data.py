@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -311,6 +312,25 @@ def test_refuses_to_replace_a_foreign_folder(tmp_path: Path) -> None:
     with pytest.raises(NMTKitError, match="data.out_dir"):
         prepare(cfg, VOCAB, log=lambda _: None)
     assert (Path(cfg.out_dir) / "notes.txt").read_text() == "mine"
+
+
+def test_a_meta_json_or_a_file_prepare_did_not_write_keeps_the_folder(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path)
+    out = Path(cfg.out_dir)
+    out.mkdir()
+    (out / "meta.json").write_text('{"mine": 1}')  # a user's meta.json: not prepare's
+    (out / "thesis.txt").write_text("mine")
+    with pytest.raises(NMTKitError, match="not written by nmtkit prepare"):
+        prepare(cfg, VOCAB, log=lambda _: None)
+    assert (out / "thesis.txt").read_text() == "mine"
+
+    shutil.rmtree(out)
+    prepare(cfg, VOCAB, log=lambda _: None)
+    (out / "NOTES.txt").write_text("mine")  # a user's note inside a prepared folder
+    cfg.max_len = cfg.max_len - 1  # a rebuild would replace the whole folder
+    with pytest.raises(NMTKitError, match=r"files prepare did not write \(NOTES.txt\)"):
+        prepare(cfg, VOCAB, log=lambda _: None)
+    assert (out / "NOTES.txt").read_text() == "mine"
 
 
 def test_missing_input_file(tmp_path: Path) -> None:

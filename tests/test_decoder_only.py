@@ -11,6 +11,7 @@ from nmtkit import decoder_only, transformer_layers
 from nmtkit.config import DecoderOnlyConfig, config_from_dict
 from nmtkit.data import collate
 from nmtkit.decoder_only import build_decoder_only
+from nmtkit.errors import NMTKitError
 from nmtkit.vocabulary import EOS_ID
 
 PAIRS = [([5, 6, 7], [8, 9]), ([5], [10, 11, 12, 13]), ([7, 7, 8, 9, 5], [6])]
@@ -132,6 +133,12 @@ def test_a_language_model_on_one_language_reports_perplexity_and_generates(tmp_p
     assert set(out[0].split()) <= number_words  # it learnt the language of number words
     assert main(["generate", "--checkpoint", str(run), "--prompt", "four", "--max-len", "5"]) == 0
     assert json.loads((run / "last" / "checkpoint.json").read_text())["config"]["data"]["train"]
+    for call in (lambda: t.translate(["one"]), lambda: t.score(["one"], ["one"]),
+                 lambda: t.alternatives("one", "", k=2)):
+        with pytest.raises(NMTKitError, match="is a language model"):  # not an empty translation
+            call()
+    with pytest.raises(NMTKitError, match="num must be a whole number from 1 to 256"):
+        t.generate(["one"], num=10**9)
 
 
 def test_generate_on_a_translation_model_says_what_generate_is_for(numbers_checkpoint) -> None:

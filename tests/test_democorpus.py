@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from nmtkit.democorpus import make_demo_corpus, number_to_english, number_to_korean
@@ -66,3 +68,32 @@ def test_training_split_holds_the_small_numbers(tmp_path) -> None:
     for split in ("valid", "test"):
         held_out = [english_to_number[s] for s in files[split][0].read_text().splitlines()]
         assert min(held_out) >= 1000
+
+
+def test_the_demo_replaces_only_an_earlier_demo_run(tmp_path: Path) -> None:
+    import json
+
+    from nmtkit.demo import _is_demo_run
+
+    corpus = Path("demo-data/corpus")
+
+    def run(name: str, train_src: str, extra: str | None = None) -> Path:
+        folder = tmp_path / name
+        (folder / "ckpt-00000010").mkdir(parents=True)
+        (folder / "ckpt-00000010" / "checkpoint.json").write_text(
+            json.dumps({"config": {"data": {"train_src": train_src}}}))
+        (folder / "log.jsonl").write_text('{"type": "train", "step": 10}\n')
+        if extra:
+            (folder / extra).write_text("mine")
+        return folder
+
+    assert _is_demo_run(run("demo", "demo-data/corpus/train.ko"), corpus)
+    assert not _is_demo_run(run("mine", "data/train.en"), corpus)  # the user's own run
+    assert not _is_demo_run(run("noted", "demo-data/corpus/train.ko", "NOTES.txt"), corpus)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "log.jsonl").write_text("{}\n")
+    (logs / "app.py").write_text("print(1)\n")
+    assert not _is_demo_run(logs, corpus)  # a folder that merely holds a log.jsonl
+    (tmp_path / "empty").mkdir()
+    assert _is_demo_run(tmp_path / "empty", corpus)

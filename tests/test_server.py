@@ -85,6 +85,10 @@ def test_health_info_metrics_docs_and_page(client) -> None:
     ({"text": []}, 422, "text"),
     ({"text": NUMBERS, "prefix": ["a"]}, 422, "prefix"),
     ({"text": NUMBERS, "colour": "red"}, 422, "colour"),
+    ({"text": NUMBERS, "beam": "5"}, 422, "beam"),
+    ({"text": NUMBERS, "beam": True}, 422, "beam"),
+    ({"text": NUMBERS, "attention": "yes"}, 422, "attention"),
+    ({"text": NUMBERS[:1], "prefix": ["two ☃ "]}, 422, "prefix[0]"),
 ])
 def test_bad_requests_name_the_field(client, body, status, field) -> None:
     r = client.post("/translate", json=body)
@@ -95,6 +99,10 @@ def test_bad_requests_name_the_field(client, body, status, field) -> None:
 def test_malformed_json_huge_k_and_bad_score_requests(client) -> None:
     r = client.post("/translate", content=b"{not json", headers={"Content-Type": "application/json"})
     assert r.status_code == 422
+    r = client.post("/translate", content=b'{"text": ["\xff\xfe"]}', headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] in ("body", ""), r.text
+    r = client.post("/alternatives", json={"source": NUMBERS[0], "prefix": "☃", "k": 3})
+    assert r.status_code == 422 and "cannot spell" in r.json()["detail"][0]["message"]
     r = client.post("/alternatives", json={"source": NUMBERS[0], "k": 10**9})
     assert r.status_code == 422 and r.json()["detail"][0]["field"] == "k"
     r = client.post("/score", json={"source": ["a", "b"], "target": ["a"]})
@@ -235,3 +243,19 @@ def test_serve_binds_to_this_machine_by_default(numbers_checkpoint) -> None:
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_a_port_in_use_or_out_of_range_is_one_line(numbers_checkpoint) -> None:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        for port, message in ((str(taken.getsockname()[1]), "cannot listen on 127.0.0.1:"),
+                              ("99999", "'99999': must be <= 65535")):
+            result = subprocess.run([sys.executable, "-m", "nmtkit.cli", "serve", "--checkpoint",
+                                     str(numbers_checkpoint), "--port", port], capture_output=True,
+                                    text=True, env=env, timeout=120)
+            lines = result.stderr.strip().splitlines()
+            assert result.returncode == 2 and len(lines) == 1, result.stderr[-1000:]
+            assert lines[0].startswith("nmtkit: error: ") and message in lines[0], lines
+            assert "http://" not in result.stdout  # it never said it was listening

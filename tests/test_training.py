@@ -301,3 +301,16 @@ def test_a_training_error_prints_on_its_own_line(tiny_config, tmp_path, monkeypa
     last = err.rstrip("\n").split("\n")[-1]
     assert last.split("\r")[-1].startswith("nmtkit: error: the loss was not finite"), repr(err[-300:])
     assert "epoch 1:" not in last.split("\r")[-1]
+
+
+def test_a_folder_that_merely_holds_a_log_jsonl_is_not_a_run(tiny_config, tmp_path) -> None:
+    folder = tmp_path / "applogs"
+    folder.mkdir()
+    (folder / "log.jsonl").write_text('{"app": 1}\n')
+    (folder / "app.py").write_text("print(1)\n")
+    tiny_config.training.out_dir = folder
+    tiny_config.training.max_steps = 1
+    with pytest.raises(NMTKitError, match="not a run folder"):
+        train(tiny_config)
+    assert (folder / "log.jsonl").read_text() == '{"app": 1}\n' and sorted(p.name for p in folder.iterdir()) == \
+        ["app.py", "log.jsonl"]

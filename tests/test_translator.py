@@ -15,7 +15,7 @@ import torch
 
 from nmtkit.cli import main
 from nmtkit.config import Config, TransformerConfig
-from nmtkit.errors import NMTKitError
+from nmtkit.errors import NMTKitError, NMTKitWarning
 from nmtkit.quantize import PackedLinear, can_pack, pack_linears, quantize_int8
 from nmtkit.training import train
 from nmtkit.translator import Translator
@@ -227,7 +227,7 @@ def test_cli_answers_each_line_before_the_next(tiny_config) -> None:
 
 
 @pytest.mark.parametrize("bad, error", [
-    ("삼십", "translate takes a list of sentences; for one sentence, pass \\['삼십'\\]"),
+    ("삼십", "translate takes a list of sentences; for one, pass \\['삼십'\\]"),
     (None, "not NoneType"),
     (["삼십", 3], "sentence 1 is a int, not a str"),
     ([b"x"], "sentence 0 is a bytes"),
@@ -238,7 +238,9 @@ def test_api_refuses_what_is_not_a_list_of_strings(tiny_config, bad, error) -> N
         t.translate(bad)
     for options, message in (({"beam": 0}, "beam must be"), ({"temperature": float("nan"), "sample": True},
                              "temperature must be a finite"), ({"length_penalty": -1}, "length_penalty must"),
-                             ({"nbest": 10**6, "beam": 10**6}, "at most 256"), ({"too_long": "crop"}, "too_long")):
+                             ({"nbest": 10**6, "beam": 10**6}, "at most 256"), ({"too_long": "crop"}, "too_long"),
+                             ({"sample": True, "seed": "x"}, "seed must be"),
+                             ({"sample": True, "seed": 2**64}, "seed must be")):
         with pytest.raises(NMTKitError, match=message):
             t.translate(["삼십"], **options)
 
@@ -316,6 +318,18 @@ def test_translations_begin_with_the_prefix_even_mid_word(numbers_checkpoint, op
     assert forced.startswith("eight hundred ") and forced != plain[2]  # even an unlikely prefix
 
 
+@pytest.mark.parametrize("options", [{"beam": 1}, {"beam": 3}, {"sample": True, "seed": 1}])
+def test_a_prefix_the_model_cannot_produce_is_one_clear_error(numbers_checkpoint, options) -> None:
+    t = Translator.load(numbers_checkpoint)
+    with pytest.raises(NMTKitError, match="cannot spell '☃'"):
+        t.translate(["삼십 사"], prefix=["thirty ☃ "], **options)
+    with pytest.raises(NMTKitError, match="cannot spell"):
+        t.alternatives("삼십 사", prefix="☃", k=3)
+    if t.max_output_tokens is not None:
+        with pytest.raises(NMTKitError, match="pieces; this model's outputs are at most"):
+            t.translate(["삼십 사"], prefix=["one " * t.max_output_tokens], **options)
+
+
 def test_a_prefix_and_its_continuation_score_as_forced_decoding(numbers_checkpoint) -> None:
     t = Translator.load(numbers_checkpoint)
     prefixes = ["three hundred forty ", "nine hundred ", "", "sixty-eight thousand nine "]
@@ -347,6 +361,14 @@ def test_score_is_minus_the_cross_entropy_and_batching_changes_nothing(numbers_c
     assert scores[0].log_prob > scores[1].log_prob  # the right translation is the likelier one
     with pytest.raises(NMTKitError, match="4 sources but 3 targets"):
         t.score(NUMBERS, targets[:3])
+    # an endless target is cut at a bound (with a warning), or refused with too_long: error
+    endless = " ".join(["nine"] * 5000)
+    limit = t.max_output_tokens or 2 * t.max_input_tokens
+    with pytest.warns(NMTKitWarning, match=f"scored on their first {limit}"):
+        (cut,) = t.score([NUMBERS[0]], [endless])
+    assert len(cut.tokens) == limit + 1
+    with pytest.raises(NMTKitError, match="target 1 has 5000 subword tokens"):
+        t.score([NUMBERS[0]], [endless], too_long="error")
 
 
 def test_alternatives_are_words_with_probabilities_and_their_translations(numbers_checkpoint) -> None:
