@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from nmtkit.checkpoint import read_json
 from nmtkit.config import apply_overrides, load_config, validated
 from nmtkit.democorpus import make_demo_corpus
 from nmtkit.errors import NMTKitError
@@ -33,11 +34,10 @@ def _is_demo_run(run_dir: Path, corpus_dir: Path) -> bool:
         return False
     for checkpoint in list_checkpoints(run_dir):
         try:
-            config = json.loads((checkpoint / "checkpoint.json").read_text(encoding="utf-8"))["config"]
-            train_src = Path(config["data"]["train_src"])
-        except (OSError, ValueError, KeyError, TypeError):
+            train_src = read_json(checkpoint / "checkpoint.json")["config"]["data"]["train_src"]
+        except (NMTKitError, KeyError, TypeError):
             return False
-        if train_src.parent != corpus_dir:
+        if not isinstance(train_src, str) or Path(train_src).parent != corpus_dir:
             return False
     return True
 

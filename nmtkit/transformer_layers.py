@@ -63,7 +63,7 @@ class MultiHeadAttention(nn.Module):
         kernel cannot give them."""
         scores = (q @ k.transpose(-2, -1)).mul_(q.size(-1) ** -0.5)  # (batch, heads, q_len, k_len)
         if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
+            scores.masked_fill_(~mask, float("-inf"))  # in place: a search step calls this per layer
         weights = scores.softmax(dim=-1)
         context = (dropout(weights, self.dropout) if self.training and self.dropout else weights) @ v
         return self.merge_heads(context), weights

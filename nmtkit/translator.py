@@ -432,13 +432,12 @@ class Translator:
             return self._forced(text, self.tgt_tok.encode(text.strip())), ""
         head, last = _split_last_word(text)
         forced = self.tgt_tok.encode(head) if head.strip() else []
-        self._forced(text, forced + self.tgt_tok.encode(last))  # can it spell the last word?
+        whole = self._forced(text, forced + self.tgt_tok.encode(last))  # can it spell the last word?
         partial = WORD_START + last
         if not any(p.startswith(partial) or partial.startswith(p)
                    for p in self.tgt_pieces if p and not p.startswith("<")):
-            # nothing spells it: force its pieces
-            return self._forced(text, forced + self.tgt_tok.encode(last)), ""
-        return self._forced(text, forced), partial
+            return whole, ""  # nothing spells it: force its pieces
+        return forced, partial
 
     def check_prefix(self, text: str) -> None:
         """Raise NMTKitError for a prefix this model cannot produce (a service checks each

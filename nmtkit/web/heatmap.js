@@ -11,27 +11,25 @@ export function weightsOf(translation, layer, head) {
     row.map((_, j) => heads.reduce((sum, h) => sum + h[i][j], 0) / heads.length));
 }
 
+// a header cell for a token: a source token heads a column, a target token a row
+function tokenHeader(token, scope, index) {
+  const th = document.createElement("th");
+  th.textContent = token;
+  th.scope = scope;
+  th.className = scope === "col" ? "source-token" : "target-token";
+  th.dataset[scope === "col" ? "column" : "row"] = index;
+  return th;
+}
+
 export function drawHeatmap(table, weights, sourceTokens, targetTokens) {
   table.replaceChildren();
   const header = table.createTHead().insertRow();
   header.appendChild(document.createElement("th"));
-  sourceTokens.forEach((token, j) => {
-    const th = document.createElement("th");
-    th.textContent = token;
-    th.scope = "col";
-    th.className = "source-token";
-    th.dataset.column = j;
-    header.appendChild(th);
-  });
+  sourceTokens.forEach((token, j) => header.appendChild(tokenHeader(token, "col", j)));
   const body = table.createTBody();
   targetTokens.forEach((token, i) => {
     const row = body.insertRow();
-    const th = document.createElement("th");
-    th.textContent = token;
-    th.scope = "row";
-    th.className = "target-token";
-    th.dataset.row = i;
-    row.appendChild(th);
+    row.appendChild(tokenHeader(token, "row", i));
     sourceTokens.forEach((_, j) => {
       const cell = row.insertCell();
       const w = weights[i][j];
