@@ -2,7 +2,7 @@
 config, the same data, vocabulary, seed and number of updates per group.
 
     python benchmarks/ablations.py --data ../shared/data/multi30k [--runs runs/ablations]
-        [--updates 600] [--group attention ...]
+        [--updates 600] [--group attention ...] [--jobs 2 --threads 1]
 
 Groups (the base in each is the shipped config, configs/multi30k-rnn.yaml or
 configs/multi30k-transformer.yaml, trained for --updates updates with no time limit and no
@@ -16,7 +16,9 @@ early stopping):
 Then, without training: beam 1 / 5 / 10 with length penalty 0 and 1 (RNN and Transformer bases),
 and test BLEU by source sentence length for no attention, attention, and the Transformer.
 
-Each run trains in a process of its own into RUNS/<name>; finished runs are reused. Test2016
+Each run trains in a process of its own into RUNS/<name> (--jobs at a time, --threads each: the
+budget is a number of updates, so two 1-thread runs at once are fair and finish the set sooner
+than one 2-thread run after another); finished runs are reused. Test2016
 scores (cased sacreBLEU, lowercased BLEU, chrF) from the last checkpoint with beam 5. Prints
 markdown tables; writes RUNS/ablations.png and RUNS/bleu-by-length.png.
 """
@@ -26,8 +28,10 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+from nmtkit.checkpoint import read_json
 from nmtkit.metrics import score
 from nmtkit.training import is_run_folder, load_log
 from nmtkit.translator import Translator
@@ -70,6 +74,8 @@ GROUPS: dict[str, list[tuple[str, Path, list[str]]]] = {
         ("post-norm", TRANSFORMER, ["model.norm=post"]),
     ],
 }
+LENGTH_MODELS = [("attention none", RNN, ["model.attention=none", NO_FEEDING]),
+                 (RNN_BASE, RNN, []), (TRANSFORMER_BASE, TRANSFORMER, [])]
 LENGTH_BUCKETS = [(1, 8), (9, 11), (12, 14), (15, 18), (19, 100)]  # source words
 
 
@@ -83,17 +89,41 @@ def data_overrides(data: Path) -> list[str]:
             for side, lang in (("src", "en"), ("tgt", "de"))]
 
 
-def trained(name: str, config: Path, overrides: list[str], args: argparse.Namespace) -> Path:
+def train_command(name: str, config: Path, overrides: list[str], args: argparse.Namespace) -> list[str]:
     run = args.runs / slug(name)
     budget = [f"training.max_steps={args.updates}", "training.max_minutes=0", "training.max_epochs=1000",
               "training.early_stopping.patience=0", f"training.valid_every={max(1, args.updates // 4)}",
-              "training.keep_last=1", "training.keep_best=1", f"training.out_dir={run}"]
+              "training.keep_last=1", "training.keep_best=1", f"training.out_dir={run}",
+              f"training.num_threads={args.threads}"]
     resume = ["--resume"] if is_run_folder(run) and (run / "last").exists() else []
-    cmd = [sys.executable, "-m", "nmtkit.cli", "train", str(config),
-           *[f"--set={o}" for o in [*data_overrides(args.data), *budget, *args.set, *overrides]], *resume]
-    print(" ".join(cmd), file=sys.stderr, flush=True)
-    subprocess.run(cmd, check=True)
-    return run
+    return [sys.executable, "-m", "nmtkit.cli", "train", str(config),
+            *[f"--set={o}" for o in [*data_overrides(args.data), *budget, *args.set, *overrides]], *resume]
+
+
+def train_all(runs: list[tuple[str, Path, list[str]]], args: argparse.Namespace) -> None:
+    """Train every run not finished yet, --jobs at a time (each in a process of its own, its log
+    in RUNS/<name>.log): the budget is a number of updates, so runs sharing the cores is fair."""
+    todo = {}
+    for name, config, overrides in runs:
+        run = args.runs / slug(name)
+        last = run / "last" / "checkpoint.json"
+        done = read_json(last)["step"] if last.is_file() else 0
+        if slug(name) not in todo and done < args.updates:
+            todo[slug(name)] = train_command(name, config, overrides, args)
+    args.runs.mkdir(parents=True, exist_ok=True)
+    pending, running = list(todo.items()), []
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            key, cmd = pending.pop(0)
+            print(f"training {key}: {' '.join(cmd)}", file=sys.stderr, flush=True)
+            log = (args.runs / f"{key}.log").open("w")
+            running.append((key, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
+        time.sleep(5)
+        for item in [r for r in running if r[1].poll() is not None]:
+            running.remove(item)
+            item[2].close()
+            if item[1].returncode:
+                sys.exit(f"training {item[0]} failed: see {args.runs / (item[0] + '.log')}")
 
 
 def main() -> None:
@@ -102,6 +132,8 @@ def main() -> None:
     p.add_argument("--runs", type=Path, default=Path("runs/ablations"))
     p.add_argument("--updates", type=int, default=600)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="for every run")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once")
+    p.add_argument("--threads", type=int, default=2, help="threads per run")
     everything = [*GROUPS, "beam", "length"]
     p.add_argument("--group", nargs="+", choices=everything, default=everything)
     args = p.parse_args()
@@ -115,7 +147,7 @@ def main() -> None:
     hyps: dict[str, list[str]] = {}
 
     def run_and_score(name: str, config: Path, overrides: list[str]) -> Path:
-        run = trained(name, config, overrides, args)
+        run = args.runs / slug(name)
         if name not in scored:
             hyps[name] = Translator.load(run / "last").translate(sources, beam=5)
             s = score(hyps[name], refs)
@@ -123,6 +155,13 @@ def main() -> None:
             minutes[name] = max(r["elapsed_s"] for r in load_log(run) if "elapsed_s" in r) / 60
         return run
 
+    groups = [g for g in args.group if g in GROUPS]
+    needed = [run for g in groups for run in GROUPS[g]]
+    if "beam" in args.group:
+        needed += [(RNN_BASE, RNN, []), (TRANSFORMER_BASE, TRANSFORMER, [])]
+    if "length" in args.group:
+        needed += LENGTH_MODELS
+    train_all(needed, args)
     print(f"Multi30k En->De, {args.updates} updates per run, test2016, last checkpoint, beam 5\n")
     for group in [g for g in args.group if g in GROUPS]:
         for name, config, overrides in GROUPS[group]:
@@ -146,11 +185,9 @@ def main() -> None:
             print(f"| {name} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
 
     if "length" in args.group:
-        models = [("attention none", RNN, ["model.attention=none", NO_FEEDING]),
-                  (RNN_BASE, RNN, []), (TRANSFORMER_BASE, TRANSFORMER, [])]
-        for name, config, overrides in models:
+        for name, config, overrides in LENGTH_MODELS:
             run_and_score(name, config, overrides)
-        by_length = {name: bleu_by_length(sources, hyps[name], refs) for name, _, _ in models}
+        by_length = {name: bleu_by_length(sources, hyps[name], refs) for name, _, _ in LENGTH_MODELS}
         print("\n**test BLEU by source length (words)**\n")
         print("| model | " + " | ".join(f"{a}-{b}" if b < 100 else f"{a}+" for a, b in LENGTH_BUCKETS) + " |")
         print("|---|" + "---:|" * len(LENGTH_BUCKETS))

@@ -20,7 +20,8 @@ is used), then translates test2016 with beam 5. BLEU is computed here with sacre
 
 Target tokens/s is the median of each system's own log over the run; peak RSS is the training
 process's (kernel accounting, wait4). Runs go under --runs; a system whose run finished is
-not trained again.
+not trained again. --speed-only trains without validation and skips the test translation: the
+throughput and memory columns in a few minutes per system.
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ def nmtkit_run(args: argparse.Namespace, data_overrides: list[str]) -> dict:
            "--set=training.precision=fp32", f"--set=training.max_minutes={args.minutes}",
            f"--set=training.out_dir={run}", "--set=training.early_stopping.patience=0",
            *[f"--set={o}" for o in data_overrides]]
+    if args.speed_only:
+        cmd.append("--set=training.valid_every=1000000")
     if (run / "last").exists():
         cmd.append("--resume")
     seconds, rss = run_timed(cmd, args.runs / "nmtkit.log")
@@ -80,7 +83,8 @@ def nmtkit_run(args: argparse.Namespace, data_overrides: list[str]) -> dict:
 
     log = load_log(run)
     speeds = [r["tokens_per_s"] for r in log if r["type"] == "train"]
-    hyps = Translator.load(run / "best").translate(read(args.data / "test2016.en"), beam=5)
+    hyps = None if args.speed_only else Translator.load(run / "last").translate(
+        read(args.data / "test2016.en"), beam=5)
     return {"updates": max(r["step"] for r in log), "tokens_per_s": middle(speeds),
             "peak_rss_gb": max([rss] + [r.get("peak_rss_gb", 0) for r in log]), "hyps": hyps}
 
@@ -91,11 +95,12 @@ def marian_run(args: argparse.Namespace, spm_model: Path) -> dict:
         python = args.venvs / "hf" / "bin" / "python"
         run_timed([str(python), str(HERE / "peers" / "marian_train.py"), "--spm", str(spm_model), "--data",
                    str(args.data), "--out", str(out), "--minutes", str(args.minutes), "--lr", str(LR),
-                   "--warmup", str(WARMUP), "--max-tokens", str(MAX_TOKENS)], args.runs / "transformers.log")
+                   "--warmup", str(WARMUP), "--max-tokens", str(MAX_TOKENS),
+                   *(["--no-test"] if args.speed_only else [])], args.runs / "transformers.log")
     result = json.loads((out / "result.json").read_text())
     speeds = [json.loads(line)["tokens_per_s"] for line in (out / "log.jsonl").read_text().splitlines()]
     return {"updates": result["updates"], "tokens_per_s": middle(speeds),
-            "peak_rss_gb": result["peak_rss_gb"], "hyps": read(out / "test.hyp")}
+            "peak_rss_gb": result["peak_rss_gb"], "hyps": None if args.speed_only else read(out / "test.hyp")}
 
 
 def write_vocab(spm_model: Path, out: Path, skip: tuple[str, ...] = ()) -> Path:
@@ -126,11 +131,12 @@ def joey_run(args: argparse.Namespace, spm_model: Path) -> dict:
                  "dataset_type": "plain", "src": {"lang": "en", **side}, "trg": {"lang": "de", **side}},
         "testing": {"beam_size": 5, "alpha": 1.0, "batch_size": 64, "batch_type": "sentence",
                     "eval_metrics": ["bleu"], "max_output_length": 100},
-        "training": {"optimizer": "adamw", "adam_betas": [0.9, 0.98], "weight_decay": 0.0001,
+        "training": {"validation_freq": 1000000 if args.speed_only else 500,
+                     "optimizer": "adamw", "adam_betas": [0.9, 0.98], "weight_decay": 0.0001,
                      "learning_rate": LR, "scheduling": "warmupinversesquareroot",
                      "learning_rate_warmup": WARMUP, "label_smoothing": 0.1, "loss": "crossentropy",
                      "batch_size": MAX_TOKENS, "batch_type": "token", "eval_batch_size": 64,
-                     "eval_batch_type": "sentence", "epochs": 1000, "validation_freq": 500,
+                     "eval_batch_type": "sentence", "epochs": 1000,
                      "logging_freq": 50, "clip_grad_norm": 1.0, "shuffle": True, "overwrite": True,
                      "keep_best_ckpts": 1, "early_stopping_metric": "bleu", "random_seed": 1,
                      "num_workers": 0},
@@ -148,16 +154,18 @@ def joey_run(args: argparse.Namespace, spm_model: Path) -> dict:
                            deadline_s=args.minutes * 60, env={"OMP_NUM_THREADS": "2"})
         (work / "trained").write_text(json.dumps({"peak_rss_gb": rss}))
     rss = json.loads((work / "trained").read_text())["peak_rss_gb"]
+    text = (out / "train.log").read_text(encoding="utf-8")
+    speeds = [float(x) for x in re.findall(r"Tokens per Sec:\s+(\d+)", text)]
+    steps = [int(x) for x in re.findall(r"Step:\s+(\d+)", text)]
+    result = {"updates": max(steps), "tokens_per_s": middle(speeds), "peak_rss_gb": rss, "hyps": None}
+    if args.speed_only:
+        return result
     newest = max(out.glob("[0-9]*.ckpt"), key=lambda p: int(p.stem))
     cfg["testing"]["load_model"] = str(newest)
     config.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     subprocess.run([*main, "test", str(config), "--output-path", str(work / "hyp")], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    text = (out / "train.log").read_text(encoding="utf-8")
-    speeds = [float(x) for x in re.findall(r"Tokens per Sec:\s+(\d+)", text)]
-    steps = [int(x) for x in re.findall(r"Step:\s+(\d+)", text)]
-    return {"updates": max(steps), "tokens_per_s": middle(speeds), "peak_rss_gb": rss,
-            "hyps": read(work / "hyp.test")}
+    return {**result, "hyps": read(work / "hyp.test")}
 
 
 def onmt_run(args: argparse.Namespace, spm_model: Path) -> dict:
@@ -174,7 +182,8 @@ def onmt_run(args: argparse.Namespace, spm_model: Path) -> dict:
         "src_vocab": str(vocab), "tgt_vocab": str(vocab), "share_vocab": True,
         "transforms": ["sentencepiece", "filtertoolong"], "src_subword_model": str(spm_model),
         "tgt_subword_model": str(spm_model), "src_seq_length": 80, "tgt_seq_length": 80,
-        "save_model": str(out / "model"), "save_checkpoint_steps": 100, "keep_checkpoint": 2,
+        "save_model": str(out / "model"),
+        "save_checkpoint_steps": 1000000 if args.speed_only else 100, "keep_checkpoint": 2,
         "encoder_type": "transformer", "decoder_type": "transformer", "enc_layers": 3, "dec_layers": 3,
         "hidden_size": 256, "word_vec_size": 256, "transformer_ff": 1024, "heads": 4,
         "position_encoding": True, "share_embeddings": True, "share_decoder_embeddings": True,
@@ -198,6 +207,12 @@ def onmt_run(args: argparse.Namespace, spm_model: Path) -> dict:
                            deadline_s=args.minutes * 60, env=env)
         marker.write_text(json.dumps({"peak_rss_gb": rss}))
     rss = json.loads(marker.read_text())["peak_rss_gb"]
+    text = (args.runs / "opennmt.log").read_text(encoding="utf-8", errors="replace")
+    speeds = [float(x) for x in re.findall(r"(\d+)\s*tok/s", text)]
+    steps = [int(x) for x in re.findall(r"Step (\d+)/", text)]
+    result = {"updates": max(steps), "tokens_per_s": middle(speeds), "peak_rss_gb": rss, "hyps": None}
+    if args.speed_only:
+        return result
     newest = max(out.glob("model_step_*.pt"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
     subprocess.run([str(bin_dir / "onmt_translate"), "-model", str(newest),
                     "-src", str(args.data / "test2016.en"),
@@ -205,11 +220,7 @@ def onmt_run(args: argparse.Namespace, spm_model: Path) -> dict:
                     "-transforms", "sentencepiece", "-src_subword_model", str(spm_model),
                     "-tgt_subword_model", str(spm_model)], check=True, env={**os.environ, **env},
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    text = (args.runs / "opennmt.log").read_text(encoding="utf-8", errors="replace")
-    speeds = [float(x) for x in re.findall(r"(\d+)\s*tok/s", text)]
-    steps = [int(x) for x in re.findall(r"Step (\d+)/", text)]
-    return {"updates": max(steps), "tokens_per_s": middle(speeds), "peak_rss_gb": rss,
-            "hyps": read(out / "test.hyp")}
+    return {**result, "hyps": read(out / "test.hyp")}
 
 
 def middle(speeds: list[float]) -> float:
@@ -227,6 +238,7 @@ def main() -> None:
     p.add_argument("--runs", type=Path, default=Path("runs/peers"))
     p.add_argument("--venvs", type=Path, default=Path(".venv-peers"), help="where make peers put them")
     p.add_argument("--minutes", type=float, default=30)
+    p.add_argument("--speed-only", action="store_true", help="no validation, no test translation")
     p.add_argument("--systems", nargs="+", default=["nmtkit", "transformers", "joeynmt", "opennmt"])
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="nmtkit config overrides (also for the shared subword model: data.*, vocab.*)")
@@ -264,10 +276,13 @@ def main() -> None:
           "| chrF |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for system, r in results.items():
-        s = score(r["hyps"], refs)
         ratio = f"{r['tokens_per_s'] / hf:.2f}x" if hf else ""
+        scores = ""
+        if r["hyps"] is not None:
+            s = score(r["hyps"], refs)
+            scores = f"{s.bleu:.2f} | {s.bleu_lowercase:.2f} | {s.chrf:.2f}"
         print(f"| {system} | {r['updates']} | {r['tokens_per_s']:,.0f} | {ratio} | {r['peak_rss_gb']:.2f} | "
-              f"{s.bleu:.2f} | {s.bleu_lowercase:.2f} | {s.chrf:.2f} |")
+              f"{scores or ' | '} |")
 
 
 if __name__ == "__main__":

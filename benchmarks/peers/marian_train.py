@@ -66,6 +66,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=0.0015)
     p.add_argument("--warmup", type=int, default=300)
     p.add_argument("--max-len", type=int, default=80)
+    p.add_argument("--no-test", action="store_true", help="train only (speed and memory)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(1)
@@ -116,6 +117,11 @@ def main() -> None:
                 done = True
                 break
     train_seconds = time.monotonic() - start
+    peak_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB -> GiB, as wait4's
+    if args.no_test:
+        result = {"updates": step, "train_seconds": train_seconds, "peak_rss_gb": peak_rss_gb}
+        (args.out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+        return
     model.eval()
     sources = (args.data / "test2016.en").read_text(encoding="utf-8").splitlines()
     refs = (args.data / "test2016.de").read_text(encoding="utf-8").splitlines()
@@ -132,7 +138,7 @@ def main() -> None:
               "bleu": sacrebleu.corpus_bleu(hyps, [refs]).score,
               "bleu_lowercase": sacrebleu.corpus_bleu(hyps, [refs], lowercase=True).score,
               "chrf": sacrebleu.corpus_chrf(hyps, [refs]).score,
-              "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9}
+              "peak_rss_gb": peak_rss_gb}
     (args.out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
 
