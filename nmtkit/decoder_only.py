@@ -30,6 +30,7 @@ from nmtkit.config import DecoderOnlyConfig
 from nmtkit.dropout import Dropout
 from nmtkit.embeddings import PositionalEncoding, token_embedding
 from nmtkit.errors import NMTKitError
+from nmtkit.loss import label_smoothed_nll, output_layer_loss
 from nmtkit.seq2seq import DecoderState, feed_own_predictions
 from nmtkit.transformer_layers import DecoderLayer, KVCache, init_weights
 from nmtkit.vocabulary import EOS_ID, PAD_ID
@@ -118,14 +119,20 @@ class DecoderOnly(nn.Module):
             weights.append(w)
         return self.final_norm(x), weights
 
-    def forward(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor,
-                teacher_forcing_ratio: float = 1.0, normalize: bool = True) -> Tensor:
+    def forward(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor, teacher_forcing_ratio: float = 1.0,
+                normalize: bool = True, target: Tensor | None = None,
+                smoothing: float = 0.0) -> Tensor | tuple[Tensor, Tensor]:
         """log_probs (batch, tgt_len, vocab) of the target tokens y + [EOS], as Seq2Seq gives
-        them (normalize=False: logits, for the training loss)."""
+        them (normalize=False: logits; with target: the training loss, as Seq2Seq gives it)."""
         if teacher_forcing_ratio < 1.0:
-            return feed_own_predictions(self, self.encode(src, src_lengths), tgt_in, teacher_forcing_ratio)
+            enc = self.encode(src, src_lengths)
+            log_probs = feed_own_predictions(self, enc, tgt_in, teacher_forcing_ratio)
+            return log_probs if target is None else label_smoothed_nll(log_probs, target, smoothing)
         out, _ = self._run(self._sequence(src, src_lengths, tgt_in), src_lengths - 1)
-        logits = self.generator(self._target_rows(out, src_lengths, tgt_in.size(1)))
+        rows = self._target_rows(out, src_lengths, tgt_in.size(1))  # (batch, tgt_len, d)
+        if target is not None:
+            return output_layer_loss(rows, self.generator, target, smoothing)
+        logits = self.generator(rows)
         return F.log_softmax(logits.float(), dim=-1) if normalize else logits
 
     @staticmethod

@@ -10,7 +10,8 @@ gold token and spreads eps evenly over the V - 3 other tokens a target can hold:
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from nmtkit.vocabulary import BOS_ID, PAD_ID
 
@@ -78,6 +79,91 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
         padded = (target.reshape(-1) == pad_id).nonzero().squeeze(1)
         flat.index_fill_(0, padded, 0.0)  # padding positions are not part of the loss
         return grad.mul_(g).to(dtype), None, None, None, None
+
+
+CHUNK_SCORES = 1 << 22  # scores (rows x vocabulary) computed at once: 16 MB in fp32
+
+
+def output_layer_loss(
+    hidden: Tensor, generator: nn.Linear, target: Tensor, smoothing: float = 0.0,
+    pad_id: int = PAD_ID, bos_id: int = BOS_ID,
+) -> tuple[Tensor, Tensor]:
+    """hidden (batch, tgt_len, d): what the output layer reads; target (batch, tgt_len) ->
+    (loss sum, nll sum), as `label_smoothed_nll(generator(hidden), target, ...)` gives them.
+
+    The output layer and the loss run together, a few hundred target positions at a time, so
+    the (tokens x vocabulary) scores never exist whole: with 8k-token batches and an 8k
+    vocabulary they are 260 MB, and with their gradient the largest blocks of an update. Blocks
+    of that size, kept by the allocator (cpu.keep_freed_memory) and each a little bigger or
+    smaller with the batch, made a long run's resident memory climb in steps; chunks of 16 MB
+    reuse the same memory. Padding positions are left out before the output layer."""
+    real = target != pad_id  # (batch, tgt_len)
+    rows, gold = hidden[real], target[real]  # (tokens, d), (tokens,)
+    return _OutputLayerLoss.apply(rows, generator.weight, generator.bias, gold, smoothing, pad_id, bos_id)
+
+
+class _OutputLayerLoss(torch.autograd.Function):
+    """The loss of _SmoothedCrossEntropy, with the output layer: the forward pass also computes
+    the gradients (of rows, weight and bias) chunk by chunk, and the backward pass scales them."""
+
+    @staticmethod
+    def forward(ctx, rows: Tensor, weight: Tensor, bias: Tensor | None, gold: Tensor, smoothing: float,
+                pad_id: int, bos_id: int) -> tuple[Tensor, Tensor]:
+        device = rows.device.type
+        # under autocast the products run in its dtype, as they would in nn.Linear
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+        need_grad = any(ctx.needs_input_grad[:3])
+        vocab = weight.size(0)
+        other = smoothing / (vocab - 3)  # q(w) of the words that get smoothing mass
+        with torch.autocast(device, enabled=False):
+            w = weight.to(dtype)
+            b = None if bias is None else bias.to(dtype)
+            grad_rows = grad_w = grad_b = None
+            if need_grad:
+                grad_rows = torch.empty_like(rows)
+                grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+                grad_b = torch.zeros(vocab, dtype=torch.float32, device=weight.device)
+            loss = torch.zeros((), dtype=torch.float32, device=rows.device)
+            nll = torch.zeros((), dtype=torch.float32, device=rows.device)
+            step = max(1, CHUNK_SCORES // vocab)
+            for start in range(0, rows.size(0), step):
+                h, y = rows[start:start + step].to(dtype), gold[start:start + step].unsqueeze(1)
+                scores = F.linear(h, w, b).float()  # (n, vocab)
+                lse = torch.logsumexp(scores, dim=-1, keepdim=True)  # (n, 1)
+                gold_lp = scores.gather(-1, y) - lse  # (n, 1): log p(gold)
+                chunk_nll = -gold_lp.sum()
+                nll += chunk_nll
+                if smoothing:
+                    # log p summed over the words with smoothing mass: all - gold - pad - bos
+                    others = scores.sum(-1, keepdim=True) - vocab * lse - gold_lp \
+                        - (scores[:, [pad_id, bos_id]] - lse).sum(-1, keepdim=True)
+                    loss += (1.0 - smoothing) * chunk_nll - other * others.sum()
+                else:
+                    loss += chunk_nll
+                if not need_grad:
+                    continue
+                grad = scores.sub_(lse).exp_()  # p(w), in place of the scores: (n, vocab)
+                grad.sub_(other)  # minus q(w) ...
+                grad[:, [pad_id, bos_id]] += other  # ... which is 0 at <pad> and <bos>
+                grad.scatter_add_(-1, y, torch.full_like(gold_lp, other - (1.0 - smoothing)))
+                g = grad.to(dtype)
+                grad_rows[start:start + step] = g @ w  # (n, d)
+                grad_w += (g.t() @ h).float()  # (vocab, d)
+                grad_b += grad.sum(0)
+        ctx.save_for_backward(grad_rows, grad_w, grad_b)
+        ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
+        report = nll.clone()
+        ctx.mark_non_differentiable(report)
+        return loss, report
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor, _grad_nll: Tensor) -> tuple[Tensor | None, ...]:
+        grad_rows, grad_w, grad_b = ctx.saved_tensors
+        weight_dtype, bias_dtype = ctx.dtypes
+        g = grad_loss.float()
+        grad_bias = None if bias_dtype is None else (grad_b * g).to(bias_dtype)
+        grad_weight = (grad_w * g).to(weight_dtype)
+        return grad_rows * g.to(grad_rows.dtype), grad_weight, grad_bias, None, None, None, None
 
 
 def perplexity(nll_per_token: float) -> float:

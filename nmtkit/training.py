@@ -46,7 +46,7 @@ from nmtkit.cpu import keep_freed_memory
 from nmtkit.data import PreparedData, TokenBatchSampler, collate, file_digests, prepare
 from nmtkit.errors import NMTKitError
 from nmtkit.files import remove_stale, temp_name, write_text_atomic
-from nmtkit.loss import label_smoothed_nll, perplexity
+from nmtkit.loss import perplexity
 from nmtkit.metrics import bleu_score
 from nmtkit.model import build_model, count_parameters
 from nmtkit.schedules import LRSchedule, teacher_forcing_ratio
@@ -500,8 +500,7 @@ class Trainer:
         for indices in sampler:
             batch = collate([corpus[i] for i in indices], indices).to(self.device)
             with self._autocast():
-                logits = model(batch.src, batch.src_lengths, batch.tgt_in, normalize=False)
-            _, nll = label_smoothed_nll(logits, batch.tgt_out)
+                _, nll = model(batch.src, batch.src_lengths, batch.tgt_in, target=batch.tgt_out)
             total_nll += float(nll)
             total_tokens += batch.n_tgt_tokens
         loss = total_nll / max(1, total_tokens)
@@ -761,9 +760,9 @@ class Trainer:
             sync = k == len(group) - 1
             ctx = self.ddp_model.no_sync() if self.distributed and not sync else nullcontext()
             with ctx, self._autocast():
-                logits = self.ddp_model(batch.src, batch.src_lengths, batch.tgt_in,
-                                        self.teacher_forcing_ratio(), normalize=False)
-                loss, nll = label_smoothed_nll(logits, batch.tgt_out, tcfg.label_smoothing)
+                loss, nll = self.ddp_model(batch.src, batch.src_lengths, batch.tgt_in,
+                                           self.teacher_forcing_ratio(), target=batch.tgt_out,
+                                           smoothing=tcfg.label_smoothing)
             loss.backward()
             loss_total += float(loss.detach())
             nll_total += float(nll)

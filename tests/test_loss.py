@@ -61,3 +61,41 @@ def test_gradient_equals_autograd_of_the_formula(smoothing: float) -> None:
     assert not nll.requires_grad
     # log-probabilities in place of logits give the same loss (normalising again changes nothing)
     assert label_smoothed_nll(log_probs.detach(), target, smoothing)[0].item() == pytest.approx(loss.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("bias", [True, False])
+def test_output_layer_loss_in_chunks_equals_the_whole_scores(monkeypatch, smoothing: float, bias: bool) -> None:
+    from torch import nn
+
+    from nmtkit import loss as loss_module
+
+    monkeypatch.setattr(loss_module, "CHUNK_SCORES", 3 * 50)  # 3 rows at a time: chunks and a remainder
+    torch.manual_seed(1)
+    generator = nn.Linear(16, 50, bias=bias)
+    hidden = torch.randn(3, 7, 16, requires_grad=True)
+    target = torch.randint(3, 50, (3, 7))
+    target[0, 5:] = 0  # padding
+    target[2, 2:] = 0
+    loss, nll = loss_module.output_layer_loss(hidden, generator, target, smoothing)
+    (1.5 * loss).backward()
+    chunked = [hidden.grad.clone(), generator.weight.grad.clone()]
+    if bias:
+        chunked.append(generator.bias.grad.clone())
+    hidden.grad = None
+    generator.zero_grad()
+    ref_loss, ref_nll = label_smoothed_nll(generator(hidden), target, smoothing)
+    (1.5 * ref_loss).backward()
+    whole = [hidden.grad, generator.weight.grad] + ([generator.bias.grad] if bias else [])
+    assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-5)
+    assert nll.item() == pytest.approx(ref_nll.item(), rel=1e-5)
+    for a, b in zip(chunked, whole, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert hidden.grad[0, 5:].abs().sum() == 0  # padding positions get no gradient
+    with torch.inference_mode():  # validation: the loss alone
+        assert loss_module.output_layer_loss(hidden, generator, target, smoothing)[1].item() == \
+            pytest.approx(ref_nll.item(), rel=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # products in bf16, as nn.Linear's
+        low, _ = loss_module.output_layer_loss(hidden, generator, target, smoothing)
+        ref_low, _ = label_smoothed_nll(generator(hidden), target, smoothing)
+    assert low.item() == pytest.approx(ref_low.item(), rel=1e-3)

@@ -76,13 +76,13 @@ def test_early_stopping_stops_at_the_right_evaluation(tiny_config, tmp_path, mon
 
 
 def test_non_finite_loss_stops_with_clear_message(tiny_config, tmp_path, monkeypatch) -> None:
-    from nmtkit import training
+    from nmtkit import seq2seq
 
-    def nan_loss(log_probs, target, smoothing=0.0):
-        loss = log_probs.sum() * float("nan")
+    def nan_loss(hidden, generator, target, smoothing=0.0):
+        loss = hidden.sum() * float("nan")
         return loss, loss.detach()
 
-    monkeypatch.setattr(training, "label_smoothed_nll", nan_loss)
+    monkeypatch.setattr(seq2seq, "output_layer_loss", nan_loss)
     with pytest.raises(NMTKitError, match="max_bad_steps"):
         train(_with(tiny_config, out_dir=tmp_path / "n", max_bad_steps=3))
     assert not list_checkpoints(tmp_path / "n")
@@ -285,14 +285,14 @@ def test_a_folder_of_other_files_is_not_a_run_folder(tiny_config, tmp_path) -> N
 def test_a_training_error_prints_on_its_own_line(tiny_config, tmp_path, monkeypatch, capsys) -> None:
     import yaml
 
-    from nmtkit import training
+    from nmtkit import seq2seq
     from nmtkit.cli import main
 
-    def nan_loss(logits, target, smoothing=0.0):
-        loss = logits.sum() * float("nan")
+    def nan_loss(hidden, generator, target, smoothing=0.0):
+        loss = hidden.sum() * float("nan")
         return loss, loss.detach()
 
-    monkeypatch.setattr(training, "label_smoothed_nll", nan_loss)
+    monkeypatch.setattr(seq2seq, "output_layer_loss", nan_loss)
     cfg = _with(tiny_config, out_dir=tmp_path / "e", max_bad_steps=2)
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg.to_json_dict()))
