@@ -72,3 +72,39 @@ def test_sharing_and_tying() -> None:
         build_model(cfg, 20, 21)
     with pytest.raises(NMTKitError, match="model.tie_output"):
         build_model(RNNConfig(embed_size=8, hidden_size=12, tie_output=True), 20, 20)
+
+
+@pytest.mark.parametrize("family", ["rnn", "transformer", "decoder-only"])
+def test_the_training_loss_from_forward_is_the_loss_of_its_log_probs(family: str) -> None:
+    """forward(target=...) computes the output layer and the loss together, in chunks; it must
+    be the label-smoothed loss of forward's own log-probabilities, gradient included."""
+    from nmtkit.config import DecoderOnlyConfig, TransformerConfig
+    from nmtkit.decoder_only import build_decoder_only
+    from nmtkit.loss import label_smoothed_nll
+
+    torch.manual_seed(0)
+    if family == "rnn":
+        model = build_model(RNNConfig(embed_size=8, hidden_size=12, dropout=0.0), 30, 30)
+    elif family == "transformer":
+        model = build_model(TransformerConfig(d_model=16, heads=2, ff_size=32, encoder_layers=1,
+                                              decoder_layers=1, dropout=0.0), 30, 30)
+    else:
+        model = build_decoder_only(DecoderOnlyConfig(d_model=16, heads=2, ff_size=32, layers=2, dropout=0.0),
+                                   30, 30)
+    src = torch.randint(4, 30, (2, 5))
+    src_lengths = torch.tensor([5, 3])
+    src[1, 3:] = PAD_ID
+    tgt_in = torch.tensor([[BOS_ID, 7, 8, 9], [BOS_ID, 10, 11, PAD_ID]])
+    tgt_out = torch.tensor([[7, 8, 9, EOS_ID], [10, 11, EOS_ID, PAD_ID]])
+    loss, nll = model(src, src_lengths, tgt_in, target=tgt_out, smoothing=0.1)
+    loss.backward()
+    fused = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad()
+    ref_loss, ref_nll = label_smoothed_nll(model(src, src_lengths, tgt_in), tgt_out, 0.1)
+    ref_loss.backward()
+    ref = [p.grad for p in model.parameters() if p.grad is not None]
+    assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-5)
+    assert nll.item() == pytest.approx(ref_nll.item(), rel=1e-5)
+    assert len(fused) == len(ref)
+    for a, b in zip(fused, ref, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
