@@ -282,7 +282,7 @@ def main() -> None:
             s = score(r["hyps"], refs)
             scores = f"{s.bleu:.2f} | {s.bleu_lowercase:.2f} | {s.chrf:.2f}"
         print(f"| {system} | {r['updates']} | {r['tokens_per_s']:,.0f} | {ratio} | {r['peak_rss_gb']:.2f} | "
-              f"{scores or ' | '} |")
+              f"{scores or ' |  | '} |")
 
 
 if __name__ == "__main__":

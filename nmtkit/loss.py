@@ -81,7 +81,7 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
         return grad.mul_(g).to(dtype), None, None, None, None
 
 
-CHUNK_SCORES = 1 << 22  # scores (rows x vocabulary) computed at once: 16 MB in fp32
+CHUNK_SCORES = 1 << 23  # scores (rows x vocabulary) computed at once: 32 MB in fp32
 
 
 def output_layer_loss(
@@ -91,11 +91,11 @@ def output_layer_loss(
     """hidden (batch, tgt_len, d): what the output layer reads; target (batch, tgt_len) ->
     (loss sum, nll sum), as `label_smoothed_nll(generator(hidden), target, ...)` gives them.
 
-    The output layer and the loss run together, a few hundred target positions at a time, so
+    The output layer and the loss run together, about a thousand target positions at a time, so
     the (tokens x vocabulary) scores never exist whole: with 8k-token batches and an 8k
     vocabulary they are 260 MB, and with their gradient the largest blocks of an update. Blocks
     of that size, kept by the allocator (cpu.keep_freed_memory) and each a little bigger or
-    smaller with the batch, made a long run's resident memory climb in steps; chunks of 16 MB
+    smaller with the batch, made a long run's resident memory climb in steps; chunks of 32 MB
     reuse the same memory. Padding positions are left out before the output layer."""
     real = target != pad_id  # (batch, tgt_len)
     rows, gold = hidden[real], target[real]  # (tokens, d), (tokens,)
