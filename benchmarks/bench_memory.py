@@ -1,0 +1,66 @@
+"""Where a training run's resident memory goes: the trainer driven by hand, with the resident
+memory printed after each phase (updates, validations, checkpoint saves, then all in turn).
+
+    python benchmarks/bench_memory.py [--config configs/multi30k-transformer.yaml]
+        [--precision bf16] [--no-keep-freed-memory]
+
+Needs the config's data (../shared/data/multi30k for the shipped configs). The run folder is a
+temporary one, deleted at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import nmtkit.training as training
+from nmtkit.config import load_config
+from nmtkit.training import Trainer, memory_gb
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default="configs/multi30k-transformer.yaml")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
+    p.add_argument("--no-keep-freed-memory", action="store_true",
+                   help="leave glibc's malloc at its defaults (training calls keep_freed_memory)")
+    args = p.parse_args()
+    if args.no_keep_freed_memory:
+        training.keep_freed_memory = lambda: 0
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = load_config(args.config, [f"training.out_dir={Path(tmp) / 'run'}",
+                                        f"training.precision={args.precision}"])
+        trainer = Trainer(cfg, log=lambda *_: None)
+        trainer.setup()
+        batches = iter(trainer.sampler)
+
+        def updates(n: int) -> None:
+            for _ in range(n):
+                trainer._update([next(batches)])
+
+        def show(what: str) -> None:
+            print(f"| {what} | {memory_gb().get('rss_gb', float('nan')):.3f} |", flush=True)
+
+        print(f"{args.config}, {args.precision}, keep_freed_memory {not args.no_keep_freed_memory}\n")
+        print("| after | resident GB |\n|---|---:|")
+        show("setup")
+        updates(30)
+        show("30 updates")
+        for i in range(4):
+            trainer.evaluate()
+            show(f"validation {i + 1}")
+        for i in range(4):
+            trainer._save(None)
+            show(f"checkpoint save {i + 1}")
+        updates(30)
+        show("30 more updates")
+        for i in range(3):
+            trainer.evaluate()
+            trainer._save(None)
+            updates(10)
+            show(f"validation, save, 10 updates ({i + 1})")
+
+
+if __name__ == "__main__":
+    main()
