@@ -39,7 +39,6 @@ def main() -> None:
 
     from nmtkit.checkpoint import resolve_checkpoint
     from nmtkit.data import TokenBatchSampler, collate, read_parallel
-    from nmtkit.loss import label_smoothed_nll
     from nmtkit.translator import Translator
 
     torch.set_num_threads(args.threads)
@@ -69,8 +68,7 @@ def main() -> None:
 
     def train_pass() -> None:
         for batch in batches:
-            logits = model(batch.src, batch.src_lengths, batch.tgt_in, normalize=False)
-            loss, _ = label_smoothed_nll(logits, batch.tgt_out, 0.1)
+            loss, _ = model(batch.src, batch.src_lengths, batch.tgt_in, target=batch.tgt_out, smoothing=0.1)
             loss.backward()
         model.zero_grad(set_to_none=True)
 

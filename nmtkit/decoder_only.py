@@ -120,10 +120,9 @@ class DecoderOnly(nn.Module):
         return self.final_norm(x), weights
 
     def forward(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor, teacher_forcing_ratio: float = 1.0,
-                normalize: bool = True, target: Tensor | None = None,
-                smoothing: float = 0.0) -> Tensor | tuple[Tensor, Tensor]:
+                target: Tensor | None = None, smoothing: float = 0.0) -> Tensor | tuple[Tensor, Tensor]:
         """log_probs (batch, tgt_len, vocab) of the target tokens y + [EOS], as Seq2Seq gives
-        them (normalize=False: logits; with target: the training loss, as Seq2Seq gives it)."""
+        them (with target: the training loss, as Seq2Seq gives it)."""
         if teacher_forcing_ratio < 1.0:
             enc = self.encode(src, src_lengths)
             log_probs = feed_own_predictions(self, enc, tgt_in, teacher_forcing_ratio)
@@ -132,8 +131,7 @@ class DecoderOnly(nn.Module):
         rows = self._target_rows(out, src_lengths, tgt_in.size(1))  # (batch, tgt_len, d)
         if target is not None:
             return output_layer_loss(rows, self.generator, target, smoothing)
-        logits = self.generator(rows)
-        return F.log_softmax(logits.float(), dim=-1) if normalize else logits
+        return F.log_softmax(self.generator(rows).float(), dim=-1)
 
     @staticmethod
     def _target_rows(out: Tensor, src_lengths: Tensor, tgt_len: int) -> Tensor:

@@ -31,6 +31,33 @@ def label_smoothed_nll(
     return loss, nll
 
 
+def _loss_terms(scores: Tensor, lse: Tensor, gold: Tensor, smoothing: float, pad_id: int,
+                bos_id: int) -> tuple[Tensor, Tensor]:
+    """scores (..., vocab) in fp32, lse (..., 1) their log-normaliser, gold (..., 1) ->
+    (loss, nll) per position, each (..., 1)."""
+    gold_lp = scores.gather(-1, gold) - lse  # log p(gold)
+    nll = -gold_lp
+    if not smoothing:
+        return nll, nll
+    vocab = scores.size(-1)
+    # log p summed over the words that get smoothing mass: all - gold - <pad> - <bos>
+    others = scores.sum(-1, keepdim=True) - vocab * lse - gold_lp \
+        - (scores[..., [pad_id, bos_id]] - lse).sum(-1, keepdim=True)
+    return (1.0 - smoothing) * nll - smoothing / (vocab - 3) * others, nll
+
+
+def _scores_grad_(log_probs: Tensor, gold: Tensor, smoothing: float, pad_id: int, bos_id: int) -> Tensor:
+    """d loss / d score(w) = p(w) - q(w), written over log_probs (..., vocab) in place."""
+    other = smoothing / (log_probs.size(-1) - 3)  # q(w) of the words that get smoothing mass
+    grad = log_probs.exp_()  # p(w)
+    grad.sub_(other)
+    grad[..., [pad_id, bos_id]] += other  # q is 0 at <pad> and <bos> ...
+    # ... and 1 - eps at gold
+    grad.scatter_add_(-1, gold, torch.full(gold.shape, other - (1.0 - smoothing), dtype=grad.dtype,
+                                           device=grad.device))
+    return grad
+
+
 class _SmoothedCrossEntropy(torch.autograd.Function):
     """log_softmax and the loss above in one, with the gradient written directly:
 
@@ -45,20 +72,13 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
     def forward(ctx, logits: Tensor, target: Tensor, smoothing: float, pad_id: int,
                 bos_id: int) -> tuple[Tensor, Tensor]:
         scores = logits.float()
-        lse = torch.logsumexp(scores, dim=-1)  # (batch, tgt_len): log of the normaliser
-        mask = target != pad_id  # (batch, tgt_len)
-        gold = scores.gather(-1, target.unsqueeze(-1)).squeeze(-1) - lse  # log p(gold)
-        nll = -(gold * mask).sum()
-        loss = nll
-        vocab = scores.size(-1)
-        if smoothing:
-            # sum of log p over the entries that get smoothing mass: all - gold - pad - bos
-            others = (scores.sum(-1) - vocab * lse) - gold \
-                - (scores[..., pad_id] - lse) - (scores[..., bos_id] - lse)
-            loss = (1.0 - smoothing) * nll - smoothing / (vocab - 3) * (others * mask).sum()
+        lse = torch.logsumexp(scores, dim=-1, keepdim=True)  # (batch, tgt_len, 1)
+        mask = (target != pad_id).unsqueeze(-1)  # (batch, tgt_len, 1)
+        loss, nll = _loss_terms(scores, lse, target.unsqueeze(-1), smoothing, pad_id, bos_id)
+        loss, nll = (loss * mask).sum(), (nll * mask).sum()
         ctx.save_for_backward(scores, lse, target)
         ctx.settings = (smoothing, pad_id, bos_id, logits.dtype)
-        report = nll.clone()
+        report = nll.detach().clone()
         ctx.mark_non_differentiable(report)
         return loss, report
 
@@ -66,19 +86,10 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss: Tensor, _grad_nll: Tensor) -> tuple[Tensor | None, ...]:
         scores, lse, target = ctx.saved_tensors
         smoothing, pad_id, bos_id, dtype = ctx.settings
-        vocab = scores.size(-1)
-        g = grad_loss.float()
-        grad = torch.exp(scores - lse.unsqueeze(-1))  # p(w): (batch, tgt_len, vocab)
-        # minus q(w): eps / (V - 3) everywhere but gold, <pad> and <bos>; 1 - eps at gold
-        other = smoothing / (vocab - 3)
-        grad.sub_(other)
-        grad[..., [pad_id, bos_id]] += other
-        gold = grad.gather(-1, target.unsqueeze(-1))
-        grad.scatter_(-1, target.unsqueeze(-1), gold + other - (1.0 - smoothing))
-        flat = grad.view(-1, vocab)
+        grad = _scores_grad_(scores - lse, target.unsqueeze(-1), smoothing, pad_id, bos_id)
         padded = (target.reshape(-1) == pad_id).nonzero().squeeze(1)
-        flat.index_fill_(0, padded, 0.0)  # padding positions are not part of the loss
-        return grad.mul_(g).to(dtype), None, None, None, None
+        grad.view(-1, grad.size(-1)).index_fill_(0, padded, 0.0)  # padding is not part of the loss
+        return grad.mul_(grad_loss.float()).to(dtype), None, None, None, None
 
 
 CHUNK_SCORES = 1 << 23  # scores (rows x vocabulary) computed at once: 32 MB in fp32
@@ -113,8 +124,6 @@ class _OutputLayerLoss(torch.autograd.Function):
         # under autocast the products run in its dtype, as they would in nn.Linear
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
         need_grad = any(ctx.needs_input_grad[:3])
-        vocab = weight.size(0)
-        other = smoothing / (vocab - 3)  # q(w) of the words that get smoothing mass
         with torch.autocast(device, enabled=False):
             w = weight.to(dtype)
             b = None if bias is None else bias.to(dtype)
@@ -122,34 +131,26 @@ class _OutputLayerLoss(torch.autograd.Function):
             if need_grad:
                 grad_rows = torch.empty_like(rows)
                 grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-                grad_b = torch.zeros(vocab, dtype=torch.float32, device=weight.device)
+                if bias is not None:
+                    grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device)
             loss = torch.zeros((), dtype=torch.float32, device=rows.device)
             nll = torch.zeros((), dtype=torch.float32, device=rows.device)
-            step = max(1, CHUNK_SCORES // vocab)
+            step = max(1, CHUNK_SCORES // weight.size(0))
             for start in range(0, rows.size(0), step):
                 h, y = rows[start:start + step].to(dtype), gold[start:start + step].unsqueeze(1)
                 scores = F.linear(h, w, b).float()  # (n, vocab)
                 lse = torch.logsumexp(scores, dim=-1, keepdim=True)  # (n, 1)
-                gold_lp = scores.gather(-1, y) - lse  # (n, 1): log p(gold)
-                chunk_nll = -gold_lp.sum()
-                nll += chunk_nll
-                if smoothing:
-                    # log p summed over the words with smoothing mass: all - gold - pad - bos
-                    others = scores.sum(-1, keepdim=True) - vocab * lse - gold_lp \
-                        - (scores[:, [pad_id, bos_id]] - lse).sum(-1, keepdim=True)
-                    loss += (1.0 - smoothing) * chunk_nll - other * others.sum()
-                else:
-                    loss += chunk_nll
+                chunk_loss, chunk_nll = _loss_terms(scores, lse, y, smoothing, pad_id, bos_id)
+                loss += chunk_loss.sum()
+                nll += chunk_nll.sum()
                 if not need_grad:
                     continue
-                grad = scores.sub_(lse).exp_()  # p(w), in place of the scores: (n, vocab)
-                grad.sub_(other)  # minus q(w) ...
-                grad[:, [pad_id, bos_id]] += other  # ... which is 0 at <pad> and <bos>
-                grad.scatter_add_(-1, y, torch.full_like(gold_lp, other - (1.0 - smoothing)))
+                grad = _scores_grad_(scores.sub_(lse), y, smoothing, pad_id, bos_id)  # (n, vocab)
                 g = grad.to(dtype)
                 grad_rows[start:start + step] = g @ w  # (n, d)
                 grad_w += (g.t() @ h).float()  # (vocab, d)
-                grad_b += grad.sum(0)
+                if grad_b is not None:
+                    grad_b += grad.sum(0)
         ctx.save_for_backward(grad_rows, grad_w, grad_b)
         ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
         report = nll.clone()

@@ -107,19 +107,17 @@ class Seq2Seq(nn.Module):
 
     def forward(
         self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor, teacher_forcing_ratio: float = 1.0,
-        normalize: bool = True, target: Tensor | None = None, smoothing: float = 0.0,
+        target: Tensor | None = None, smoothing: float = 0.0,
     ) -> Tensor | tuple[Tensor, Tensor]:
-        """log_probs (batch, tgt_len, vocab). With normalize=False the scores may be left
-        unnormalised (the output layer's logits). With target (batch, tgt_len), the training
-        loss instead: (loss sum, nll sum), label-smoothed by `smoothing`, the output layer and
+        """log_probs (batch, tgt_len, vocab). With target (batch, tgt_len), the training loss
+        instead: (loss sum, nll sum), label-smoothed by `smoothing`, the output layer and
         the loss computed together (loss.output_layer_loss: the scores never exist whole)."""
         enc = self.encode(src, src_lengths)
         if teacher_forcing_ratio >= 1.0:
             out = self.decoder(tgt_in, enc)  # teacher forcing: gold inputs
             if target is not None:
                 return output_layer_loss(out, self.generator, target, smoothing)
-            logits = self.generator(out)
-            return F.log_softmax(logits.float(), dim=-1) if normalize else logits
+            return F.log_softmax(self.generator(out).float(), dim=-1)
         log_probs = self._forward_with_own_predictions(enc, tgt_in, teacher_forcing_ratio)
         return log_probs if target is None else label_smoothed_nll(log_probs, target, smoothing)
 
