@@ -2,7 +2,11 @@
 memory printed after each phase (updates, validations, checkpoint saves, then all in turn).
 
     python benchmarks/bench_memory.py [--config configs/multi30k-transformer.yaml]
-        [--precision bf16] [--no-keep-freed-memory]
+        [--precision bf16] [--no-keep-freed-memory] [--set KEY=VALUE ...]
+
+Training bounds oneDNN's cache of compiled bf16 kernels (cpu.bound_onednn_cache); to see
+oneDNN's default, run with ONEDNN_PRIMITIVE_CACHE_CAPACITY=1024 (0: no cache, 7x slower).
+The malloc columns are glibc's own account: memory in use, freed but held, mmapped.
 
 Needs the config's data (../shared/data/multi30k for the shipped configs). The run folder is a
 temporary one, deleted at the end.
@@ -11,6 +15,8 @@ temporary one, deleted at the end.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import tempfile
 from pathlib import Path
 
@@ -19,18 +25,40 @@ from nmtkit.config import load_config
 from nmtkit.training import Trainer, memory_gb
 
 
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+                 "fordblks", "keepcost")]
+
+
+def malloc_gb() -> dict[str, float]:
+    """glibc's own account (all arenas): bytes handed out, bytes freed but held, bytes in mmapped
+    blocks. Resident memory growing with `free` is fragmentation; with `in_use`, something lives on."""
+    name = ctypes.util.find_library("c")
+    try:
+        mallinfo2 = ctypes.CDLL(name).mallinfo2 if name else None
+    except (OSError, AttributeError):
+        return {}
+    if mallinfo2 is None:
+        return {}
+    mallinfo2.restype = _Mallinfo2
+    info = mallinfo2()
+    return {"in_use": info.uordblks / 1e9, "free": info.fordblks / 1e9, "mmapped": info.hblkhd / 1e9}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="configs/multi30k-transformer.yaml")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
     p.add_argument("--no-keep-freed-memory", action="store_true",
                    help="leave glibc's malloc at its defaults (training calls keep_freed_memory)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides")
     args = p.parse_args()
     if args.no_keep_freed_memory:
         training.keep_freed_memory = lambda: 0
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(args.config, [f"training.out_dir={Path(tmp) / 'run'}",
-                                        f"training.precision={args.precision}"])
+                                        f"training.precision={args.precision}", *args.set])
         trainer = Trainer(cfg, log=lambda *_: None)
         trainer.setup()
         batches = iter(trainer.sampler)
@@ -40,10 +68,13 @@ def main() -> None:
                 trainer._update([next(batches)])
 
         def show(what: str) -> None:
-            print(f"| {what} | {memory_gb().get('rss_gb', float('nan')):.3f} |", flush=True)
+            heap = malloc_gb()
+            print(f"| {what} | {memory_gb().get('rss_gb', float('nan')):.3f} | "
+                  + " | ".join(f"{heap.get(k, float('nan')):.3f}" for k in ("in_use", "free", "mmapped"))
+                  + " |", flush=True)
 
         print(f"{args.config}, {args.precision}, keep_freed_memory {not args.no_keep_freed_memory}\n")
-        print("| after | resident GB |\n|---|---:|")
+        print("| after | resident GB | malloc: in use | free, held | mmapped |\n|---|---:|---:|---:|---:|")
         show("setup")
         updates(30)
         show("30 updates")

@@ -12,7 +12,8 @@ with --tune the beam size and length penalty are chosen on the valid set (never 
 Prints one markdown row per run: updates and minutes, the wall time until valid BLEU first
 reached 30, peak resident memory over the run (from log.jsonl), and test2016 cased sacreBLEU,
 lowercased BLEU (sacrebleu --lowercase, 13a: what papers report) and chrF. Writes
-RUNS/valid-bleu.png: valid BLEU against wall-clock minutes for every run.
+RUNS/valid-bleu.png: valid BLEU against wall-clock minutes for every run, and each run's test
+translations to RUNS/<run>-{best,avgN}.test2016.hyp (for tokenized_bleu.py).
 """
 
 from __future__ import annotations
@@ -70,7 +71,10 @@ def evaluate(run: Path, average: int, tune: bool, data: Path) -> tuple[str, Any]
         beam, alpha = max(tried, key=lambda k: tried[k])
     sources = (data / "test2016.en").read_text(encoding="utf-8").splitlines()
     refs = (data / "test2016.de").read_text(encoding="utf-8").splitlines()
-    s = score(t.translate(sources, beam=beam, length_penalty=alpha), refs)
+    hyps = t.translate(sources, beam=beam, length_penalty=alpha)
+    out = run.parent / f"{run.name}-{f'avg{average}' if average else 'best'}.test2016.hyp"
+    out.write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+    s = score(hyps, refs)
     what = f"{'avg last ' + str(average) if average else 'best'}, beam {beam}, lp {alpha:g}"
     return what, s
 

@@ -42,7 +42,7 @@ from nmtkit.checkpoint import (
     save_checkpoint,
 )
 from nmtkit.config import Config, config_from_dict
-from nmtkit.cpu import keep_freed_memory
+from nmtkit.cpu import bound_onednn_cache, keep_freed_memory
 from nmtkit.data import PreparedData, TokenBatchSampler, collate, file_digests, prepare
 from nmtkit.errors import NMTKitError
 from nmtkit.files import remove_stale, temp_name, write_text_atomic
@@ -241,6 +241,7 @@ class Trainer:
             torch.cuda.set_device(self.device)
         else:
             keep_freed_memory()  # reuse the big per-update buffers instead of faulting them in
+            bound_onednn_cache()  # keep resident memory flat over a bf16 run
         # each rank draws its own dropout masks
         seed_everything(tcfg.seed + self.rank)
         resume_from = self._find_resume_point(resume) if resume else None
