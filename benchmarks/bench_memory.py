@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import ctypes.util
 import tempfile
 from pathlib import Path
 
 import nmtkit.training as training
 from nmtkit.config import load_config
+from nmtkit.cpu import libc_function
 from nmtkit.training import Trainer, memory_gb
 
 
@@ -34,11 +34,7 @@ class _Mallinfo2(ctypes.Structure):
 def malloc_gb() -> dict[str, float]:
     """glibc's own account (all arenas): bytes handed out, bytes freed but held, bytes in mmapped
     blocks. Resident memory growing with `free` is fragmentation; with `in_use`, something lives on."""
-    name = ctypes.util.find_library("c")
-    try:
-        mallinfo2 = ctypes.CDLL(name).mallinfo2 if name else None
-    except (OSError, AttributeError):
-        return {}
+    mallinfo2 = libc_function("mallinfo2")  # glibc 2.33 and later
     if mallinfo2 is None:
         return {}
     mallinfo2.restype = _Mallinfo2

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from nmtkit.checkpoint import average_checkpoints
+from nmtkit.checkpoint import average_checkpoints, read_json
 from nmtkit.metrics import bleu_score, score
 from nmtkit.training import is_run_folder, list_checkpoints, load_log
 from nmtkit.translator import Translator
@@ -59,8 +59,10 @@ def evaluate(run: Path, average: int, tune: bool, data: Path) -> tuple[str, Any]
     model = run / "best"
     if average:
         model = run.parent / f"{run.name}-avg{average}"
-        if not model.exists():
-            average_checkpoints(list_checkpoints(run)[-average:], model)
+        last = [str(c) for c in list_checkpoints(run)[-average:]]
+        made = model / "checkpoint.json"
+        if not made.is_file() or read_json(made).get("averaged_from") != last:  # none yet, or stale
+            average_checkpoints([Path(c) for c in last], model)
     t = Translator.load(model)
     beam, alpha = t.decoding.beam, t.decoding.length_penalty
     if tune:

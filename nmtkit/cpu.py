@@ -5,9 +5,16 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+from collections.abc import Callable
 
-# oneDNN primitives kept for reuse in training (its default is 1024): see bound_onednn_cache
-TRAINING_ONEDNN_CACHE = 64
+
+def libc_function(name: str) -> Callable | None:
+    """A function of the C library (ctypes), or None where there is none by that name."""
+    lib = ctypes.util.find_library("c")
+    try:
+        return getattr(ctypes.CDLL(lib), name) if lib else None
+    except (OSError, AttributeError):
+        return None
 
 
 def keep_freed_memory() -> int:
@@ -24,11 +31,7 @@ def keep_freed_memory() -> int:
     process holds on to its peak memory. Process-wide. Returns the size up to which blocks now
     come from the heap, or 0, having changed nothing, where the C library is not glibc or
     refuses the settings."""
-    name = ctypes.util.find_library("c")
-    try:
-        mallopt = ctypes.CDLL(name).mallopt if name else None
-    except (OSError, AttributeError):
-        mallopt = None
+    mallopt = libc_function("mallopt")
     if mallopt is None:
         return 0
     m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3  # from glibc's malloc.h
@@ -41,7 +44,7 @@ def keep_freed_memory() -> int:
     return threshold
 
 
-def bound_onednn_cache(capacity: int = TRAINING_ONEDNN_CACHE) -> None:
+def bound_onednn_cache(capacity: int = 64) -> None:
     """Keep at most `capacity` oneDNN primitives (compiled kernels for one matrix shape each)
     unless the user set ONEDNN_PRIMITIVE_CACHE_CAPACITY. bf16 matrix products on the CPU run
     through oneDNN, and token batches give nearly every update new shapes (sentences x length),
