@@ -31,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+from multi30k import data_overrides  # beside this script
+
 from nmtkit.checkpoint import read_json
 from nmtkit.metrics import score
 from nmtkit.training import is_run_folder, load_log
@@ -81,12 +83,6 @@ LENGTH_BUCKETS = [(1, 8), (9, 11), (12, 14), (15, 18), (19, 100)]  # source word
 
 def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name.split(" (")[0]).strip("-")
-
-
-def data_overrides(data: Path) -> list[str]:
-    files = {"train": "train", "valid": "valid", "test": "test2016"}
-    return [f"data.{split}_{side}={data / f'{name}.{lang}'}" for split, name in files.items()
-            for side, lang in (("src", "en"), ("tgt", "de"))]
 
 
 def train_command(name: str, config: Path, overrides: list[str], args: argparse.Namespace) -> list[str]:
