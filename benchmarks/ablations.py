@@ -19,7 +19,8 @@ and test BLEU by source sentence length for no attention, attention, and the Tra
 Each run trains in a process of its own into RUNS/<name> (--jobs at a time, --threads each: the
 budget is a number of updates, so two 1-thread runs at once are fair and finish the set sooner
 than one 2-thread run after another); finished runs are reused. Test2016
-scores (cased sacreBLEU, lowercased BLEU, chrF) from the last checkpoint with beam 5. Prints
+scores (cased sacreBLEU, lowercased BLEU, chrF) from the last checkpoint with beam 5, next to the
+run's last greedy valid BLEU from its log. Prints
 markdown tables; writes RUNS/ablations.png and RUNS/bleu-by-length.png.
 """
 
@@ -32,6 +33,7 @@ import time
 from pathlib import Path
 
 from multi30k import data_overrides  # beside this script
+from time_to_quality import validations
 
 from nmtkit.checkpoint import read_json
 from nmtkit.metrics import score
@@ -140,6 +142,7 @@ def main() -> None:
     refs = (args.data / "test2016.de").read_text(encoding="utf-8").splitlines()
     scored: dict[str, tuple[float, float, float]] = {}
     minutes: dict[str, float] = {}
+    last_valid: dict[str, float] = {}  # greedy valid BLEU at the last update
     hyps: dict[str, list[str]] = {}
 
     def run_and_score(name: str, config: Path, overrides: list[str]) -> Path:
@@ -148,7 +151,9 @@ def main() -> None:
             hyps[name] = Translator.load(run / "last").translate(sources, beam=5)
             s = score(hyps[name], refs)
             scored[name] = (s.bleu, s.bleu_lowercase, s.chrf)
-            minutes[name] = max(r["elapsed_s"] for r in load_log(run) if "elapsed_s" in r) / 60
+            log = load_log(run)
+            minutes[name] = max(r["elapsed_s"] for r in log if "elapsed_s" in r) / 60
+            last_valid[name] = validations(log)[-1]["bleu"]
         return run
 
     groups = [g for g in args.group if g in GROUPS]
@@ -162,11 +167,12 @@ def main() -> None:
     for group in [g for g in args.group if g in GROUPS]:
         for name, config, overrides in GROUPS[group]:
             run_and_score(name, config, overrides)
-        print(f"\n**{group}**\n\n| variant | test BLEU | lowercased | chrF | train minutes |")
-        print("|---|---:|---:|---:|---:|")
+        print(f"\n**{group}**\n\n| variant | test BLEU | lowercased | chrF | valid BLEU (greedy), last | "
+              "train minutes |")
+        print("|---|---:|---:|---:|---:|---:|")
         for name, _, _ in GROUPS[group]:
             b, lc, c = scored[name]
-            print(f"| {name} | {b:.2f} | {lc:.2f} | {c:.2f} | {minutes[name]:.1f} |")
+            print(f"| {name} | {b:.2f} | {lc:.2f} | {c:.2f} | {last_valid[name]:.1f} | {minutes[name]:.1f} |")
     if scored:
         plot_groups(scored, [g for g in args.group if g in GROUPS], args.runs / "ablations.png")
 

@@ -24,6 +24,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from time_to_quality import first_reaching, plot  # beside this script
+
 from nmtkit.checkpoint import average_checkpoints, read_json
 from nmtkit.metrics import bleu_score, score
 from nmtkit.training import is_run_folder, list_checkpoints, load_log
@@ -51,7 +53,7 @@ def run_training(config: Path, out: Path, precision: str, overrides: list[str], 
 
 
 def time_to(log: list[dict[str, Any]], bleu: float) -> str:
-    hit = next((r for r in log if r["type"] == "valid" and (r.get("bleu") or 0) >= bleu), None)
+    hit = first_reaching(log, bleu)
     return f"{hit['elapsed_s'] / 60:.1f} min (update {hit['step']})" if hit else "not reached"
 
 
@@ -59,10 +61,10 @@ def evaluate(run: Path, average: int, tune: bool, data: Path) -> tuple[str, Any]
     model = run / "best"
     if average:
         model = run.parent / f"{run.name}-avg{average}"
-        last = [str(c) for c in list_checkpoints(run)[-average:]]
+        last = list_checkpoints(run)[-average:]
         made = model / "checkpoint.json"
-        if not made.is_file() or read_json(made).get("averaged_from") != last:  # none yet, or stale
-            average_checkpoints([Path(c) for c in last], model)
+        if not made.is_file() or read_json(made).get("averaged_from") != [str(c) for c in last]:
+            average_checkpoints(last, model)  # none yet, or made from other checkpoints: stale
     t = Translator.load(model)
     beam, alpha = t.decoding.beam, t.decoding.length_penalty
     if tune:
@@ -79,26 +81,6 @@ def evaluate(run: Path, average: int, tune: bool, data: Path) -> tuple[str, Any]
     s = score(hyps, refs)
     what = f"{'avg last ' + str(average) if average else 'best'}, beam {beam}, lp {alpha:g}"
     return what, s
-
-
-def plot(curves: dict[str, list[dict[str, Any]]], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for name, log in curves.items():
-        valid = [r for r in log if r["type"] == "valid" and r.get("bleu") is not None]
-        ax.plot([r["elapsed_s"] / 60 for r in valid], [r["bleu"] for r in valid], marker="o", markersize=2,
-                label=name)
-    ax.axhline(30, color="grey", linewidth=0.6, linestyle="--")
-    ax.set_xlabel("wall-clock minutes (training and validation, 2 CPU cores)")
-    ax.set_ylabel("valid BLEU (greedy)")
-    ax.set_title("Multi30k En-De: validation BLEU over training time")
-    ax.legend(fontsize=8)
-    fig.savefig(out, dpi=120, bbox_inches="tight")
-    print(f"\nplot: {out}")
 
 
 def main() -> None:
