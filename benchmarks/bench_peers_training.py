@@ -9,9 +9,12 @@ BPE 8000 model that `nmtkit prepare` learnt for configs/multi30k-transformer.yam
 read its pieces, so all four see the same subwords), a pre-norm Transformer 3+3 layers, d_model
 256, 4 heads, ff 1024, tied embeddings (Marian's is post-norm), fp32, batches of about 4096
 tokens, AdamW/Adam at the same peak learning rate with 300 warm-up updates, label smoothing
-0.1, 2 threads. Each trains for --minutes of wall time, its own validation included (Joey NMT
-and OpenNMT-py have no time limit: they are stopped at the deadline and their newest checkpoint
-is used), then translates test2016 with beam 5. BLEU is computed here with sacreBLEU for all.
+0.1, 2 threads. Each trains for --minutes of wall time, its own validation included, then
+translates test2016 with beam 5 from its last weights. Joey NMT and OpenNMT-py have no time
+limit: they are stopped at the deadline and their newest checkpoint is used (both save one every
+100 updates; Joey NMT's comes with its greedy validation on 200 valid sentences, nmtkit
+validates every 50 updates, the Hugging Face loop and OpenNMT-py not at all). BLEU is computed
+here with sacreBLEU for all.
 
     nmtkit        configs/multi30k-transformer.yaml with precision fp32 (training.max_minutes)
     transformers  MarianMTModel in a plain PyTorch loop (benchmarks/peers/marian_train.py)
@@ -48,8 +51,13 @@ LR, WARMUP, MAX_TOKENS = 0.0015, 300, 4096
 
 def run_timed(cmd: list[str], log: Path, deadline_s: float | None = None,
               env: dict[str, str] | None = None) -> tuple[float, float]:
-    """Run cmd (output to log); stop it with SIGINT at the deadline. Returns (seconds, peak RSS GB)."""
+    """Run cmd (output to log); stop it with SIGINT at the deadline. Returns (seconds, peak RSS GB).
+
+    A run that fails on its own, before any deadline, ends the benchmark: its numbers would be
+    an earlier run's or none."""
     start = time.monotonic()
+    stopped = False
+    kill_at = float("inf")
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
                                 env={**os.environ, **(env or {})}, start_new_session=True)
@@ -57,13 +65,16 @@ def run_timed(cmd: list[str], log: Path, deadline_s: float | None = None,
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
-            if deadline_s is not None and time.monotonic() - start > deadline_s:
+            if not stopped and deadline_s is not None and time.monotonic() - start > deadline_s:
                 os.killpg(proc.pid, signal.SIGINT)
-                deadline_s = None  # once; then wait for it to end
-                kill_at = time.monotonic() + 60
-            elif deadline_s is None and "kill_at" in locals() and time.monotonic() > kill_at:
+                stopped, kill_at = True, time.monotonic() + 60
+            elif time.monotonic() > kill_at:
                 os.killpg(proc.pid, signal.SIGKILL)
             time.sleep(1)
+    code = os.waitstatus_to_exitcode(status)
+    if not stopped and code != 0:
+        tail = log.read_text(encoding="utf-8", errors="replace").replace("\r", "\n").strip().splitlines()[-3:]
+        sys.exit(f"{cmd[0]} failed (exit {code}); see {log}:\n" + "\n".join(tail))
     return time.monotonic() - start, usage.ru_maxrss / 1024**2
 
 
@@ -75,9 +86,13 @@ def nmtkit_run(args: argparse.Namespace, data_overrides: list[str]) -> dict:
            *[f"--set={o}" for o in data_overrides]]
     if args.speed_only:
         cmd.append("--set=training.valid_every=1000000")
-    if (run / "last").exists():
-        cmd.append("--resume")
-    seconds, rss = run_timed(cmd, args.runs / "nmtkit.log")
+    marker = args.runs / "nmtkit.trained.json"
+    if not marker.exists():
+        if (run / "last").exists():
+            cmd.append("--resume")
+        _, rss = run_timed(cmd, args.runs / "nmtkit.log")
+        marker.write_text(json.dumps({"peak_rss_gb": rss}))
+    rss = json.loads(marker.read_text())["peak_rss_gb"]
     from nmtkit.training import load_log
     from nmtkit.translator import Translator
 
@@ -91,7 +106,7 @@ def nmtkit_run(args: argparse.Namespace, data_overrides: list[str]) -> dict:
 
 def marian_run(args: argparse.Namespace, spm_model: Path) -> dict:
     out = args.runs / "transformers"
-    if not (out / "result.json").exists():
+    if not (out / "result.json").exists() or not (args.speed_only or (out / "test.hyp").exists()):
         python = args.venvs / "hf" / "bin" / "python"
         run_timed([str(python), str(HERE / "peers" / "marian_train.py"), "--spm", str(spm_model), "--data",
                    str(args.data), "--out", str(out), "--minutes", str(args.minutes), "--lr", str(LR),
@@ -131,14 +146,14 @@ def joey_run(args: argparse.Namespace, spm_model: Path) -> dict:
                  "dataset_type": "plain", "src": {"lang": "en", **side}, "trg": {"lang": "de", **side}},
         "testing": {"beam_size": 5, "alpha": 1.0, "batch_size": 64, "batch_type": "sentence",
                     "eval_metrics": ["bleu"], "max_output_length": 100},
-        "training": {"validation_freq": 1000000 if args.speed_only else 500,
+        "training": {"validation_freq": 1000000 if args.speed_only else 100,
                      "optimizer": "adamw", "adam_betas": [0.9, 0.98], "weight_decay": 0.0001,
                      "learning_rate": LR, "scheduling": "warmupinversesquareroot",
                      "learning_rate_warmup": WARMUP, "label_smoothing": 0.1, "loss": "crossentropy",
                      "batch_size": MAX_TOKENS, "batch_type": "token", "eval_batch_size": 64,
                      "eval_batch_type": "sentence", "epochs": 1000,
                      "logging_freq": 50, "clip_grad_norm": 1.0, "shuffle": True, "overwrite": True,
-                     "keep_best_ckpts": 1, "early_stopping_metric": "bleu", "random_seed": 1,
+                     "keep_best_ckpts": -1, "early_stopping_metric": "bleu", "random_seed": 1,
                      "num_workers": 0},
         "model": {"initializer": "xavier_uniform", "embed_initializer": "xavier_uniform",
                   "tied_embeddings": True, "tied_softmax": True, "encoder": layers,
