@@ -699,7 +699,9 @@ class Trainer:
                 self._measure_speed(n_tokens, time.monotonic() - update_start)
                 st.stopped = self._limit_reached()  # known before a checkpoint records it
                 if tcfg.valid_every and st.step % tcfg.valid_every == 0:
+                    valid_start = time.monotonic()
                     self._validate_and_save()
+                    window_start += time.monotonic() - valid_start  # tokens/s: of training alone
                 if self._interrupted():
                     st.stopped = f"{self._signal or 'a signal'} (interrupted)"
                     return

@@ -75,6 +75,25 @@ def test_early_stopping_stops_at_the_right_evaluation(tiny_config, tmp_path, mon
                                                       "ckpt-00000010"]
 
 
+def test_tokens_per_second_leaves_validation_out(tiny_config, tmp_path, monkeypatch) -> None:
+    import time
+
+    def slow_bleu(self) -> float:
+        time.sleep(1.0)
+        return 10.0
+
+    monkeypatch.setattr(Trainer, "valid_bleu", slow_bleu)
+    run = train(_with(tiny_config, out_dir=tmp_path / "v", max_steps=6, max_epochs=5, valid_every=2,
+                      log_every=2))
+    rows = [r for r in load_log(run) if r["type"] == "train"]
+    assert [r["step"] for r in rows] == [2, 4, 6]
+    # a window of 2 updates holds at most 2 x 600 tokens: had it included the validation of a
+    # second before it (updates 2 and 4), its tokens/s would be under 1,200
+    assert all(r["tokens_per_s"] > 1200 for r in rows[1:]), rows
+    # the validations still count in the run's wall time
+    assert rows[-1]["elapsed_s"] > 2.0
+
+
 def test_non_finite_loss_stops_with_clear_message(tiny_config, tmp_path, monkeypatch) -> None:
     from nmtkit import seq2seq
 
