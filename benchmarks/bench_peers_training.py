@@ -50,8 +50,8 @@ LR, WARMUP, MAX_TOKENS = 0.0015, 300, 4096
 
 
 def run_timed(cmd: list[str], log: Path, deadline_s: float | None = None,
-              env: dict[str, str] | None = None) -> tuple[float, float]:
-    """Run cmd (output to log); stop it with SIGINT at the deadline. Returns (seconds, peak RSS GB).
+              env: dict[str, str] | None = None) -> float:
+    """Run cmd (output to log); stop it with SIGINT at the deadline. Returns its peak RSS in GB.
 
     A run that fails on its own, before any deadline, ends the benchmark: its numbers would be
     an earlier run's or none."""
@@ -75,7 +75,16 @@ def run_timed(cmd: list[str], log: Path, deadline_s: float | None = None,
     if not stopped and code != 0:
         tail = log.read_text(encoding="utf-8", errors="replace").replace("\r", "\n").strip().splitlines()[-3:]
         sys.exit(f"{cmd[0]} failed (exit {code}); see {log}:\n" + "\n".join(tail))
-    return time.monotonic() - start, usage.ru_maxrss / 1024**2
+    return usage.ru_maxrss / 1024**2
+
+
+def train_once(marker: Path, cmd: list[str], log: Path, deadline_s: float | None = None,
+               env: dict[str, str] | None = None) -> float:
+    """run_timed, unless `marker` says this training was done: a re-run of the benchmark goes on
+    with the systems not yet trained. Returns the training's peak RSS in GB."""
+    if not marker.exists():
+        marker.write_text(json.dumps({"peak_rss_gb": run_timed(cmd, log, deadline_s, env)}))
+    return json.loads(marker.read_text())["peak_rss_gb"]
 
 
 def nmtkit_run(args: argparse.Namespace, data_overrides: list[str]) -> dict:
@@ -86,13 +95,9 @@ def nmtkit_run(args: argparse.Namespace, data_overrides: list[str]) -> dict:
            *[f"--set={o}" for o in data_overrides]]
     if args.speed_only:
         cmd.append("--set=training.valid_every=1000000")
-    marker = args.runs / "nmtkit.trained.json"
-    if not marker.exists():
-        if (run / "last").exists():
-            cmd.append("--resume")
-        _, rss = run_timed(cmd, args.runs / "nmtkit.log")
-        marker.write_text(json.dumps({"peak_rss_gb": rss}))
-    rss = json.loads(marker.read_text())["peak_rss_gb"]
+    if (run / "last").exists():
+        cmd.append("--resume")
+    rss = train_once(args.runs / "nmtkit.trained.json", cmd, args.runs / "nmtkit.log")
     from nmtkit.training import load_log
     from nmtkit.translator import Translator
 
@@ -163,12 +168,9 @@ def joey_run(args: argparse.Namespace, spm_model: Path) -> dict:
     config.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     python = str(args.venvs / "joey" / "bin" / "python")
     main = [python, str(HERE / "peers" / "joey_main.py")]
-    rss = None
-    if not list(out.glob("*.ckpt")) or not (work / "trained").exists():
-        _, rss = run_timed([*main, "train", str(config), "--skip-test"], args.runs / "joeynmt.log",
-                           deadline_s=args.minutes * 60, env={"OMP_NUM_THREADS": "2"})
-        (work / "trained").write_text(json.dumps({"peak_rss_gb": rss}))
-    rss = json.loads((work / "trained").read_text())["peak_rss_gb"]
+    rss = train_once(work / "trained", [*main, "train", str(config), "--skip-test"],
+                     args.runs / "joeynmt.log",
+                     deadline_s=args.minutes * 60, env={"OMP_NUM_THREADS": "2"})
     text = (out / "train.log").read_text(encoding="utf-8")
     speeds = [float(x) for x in re.findall(r"Tokens per Sec:\s+(\d+)", text)]
     steps = [int(x) for x in re.findall(r"Step:\s+(\d+)", text)]
@@ -216,12 +218,9 @@ def onmt_run(args: argparse.Namespace, spm_model: Path) -> dict:
     config.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     bin_dir = args.venvs / "onmt" / "bin"
     env = {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1", "OMP_NUM_THREADS": "2"}
-    marker = out / "trained.json"
-    if not marker.exists():
-        _, rss = run_timed([str(bin_dir / "onmt_train"), "-config", str(config)], args.runs / "opennmt.log",
-                           deadline_s=args.minutes * 60, env=env)
-        marker.write_text(json.dumps({"peak_rss_gb": rss}))
-    rss = json.loads(marker.read_text())["peak_rss_gb"]
+    rss = train_once(out / "trained.json", [str(bin_dir / "onmt_train"), "-config", str(config)],
+                     args.runs / "opennmt.log",
+                     deadline_s=args.minutes * 60, env=env)
     text = (args.runs / "opennmt.log").read_text(encoding="utf-8", errors="replace")
     speeds = [float(x) for x in re.findall(r"(\d+)\s*tok/s", text)]
     steps = [int(x) for x in re.findall(r"Step (\d+)/", text)]

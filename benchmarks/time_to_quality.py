@@ -67,5 +67,6 @@ def main() -> None:
     if args.plot:
         plot({Path(run).name: log for run, log in logs.items()}, args.plot)
 
+
 if __name__ == "__main__":
     main()
