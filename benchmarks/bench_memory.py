@@ -2,11 +2,13 @@
 memory printed after each phase (updates, validations, checkpoint saves, then all in turn).
 
     python benchmarks/bench_memory.py [--config configs/multi30k-transformer.yaml]
-        [--precision bf16] [--no-keep-freed-memory] [--set KEY=VALUE ...]
+        [--precision bf16] [--no-keep-freed-memory] [--trim] [--set KEY=VALUE ...]
 
 Training bounds oneDNN's cache of compiled bf16 kernels (cpu.bound_onednn_cache); to see
 oneDNN's default, run with ONEDNN_PRIMITIVE_CACHE_CAPACITY=1024 (0: no cache, 7x slower).
-The malloc columns are glibc's own account: memory in use, freed but held, mmapped.
+The malloc columns are glibc's own account: memory in use, freed but held, mmapped. --trim
+hands the held memory back to the kernel (malloc_trim) after each validation, to see whether
+the updates that follow need it again.
 
 Needs the config's data (../shared/data/multi30k for the shipped configs). The run folder is a
 temporary one, deleted at the end.
@@ -48,6 +50,7 @@ def main() -> None:
     p.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
     p.add_argument("--no-keep-freed-memory", action="store_true",
                    help="leave glibc's malloc at its defaults (training calls keep_freed_memory)")
+    p.add_argument("--trim", action="store_true", help="malloc_trim(0) after each validation")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides")
     args = p.parse_args()
     if args.no_keep_freed_memory:
@@ -63,19 +66,27 @@ def main() -> None:
             for _ in range(n):
                 trainer._update([next(batches)])
 
+        trim = libc_function("malloc_trim") if args.trim else None
+
+        def validate() -> None:
+            trainer.evaluate()
+            if trim is not None:
+                trim(0)
+
         def show(what: str) -> None:
             heap = malloc_gb()
             print(f"| {what} | {memory_gb().get('rss_gb', float('nan')):.3f} | "
                   + " | ".join(f"{heap.get(k, float('nan')):.3f}" for k in ("in_use", "free", "mmapped"))
                   + " |", flush=True)
 
-        print(f"{args.config}, {args.precision}, keep_freed_memory {not args.no_keep_freed_memory}\n")
+        print(f"{args.config}, {args.precision}, keep_freed_memory {not args.no_keep_freed_memory}, "
+              f"trim {args.trim}\n")
         print("| after | resident GB | malloc: in use | free, held | mmapped |\n|---|---:|---:|---:|---:|")
         show("setup")
         updates(30)
         show("30 updates")
         for i in range(4):
-            trainer.evaluate()
+            validate()
             show(f"validation {i + 1}")
         for i in range(4):
             trainer._save(None)
@@ -83,7 +94,7 @@ def main() -> None:
         updates(30)
         show("30 more updates")
         for i in range(3):
-            trainer.evaluate()
+            validate()
             trainer._save(None)
             updates(10)
             show(f"validation, save, 10 updates ({i + 1})")
