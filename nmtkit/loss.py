@@ -110,7 +110,13 @@ def output_layer_loss(
     reuse the same memory. Padding positions are left out before the output layer."""
     real = target != pad_id  # (batch, tgt_len)
     rows, gold = hidden[real], target[real]  # (tokens, d), (tokens,)
-    return _OutputLayerLoss.apply(rows, generator.weight, generator.bias, gold, smoothing, pad_id, bos_id)
+    weight, bias = generator.weight, generator.bias
+    if not torch.is_grad_enabled():
+        # needs_input_grad follows requires_grad even under no_grad: without this, validation
+        # computed the output layer's gradients too (a third of its loss pass)
+        rows, weight = rows.detach(), weight.detach()
+        bias = None if bias is None else bias.detach()
+    return _OutputLayerLoss.apply(rows, weight, bias, gold, smoothing, pad_id, bos_id)
 
 
 class _OutputLayerLoss(torch.autograd.Function):

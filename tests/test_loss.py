@@ -99,3 +99,25 @@ def test_output_layer_loss_in_chunks_equals_the_whole_scores(monkeypatch, smooth
         low, _ = loss_module.output_layer_loss(hidden, generator, target, smoothing)
         ref_low, _ = label_smoothed_nll(generator(hidden), target, smoothing)
     assert low.item() == pytest.approx(ref_low.item(), rel=1e-3)
+
+
+def test_output_layer_loss_under_no_grad_runs_the_forward_products_only() -> None:
+    """Validation runs under inference_mode while the parameters still require gradients: the
+    loss must not compute the gradients of the output layer then (they tripled its products)."""
+    from torch import nn
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from nmtkit.loss import output_layer_loss
+
+    generator = nn.Linear(16, 50)
+    hidden = torch.randn(3, 7, 16, requires_grad=True)
+    target = torch.randint(3, 50, (3, 7))
+    forward_flops = 2 * 3 * 7 * 16 * 50  # the scores of the 21 target positions
+    for context in (torch.no_grad, torch.inference_mode):
+        with context(), FlopCounterMode(display=False) as counter:
+            loss, _ = output_layer_loss(hidden, generator, target, 0.1)
+        assert counter.get_total_flops() == forward_flops
+        assert not loss.requires_grad
+    with FlopCounterMode(display=False) as counter:  # training: the gradients come with it
+        output_layer_loss(hidden, generator, target, 0.1)
+    assert counter.get_total_flops() == 3 * forward_flops
