@@ -257,6 +257,10 @@ class TrainingConfig(Section):
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="probability mass spread over "
                                    "the other words (0.1 is usual)")
     update_freq: int = Field(1, ge=1, description="batches accumulated per update")
+    ema_decay: float = Field(
+        0.0, ge=0.0, lt=1.0, description="keep an exponential moving average of the weights "
+        "(decay per update, e.g. 0.999; warmed up as min(decay, (1+t)/(10+t))): validation and "
+        "checkpoints use it; 0 = off")
     teacher_forcing_ratio: float = Field(
         1.0, ge=0.0, le=1.0, description="a fixed probability of feeding the gold previous token "
         "(1: teacher forcing); for a decaying one see scheduled_sampling")

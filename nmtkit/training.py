@@ -44,6 +44,7 @@ from nmtkit.checkpoint import (
 from nmtkit.config import Config, config_from_dict
 from nmtkit.cpu import bound_onednn_cache, keep_freed_memory
 from nmtkit.data import PreparedData, TokenBatchSampler, collate, file_digests, prepare
+from nmtkit.ema import WeightAverage
 from nmtkit.errors import NMTKitError
 from nmtkit.files import remove_stale, temp_name, write_text_atomic
 from nmtkit.loss import perplexity
@@ -198,6 +199,7 @@ class Trainer:
         self._signal: str | None = None
         self._speed: list[float] | None = None  # [seconds, updates, tokens] measured so far
         self.init_from: Path | None = None
+        self.ema: WeightAverage | None = None
 
     # ---- logging (rank 0 only) ----
     @property
@@ -304,6 +306,13 @@ class Trainer:
             self.model.load_state_dict(source.model.state_dict())
             self.log(f"fine-tuning from {init_from}: its weights and subword models; a new "
                      "optimizer and schedule")
+        if tcfg.ema_decay:
+            # a checkpoint holds the average: it starts from what was loaded; a resumed run gets
+            # its raw weights back from the training state
+            self.ema = WeightAverage(self.model, tcfg.ema_decay)
+            if resume_from is not None:
+                path = resume_from.path / "training.safetensors"
+                self.ema.resume(read_tensors(path), str(path))
         if self.is_main and not self.finished:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if resume_from is None:
@@ -454,11 +463,16 @@ class Trainer:
                 "longest_train_source": int(max(self.train_corpus.src_lengths, default=0))}
         if self.init_from is not None:
             info["init_from"] = str(self.init_from)
-        save_checkpoint(path, self.model, self.cfg, self.data.src_tokenizer, self.data.tgt_tokenizer,
-                        info, {**opt_tensors, **rng_tensors}, training_json)
+        with self._averaged() as raw_weights:  # the checkpoint's model is the average, if any
+            save_checkpoint(path, self.model, self.cfg, self.data.src_tokenizer, self.data.tgt_tokenizer,
+                            info, {**opt_tensors, **rng_tensors, **raw_weights}, training_json)
         point_link(self.run_dir / "last", path)
         self._prune()
         return path
+
+    def _averaged(self):
+        """The model holds the moving average of its weights inside the block (if one is kept)."""
+        return self.ema.applied() if self.ema is not None else nullcontext({})
 
     def _prune(self) -> None:
         """Keep the newest `keep_last` and the best `keep_best` checkpoints; delete the rest."""
@@ -730,7 +744,8 @@ class Trainer:
     def _validate_and_save(self) -> None:
         self.last_saved_step = self.state.step
         start = time.monotonic()
-        result = self.evaluate()
+        with self._averaged():
+            result = self.evaluate()
         seconds = time.monotonic() - start
         self._report_eval(result, seconds)
         improved = self._update_best(result)
@@ -799,6 +814,8 @@ class Trainer:
             group_["lr"] = lr
         self.optimizer.step()
         st.step += 1
+        if self.ema is not None:
+            self.ema.update(st.step)
         return loss_total, nll_total, tokens
 
 

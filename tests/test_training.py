@@ -35,11 +35,11 @@ def test_same_seed_same_losses(tiny_config, tmp_path) -> None:
     assert la[-1] < la[0]  # it learns
 
 
-@pytest.mark.parametrize("update_freq", [1, 2])
-def test_resume_gives_identical_weights(tiny_config, tmp_path, update_freq) -> None:
+@pytest.mark.parametrize("update_freq, ema_decay", [(1, 0.0), (2, 0.0), (1, 0.9)])
+def test_resume_gives_identical_weights(tiny_config, tmp_path, update_freq, ema_decay) -> None:
     # 14 updates cross an epoch boundary (about 9 batches per epoch) and stop mid-epoch
     base = dict(max_epochs=10, update_freq=update_freq, schedule="noam", warmup_steps=4,
-                valid_bleu=False, num_threads=1)  # same thread count: same float sums
+                valid_bleu=False, num_threads=1, ema_decay=ema_decay)  # same threads: same sums
     straight = train(_with(tiny_config, out_dir=tmp_path / "s", max_steps=14, **base))
     part = _with(tiny_config, out_dir=tmp_path / "r", max_steps=7, **base)
     run = subprocess.run([sys.executable, "-c", (
@@ -53,6 +53,10 @@ def test_resume_gives_identical_weights(tiny_config, tmp_path, update_freq) -> N
     assert w1.keys() == w2.keys()
     for k in w1:
         assert torch.equal(w1[k], w2[k]), k
+    if ema_decay:  # the average (model.safetensors) and the raw weights both continued exactly
+        raw1, raw2 = (load_file(str(r / "last" / "training.safetensors")) for r in (straight, resumed))
+        raw_names = [k for k in raw1 if k.startswith("raw.")]
+        assert raw_names and all(torch.equal(raw1[k], raw2[k]) for k in raw_names)
     # and the resumed run really continued (it did not start over)
     rows = [r for r in load_log(resumed) if r["type"] == "train"]
     assert [r["step"] for r in rows] == list(range(1, 15))
@@ -333,3 +337,22 @@ def test_a_folder_that_merely_holds_a_log_jsonl_is_not_a_run(tiny_config, tmp_pa
         train(tiny_config)
     assert (folder / "log.jsonl").read_text() == '{"app": 1}\n' and sorted(p.name for p in folder.iterdir()) == \
         ["app.py", "log.jsonl"]
+
+
+def test_moving_average_is_what_checkpoints_hold_and_leaves_training_alone(tiny_config, tmp_path) -> None:
+    """With ema_decay the trajectory is the same update by update (same losses, same raw
+    weights); the checkpoint's model is the average, and validation scores the average."""
+    base = dict(max_steps=12, max_epochs=5, num_threads=1, valid_bleu=False)
+    plain = train(_with(tiny_config, out_dir=tmp_path / "plain", **base))
+    smooth = train(_with(tiny_config, out_dir=tmp_path / "ema", ema_decay=0.9, **base))
+    assert _losses(plain) == _losses(smooth)
+    raw = load_file(str(smooth / "last" / "training.safetensors"))
+    plain_weights, average = _weights(plain / "last"), _weights(smooth / "last")
+    names = [k for k in plain_weights if f"raw.{k}" in raw]
+    assert names
+    for k in names:
+        assert torch.equal(raw[f"raw.{k}"], plain_weights[k]), k
+    assert any(not torch.allclose(average[k], plain_weights[k]) for k in names)
+    valid = [r["loss"] for r in load_log(smooth) if r["type"] == "valid"]
+    plain_valid = [r["loss"] for r in load_log(plain) if r["type"] == "valid"]
+    assert valid[-1] != plain_valid[-1]  # the average was validated, not the raw weights
