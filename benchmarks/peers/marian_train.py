@@ -66,6 +66,8 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=0.0015)
     p.add_argument("--warmup", type=int, default=300)
     p.add_argument("--max-len", type=int, default=80)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: forward pass and loss under torch.autocast, as nmtkit's bf16")
     p.add_argument("--no-test", action="store_true", help="train only (speed and memory)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -84,6 +86,7 @@ def main() -> None:
         scale_embedding=True, share_encoder_decoder_embeddings=True, tie_word_embeddings=True,
         pad_token_id=PAD, eos_token_id=EOS, decoder_start_token_id=PAD, forced_eos_token_id=EOS)
     model = MarianMTModel(config)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / args.warmup, math.sqrt(args.warmup / (s + 1))))
@@ -96,10 +99,11 @@ def main() -> None:
             target = pad([pairs[i][1] for i in idx])
             decoder_input = torch.cat([torch.full((len(idx), 1), PAD), target[:, :-1]], dim=1)
             model.train()
-            logits = model(input_ids=source, attention_mask=source != PAD,
-                           decoder_input_ids=decoder_input).logits
-            loss = F.cross_entropy(logits.view(-1, vocab), target.view(-1), ignore_index=PAD,
-                                   label_smoothing=0.1)
+            with autocast:
+                logits = model(input_ids=source, attention_mask=source != PAD,
+                               decoder_input_ids=decoder_input).logits
+                loss = F.cross_entropy(logits.view(-1, vocab), target.view(-1), ignore_index=PAD,
+                                       label_smoothing=0.1)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -126,7 +130,7 @@ def main() -> None:
     sources = (args.data / "test2016.en").read_text(encoding="utf-8").splitlines()
     refs = (args.data / "test2016.de").read_text(encoding="utf-8").splitlines()
     hyps = []
-    with torch.no_grad():
+    with torch.no_grad(), autocast:
         for i in range(0, len(sources), 64):
             ids = [sp.encode(s)[: args.max_len] + [EOS] for s in sources[i : i + 64]]
             batch = pad(ids)
