@@ -94,6 +94,10 @@ def nmtkit_run(args: argparse.Namespace, data_overrides: list[str]) -> dict:
     cmd = [sys.executable, "-m", "nmtkit.cli", "train", "configs/multi30k-transformer.yaml",
            f"--set=training.precision={args.precision}", f"--set=training.max_minutes={args.minutes}",
            f"--set=training.out_dir={run}", "--set=training.early_stopping.patience=0",
+           # the recipe all four share, whatever the shipped config says now
+           "--set=training.optimizer=adamw", "--set=training.schedule=noam", f"--set=training.lr={LR}",
+           f"--set=training.warmup_steps={WARMUP}", "--set=training.ema_decay=0",
+           "--set=training.valid_every=50",
            *[f"--set={o}" for o in data_overrides]]
     if args.speed_only:
         cmd.append("--set=training.valid_every=1000000")
