@@ -20,7 +20,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -470,7 +470,7 @@ class Trainer:
         self._prune()
         return path
 
-    def _averaged(self):
+    def _averaged(self) -> AbstractContextManager[dict[str, torch.Tensor]]:
         """The model holds the moving average of its weights inside the block (if one is kept)."""
         return self.ema.applied() if self.ema is not None else nullcontext({})
 
