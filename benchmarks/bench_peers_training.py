@@ -97,10 +97,8 @@ def nmtkit_run(args: argparse.Namespace, data_overrides: list[str]) -> dict:
            # the recipe all four share, whatever the shipped config says now
            "--set=training.optimizer=adamw", "--set=training.schedule=noam", f"--set=training.lr={LR}",
            f"--set=training.warmup_steps={WARMUP}", "--set=training.ema_decay=0",
-           "--set=training.valid_every=50",
+           f"--set=training.valid_every={1000000 if args.speed_only else 50}",
            *[f"--set={o}" for o in data_overrides]]
-    if args.speed_only:
-        cmd.append("--set=training.valid_every=1000000")
     if (run / "last").exists():
         cmd.append("--resume")
     rss = train_once(args.runs / "nmtkit.trained.json", cmd, args.runs / "nmtkit.log")

@@ -299,8 +299,9 @@ class Trainer:
             self.ddp_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
+        training_tensors: dict[str, torch.Tensor] = {}
         if resume_from is not None:
-            self._resume(resume_from)
+            training_tensors = self._resume(resume_from)
             self.finished = bool(self._limit_reached())
         elif source is not None:
             self.model.load_state_dict(source.model.state_dict())
@@ -311,8 +312,7 @@ class Trainer:
             # its raw weights back from the training state
             self.ema = WeightAverage(self.model, tcfg.ema_decay)
             if resume_from is not None:
-                path = resume_from.path / "training.safetensors"
-                self.ema.resume(read_tensors(path), str(path))
+                self.ema.resume(training_tensors, str(resume_from.path / "training.safetensors"))
         if self.is_main and not self.finished:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if resume_from is None:
@@ -389,7 +389,9 @@ class Trainer:
             raise NMTKitError(f"--resume: {ckpt.path} was trained by {saved_world} process(es), "
                               f"this is {self.world}; resume with the same number")
 
-    def _resume(self, ckpt: Checkpoint) -> None:
+    def _resume(self, ckpt: Checkpoint) -> dict[str, torch.Tensor]:
+        """Restores the training state; returns the checkpoint's training tensors (the moving
+        average's raw weights are among them)."""
         path = ckpt.path
         self.model.load_state_dict(ckpt.model.state_dict())
         tensors = read_tensors(path / "training.safetensors")
@@ -412,6 +414,7 @@ class Trainer:
         if self.is_main:
             self._drop_log_rows_after(self.state.step)
         self.log(f"resumed from {path} (update {self.state.step}, epoch {self.epochs_done:.2f})")
+        return tensors
 
     def _drop_log_rows_after(self, step: int) -> None:
         """Rows logged after the checkpoint we resume from were lost with the rest of that
