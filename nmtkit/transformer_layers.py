@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from nmtkit.config import TransformerBlocks
 from nmtkit.dropout import Dropout, dropout
@@ -54,7 +55,11 @@ class MultiHeadAttention(nn.Module):
         """q (batch, heads, q_len, head_dim); k, v (batch, heads, k_len, head_dim); mask
         broadcasts to (batch, heads, q_len, k_len), True where a query may look at a key."""
         dropout_p = self.dropout if self.training else 0.0
-        context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        if unfused_trains_faster(q, k):
+            with sdpa_kernel(SDPBackend.MATH):
+                context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        else:
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
         return self.merge_heads(context)
 
     def attend_with_weights(self, q: Tensor, k: Tensor, v: Tensor,
@@ -67,6 +72,20 @@ class MultiHeadAttention(nn.Module):
         weights = scores.softmax(dim=-1)
         context = (dropout(weights, self.dropout) if self.training and self.dropout else weights) @ v
         return self.merge_heads(context), weights
+
+
+UNFUSED_MAX_LEN = 192  # at 250 positions the fused kernel trains faster in bf16 as well
+
+
+def unfused_trains_faster(q: Tensor, k: Tensor) -> bool:
+    """Whether to train this attention with SDPA's unfused math kernel instead of the fused one.
+
+    On the CPU in bf16, the fused (flash) kernel's backward is slow at sentence lengths: a
+    forward and backward over 292 x 14 tokens took 40 ms against 13 ms unfused, and attention
+    took a quarter of the Multi30k Transformer's bf16 update (`benchmarks/bench_attention.py`).
+    In fp32 the fused kernel is the faster one, and without gradients the two are close."""
+    return (q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_grad_enabled()
+            and q.requires_grad and max(q.size(-2), k.size(-2)) <= UNFUSED_MAX_LEN)
 
 
 class _Storage:

@@ -28,3 +28,15 @@ def test_gradient_flows_through_the_kept_elements_only() -> None:
     assert torch.equal(x.grad[~kept], torch.zeros_like(x.grad[~kept]))
     with pytest.raises(ValueError, match="dropout probability"):
         Dropout(1.0)
+
+
+@pytest.mark.parametrize("p", [0.05, 0.1, 0.5, 0.9])
+def test_each_16_bit_lane_of_the_mask_drops_p(p: float) -> None:
+    """Four elements share one 64-bit draw: each of the four positions must drop p of the time
+    (a draw with a fixed top bit would drop too few or too many in one lane), odd sizes too."""
+    torch.manual_seed(2)
+    y = Dropout(p)(torch.ones(4 * 60_001 + 3))
+    for lane in range(4):
+        assert (y[lane::4] == 0).float().mean().item() == pytest.approx(p, abs=0.006)
+    torch.manual_seed(2)
+    assert torch.equal(Dropout(p)(torch.ones(4 * 60_001 + 3)), y)  # seeded, so resumable

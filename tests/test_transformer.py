@@ -358,3 +358,43 @@ def test_selecting_no_rows_gives_an_empty_state() -> None:
         empty = state.select(torch.zeros(0, dtype=torch.long))
     assert empty.src_mask.size(0) == 0 and empty.cross_kv[0][0].size(0) == 0
     assert all(cache.rows == 0 and cache.keys_values()[0].size(0) == 0 for cache in empty.self_kv)
+
+
+def test_bf16_training_attends_unfused_with_the_fused_kernels_result(monkeypatch) -> None:
+    """In bf16 training on the CPU, short sequences go to SDPA's math kernel (the fused one's
+    backward is slow there); it must give what the fused kernel gives, masks included."""
+    from torch.profiler import profile
+
+    from nmtkit import transformer_layers
+    from nmtkit.transformer_layers import UNFUSED_MAX_LEN, unfused_trains_faster
+
+    model = make_model().train()
+    layer = model.encoder.layers[0].self_attn
+    layer.dropout = 0.0  # the two kernels draw different dropout masks
+    src, lengths, _ = random_batch()
+    x = torch.randn(src.size(0), src.size(1), 32, dtype=torch.bfloat16)
+    mask = (src != PAD_ID)[:, None, None, :]
+
+    def run(fused: bool) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        inputs = x.clone().requires_grad_()
+        if fused:
+            monkeypatch.setattr(transformer_layers, "unfused_trains_faster", lambda q, k: False)
+        with torch.autocast("cpu", dtype=torch.bfloat16), profile() as prof:
+            out, _, _ = layer(inputs, mask)
+        out.float().square().sum().backward()
+        return out.float(), inputs.grad.float(), [e.key for e in prof.key_averages()]
+
+    out, grad, ops = run(fused=False)
+    fused_out, fused_grad, fused_ops = run(fused=True)
+    assert "aten::_scaled_dot_product_attention_math" in ops
+    assert "aten::_scaled_dot_product_attention_math" not in fused_ops
+    torch.testing.assert_close(out, fused_out, atol=0.05, rtol=0.05)
+    torch.testing.assert_close(grad, fused_grad, atol=0.05, rtol=0.05)
+
+    q = torch.randn(2, 4, 5, 8, requires_grad=True)
+    long = torch.randn(2, 4, UNFUSED_MAX_LEN + 1, 8)
+    assert unfused_trains_faster(q.bfloat16(), q)
+    assert not unfused_trains_faster(q, q)  # fp32: the fused kernel is faster
+    assert not unfused_trains_faster(q.bfloat16(), long)
+    with torch.no_grad():
+        assert not unfused_trains_faster(q.bfloat16(), q)
