@@ -18,6 +18,8 @@ here with sacreBLEU for all.
 
     nmtkit        configs/multi30k-transformer.yaml with precision fp32 (training.max_minutes)
     transformers  MarianMTModel in a plain PyTorch loop (benchmarks/peers/marian_train.py)
+    transformers-eager  the same with attn_implementation="eager" (its own unfused attention
+                  instead of SDPA's fused kernel; not in the default --systems)
     joeynmt       Joey NMT 2.3 (`python -m joeynmt train`, then `test`)
     opennmt       OpenNMT-py 3.5.1 (`onmt_train`, then `onmt_translate`)
 
@@ -113,14 +115,16 @@ def nmtkit_run(args: argparse.Namespace, data_overrides: list[str]) -> dict:
             "peak_rss_gb": max([rss] + [r.get("peak_rss_gb", 0) for r in log]), "hyps": hyps}
 
 
-def marian_run(args: argparse.Namespace, spm_model: Path) -> dict:
-    out = args.runs / "transformers"
+def marian_run(args: argparse.Namespace, spm_model: Path, attention: str = "sdpa") -> dict:
+    name = "transformers" if attention == "sdpa" else f"transformers-{attention}"
+    out = args.runs / name
     if not (out / "result.json").exists() or not (args.speed_only or (out / "test.hyp").exists()):
         python = args.venvs / "hf" / "bin" / "python"
         run_timed([str(python), str(HERE / "peers" / "marian_train.py"), "--spm", str(spm_model), "--data",
                    str(args.data), "--out", str(out), "--minutes", str(args.minutes), "--lr", str(LR),
                    "--warmup", str(WARMUP), "--max-tokens", str(MAX_TOKENS), "--precision", args.precision,
-                   *(["--no-test"] if args.speed_only else [])], args.runs / "transformers.log")
+                   "--attention", attention, *(["--no-test"] if args.speed_only else [])],
+                  args.runs / f"{name}.log")
     result = json.loads((out / "result.json").read_text())
     speeds = [json.loads(line)["tokens_per_s"] for line in (out / "log.jsonl").read_text().splitlines()]
     return {"updates": result["updates"], "tokens_per_s": middle(speeds),
@@ -257,14 +261,16 @@ def main() -> None:
     p.add_argument("--venvs", type=Path, default=Path(".venv-peers"), help="where make peers put them")
     p.add_argument("--minutes", type=float, default=30)
     p.add_argument("--speed-only", action="store_true", help="no validation, no test translation")
-    p.add_argument("--systems", nargs="+", default=["nmtkit", "transformers", "joeynmt", "opennmt"])
+    p.add_argument("--systems", nargs="+", default=["nmtkit", "transformers", "joeynmt", "opennmt"],
+                   choices=["nmtkit", "transformers", "transformers-eager", "joeynmt", "opennmt"])
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="bf16: nmtkit and transformers only, under torch.autocast")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="nmtkit config overrides (also for the shared subword model: data.*, vocab.*)")
     args = p.parse_args()
-    if args.precision == "bf16" and set(args.systems) - {"nmtkit", "transformers"}:
-        p.error("--precision bf16 is for --systems nmtkit transformers (the others train in fp32 on a CPU)")
+    if args.precision == "bf16" and set(args.systems) - {"nmtkit", "transformers", "transformers-eager"}:
+        p.error("--precision bf16 is for --systems nmtkit transformers transformers-eager (the others "
+                "train in fp32 on a CPU)")
     if not (args.data / "test2016.de").is_file():
         print(f"skipped: no Multi30k at {args.data} (give --data)")
         return
@@ -281,12 +287,13 @@ def main() -> None:
     spm_model = Path(prepared) / "spm.model"
     runners = {"nmtkit": lambda: nmtkit_run(args, data_overrides),
                "transformers": lambda: marian_run(args, spm_model),
+               "transformers-eager": lambda: marian_run(args, spm_model, "eager"),
                "joeynmt": lambda: joey_run(args, spm_model), "opennmt": lambda: onmt_run(args, spm_model)}
     refs = read(args.data / "test2016.de")
     results = {}
     for system in args.systems:
-        if system != "nmtkit" and not (args.venvs / {"transformers": "hf", "joeynmt": "joey",
-                                                     "opennmt": "onmt"}[system]).is_dir():
+        venv = {"transformers": "hf", "transformers-eager": "hf", "joeynmt": "joey", "opennmt": "onmt"}
+        if system != "nmtkit" and not (args.venvs / venv[system]).is_dir():
             print(f"{system}: not installed (make peers); skipped", file=sys.stderr)
             continue
         print(f"{system}: training for {args.minutes:g} minutes", file=sys.stderr, flush=True)

@@ -68,6 +68,8 @@ def main() -> None:
     p.add_argument("--max-len", type=int, default=80)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="bf16: forward pass and loss under torch.autocast, as nmtkit's bf16")
+    p.add_argument("--attention", choices=["sdpa", "eager"], default="sdpa",
+                   help="Hugging Face's attention implementation: sdpa (its default) or eager")
     p.add_argument("--no-test", action="store_true", help="train only (speed and memory)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -84,7 +86,8 @@ def main() -> None:
         decoder_attention_heads=4, encoder_ffn_dim=1024, decoder_ffn_dim=1024, activation_function="relu",
         dropout=0.1, attention_dropout=0.0, activation_dropout=0.0, max_position_embeddings=256,
         scale_embedding=True, share_encoder_decoder_embeddings=True, tie_word_embeddings=True,
-        pad_token_id=PAD, eos_token_id=EOS, decoder_start_token_id=PAD, forced_eos_token_id=EOS)
+        pad_token_id=PAD, eos_token_id=EOS, decoder_start_token_id=PAD, forced_eos_token_id=EOS,
+        attn_implementation=args.attention)
     model = MarianMTModel(config)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=1e-4)
