@@ -1,39 +1,64 @@
-"""Attention on the CPU: SDPA's fused (flash) kernel against its unfused math kernel, in fp32 and
-bf16, forward + backward (training) and forward only, at the lengths of sentences.
+"""Attention on the CPU, three ways: SDPA's fused (flash) kernel, SDPA's unfused math kernel,
+and nmtkit's `attention_by_hand` (matmul, softmax, matmul), in fp32 and bf16, forward +
+backward (training) and forward only, at the lengths of sentences.
 
     python benchmarks/bench_attention.py [--threads 2] [--tokens 4096]
 
 Each row is a batch of about --tokens tokens of one length, 4 heads of 64, a padding mask on the
-keys (as the encoder's self-attention and the cross-attention have). The table is why
-`transformer_layers.unfused_trains_faster` sends bf16 training at up to 192 positions to the math
-kernel and leaves everything else to the fused one.
+keys (as the encoder's self-attention and the cross-attention have). Also printed: the memory a
+forward pass allocates and keeps for the backward (torch.profiler). The table is why
+`transformer_layers.unfused_trains_faster` trains bf16 attention by hand up to 256 positions and
+leaves everything else to the fused kernel.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.profiler import profile
+
+from nmtkit.transformer_layers import attention_by_hand
 
 
-def milliseconds(backend: SDPBackend, batch: int, length: int, dtype: torch.dtype, train: bool,
-                 heads: int = 4, head_dim: int = 64, repeats: int = 10) -> float:
+def fused(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def math(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+    with sdpa_kernel(SDPBackend.MATH):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def by_hand(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+    return attention_by_hand(q, k, v, mask)[0]
+
+
+def measure(attend: Callable, batch: int, length: int, dtype: torch.dtype, train: bool,
+            heads: int = 4, head_dim: int = 64, repeats: int = 10) -> tuple[float, float]:
+    """Median milliseconds, and MB the forward pass allocates and keeps (with train)."""
     q, k, v = (torch.randn(batch, heads, length, head_dim, dtype=dtype, requires_grad=train)
                for _ in range(3))
     lengths = torch.randint(length // 2, length + 1, (batch,))
     mask = (torch.arange(length)[None, :] < lengths[:, None])[:, None, None, :]
     times = []
-    with sdpa_kernel(backend), torch.set_grad_enabled(train):
+    with torch.set_grad_enabled(train):
         for _ in range(repeats + 3):
             start = time.perf_counter()
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            out = attend(q, k, v, mask)
             if train:
-                out.sum().backward()
+                out.float().sum().backward()
             times.append(time.perf_counter() - start)
-    return 1000 * sorted(times[3:])[len(times[3:]) // 2]  # median of the timed repeats
+        with profile(profile_memory=True) as prof:
+            out = attend(q, k, v, mask)
+        kept = sum(e.self_cpu_memory_usage for e in prof.key_averages()) / 1e6
+    return 1000 * sorted(times[3:])[len(times[3:]) // 2], kept
 
 
 def main() -> None:
@@ -44,19 +69,20 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"SDPA on the CPU, {args.threads} threads, batches of about {args.tokens} tokens, 4 heads of 64, "
-          "key padding mask; median ms")
-    print("| dtype | length x batch | train: fused | train: math | math speed-up "
-          "| forward: fused | forward: math |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    ways = {"fused": fused, "math": math, "by hand": by_hand}
+    print(f"Attention on the CPU, {args.threads} threads, batches of about {args.tokens} tokens, 4 heads "
+          "of 64, key padding mask; median ms, and MB a training forward keeps")
+    headers = [f"{what}: {w}" for what in ("train", "MB kept", "forward") for w in ways]
+    print("| dtype | length x batch | " + " | ".join(headers) + " |")
+    print("|---|---|" + "---:|" * 3 * len(ways))
     for dtype in (torch.bfloat16, torch.float32):
         for length in args.lengths:
             batch = max(1, args.tokens // length)
-            row = [milliseconds(backend, batch, length, dtype, train)
-                   for train in (True, False) for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.MATH)]
-            name = str(dtype).removeprefix("torch.")
-            print(f"| {name} | {length} x {batch} | {row[0]:.1f} | {row[1]:.1f} | {row[0] / row[1]:.2f}x "
-                  f"| {row[2]:.1f} | {row[3]:.1f} |")
+            train = [measure(w, batch, length, dtype, True) for w in ways.values()]
+            forward = [measure(w, batch, length, dtype, False)[0] for w in ways.values()]
+            cells = [f"{ms:.1f}" for ms, _ in train] + [f"{mb:.1f}" for _, mb in train]
+            cells += [f"{ms:.1f}" for ms in forward]
+            print(f"| {str(dtype).removeprefix('torch.')} | {length} x {batch} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

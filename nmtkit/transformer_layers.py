@@ -18,7 +18,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from nmtkit.config import TransformerBlocks
 from nmtkit.dropout import Dropout, dropout
@@ -56,8 +55,7 @@ class MultiHeadAttention(nn.Module):
         broadcasts to (batch, heads, q_len, k_len), True where a query may look at a key."""
         dropout_p = self.dropout if self.training else 0.0
         if unfused_trains_faster(q, k):
-            with sdpa_kernel(SDPBackend.MATH):
-                context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+            context, _ = attention_by_hand(q, k, v, mask, dropout_p)
         else:
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
         return self.merge_heads(context)
@@ -66,24 +64,37 @@ class MultiHeadAttention(nn.Module):
                             mask: Tensor | None) -> tuple[Tensor, Tensor]:
         """attend, by hand, to also return the weights (batch, heads, q_len, k_len): the fused
         kernel cannot give them."""
-        scores = (q @ k.transpose(-2, -1)).mul_(q.size(-1) ** -0.5)  # (batch, heads, q_len, k_len)
-        if mask is not None:
-            scores.masked_fill_(~mask, float("-inf"))  # in place: a search step calls this per layer
-        weights = scores.softmax(dim=-1)
-        context = (dropout(weights, self.dropout) if self.training and self.dropout else weights) @ v
+        context, weights = attention_by_hand(q, k, v, mask, self.dropout if self.training else 0.0)
         return self.merge_heads(context), weights
 
 
-UNFUSED_MAX_LEN = 192  # at 250 positions the fused kernel trains faster in bf16 as well
+def attention_by_hand(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
+                      dropout_p: float = 0.0) -> tuple[Tensor, Tensor]:
+    """softmax(q k^T / sqrt(head_dim)) v, spelled out: the context (batch, heads, q_len,
+    head_dim) and the weights (batch, heads, q_len, k_len). Shapes and mask as in `attend`."""
+    scores = (q @ k.transpose(-2, -1)).mul_(q.size(-1) ** -0.5)  # (batch, heads, q_len, k_len)
+    if mask is not None:
+        scores.masked_fill_(~mask, float("-inf"))  # in place: a search step calls this per layer
+    weights = scores.softmax(dim=-1)
+    context = (dropout(weights, dropout_p) if dropout_p else weights) @ v
+    return context, weights
+
+
+# Past this, the weights kept for the backward, (batch, heads, q_len, k_len), grow with the square
+# of the length; the fused kernel keeps none. By hand was still 1.8x as fast at 250 positions.
+UNFUSED_MAX_LEN = 256
 
 
 def unfused_trains_faster(q: Tensor, k: Tensor) -> bool:
-    """Whether to train this attention with SDPA's unfused math kernel instead of the fused one.
+    """Whether to train this attention by hand (`attention_by_hand`) instead of with SDPA's
+    fused kernel.
 
     On the CPU in bf16, the fused (flash) kernel's backward is slow at sentence lengths: a
-    forward and backward over 292 x 14 tokens took 40 ms against 13 ms unfused, and attention
-    took a quarter of the Multi30k Transformer's bf16 update (`benchmarks/bench_attention.py`).
-    In fp32 the fused kernel is the faster one, and without gradients the two are close."""
+    forward and backward over 292 x 14 tokens took 43 ms against 6 ms by hand, and attention
+    took a quarter of the Multi30k Transformer's bf16 update. SDPA's own unfused (math) kernel
+    is in between (14 ms) and upcasts to fp32, keeping copies for the backward: a bf16 run's
+    resident memory grew by 0.8 GB with it (`benchmarks/bench_attention.py`). In fp32 the fused
+    kernel trains fastest."""
     return (q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_grad_enabled()
             and q.requires_grad and max(q.size(-2), k.size(-2)) <= UNFUSED_MAX_LEN)
 
