@@ -31,7 +31,7 @@ def fused(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
-def math(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+def sdpa_math(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
     with sdpa_kernel(SDPBackend.MATH):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
@@ -69,7 +69,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    ways = {"fused": fused, "math": math, "by hand": by_hand}
+    ways = {"fused": fused, "math": sdpa_math, "by hand": by_hand}
     print(f"Attention on the CPU, {args.threads} threads, batches of about {args.tokens} tokens, 4 heads "
           "of 64, key padding mask; median ms, and MB a training forward keeps")
     headers = [f"{what}: {w}" for what in ("train", "MB kept", "forward") for w in ways]

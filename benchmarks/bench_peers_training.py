@@ -51,6 +51,8 @@ from nmtkit.vocabulary import Tokenizer
 
 HERE = Path(__file__).parent
 LR, WARMUP, MAX_TOKENS = 0.0015, 300, 4096
+PEERS = {"transformers": "hf", "transformers-eager": "hf", "joeynmt": "joey", "opennmt": "onmt"}  # -> venv
+BF16 = {"nmtkit", "transformers", "transformers-eager"}  # the systems that train in bf16 on a CPU
 
 
 def run_timed(cmd: list[str], log: Path, deadline_s: float | None = None,
@@ -262,15 +264,15 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=30)
     p.add_argument("--speed-only", action="store_true", help="no validation, no test translation")
     p.add_argument("--systems", nargs="+", default=["nmtkit", "transformers", "joeynmt", "opennmt"],
-                   choices=["nmtkit", "transformers", "transformers-eager", "joeynmt", "opennmt"])
+                   choices=["nmtkit", *PEERS])
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="bf16: nmtkit and transformers only, under torch.autocast")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="nmtkit config overrides (also for the shared subword model: data.*, vocab.*)")
     args = p.parse_args()
-    if args.precision == "bf16" and set(args.systems) - {"nmtkit", "transformers", "transformers-eager"}:
-        p.error("--precision bf16 is for --systems nmtkit transformers transformers-eager (the others "
-                "train in fp32 on a CPU)")
+    if args.precision == "bf16" and set(args.systems) - BF16:
+        p.error(f"--precision bf16 is for --systems {' '.join(sorted(BF16))} (the others train in fp32 "
+                "on a CPU)")
     if not (args.data / "test2016.de").is_file():
         print(f"skipped: no Multi30k at {args.data} (give --data)")
         return
@@ -292,8 +294,7 @@ def main() -> None:
     refs = read(args.data / "test2016.de")
     results = {}
     for system in args.systems:
-        venv = {"transformers": "hf", "transformers-eager": "hf", "joeynmt": "joey", "opennmt": "onmt"}
-        if system != "nmtkit" and not (args.venvs / venv[system]).is_dir():
+        if system != "nmtkit" and not (args.venvs / PEERS[system]).is_dir():
             print(f"{system}: not installed (make peers); skipped", file=sys.stderr)
             continue
         print(f"{system}: training for {args.minutes:g} minutes", file=sys.stderr, flush=True)

@@ -95,8 +95,8 @@ def unfused_trains_faster(q: Tensor, k: Tensor) -> bool:
     is in between (14 ms) and upcasts to fp32, keeping copies for the backward: a bf16 run's
     resident memory grew by 0.8 GB with it (`benchmarks/bench_attention.py`). In fp32 the fused
     kernel trains fastest."""
-    return (q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_grad_enabled()
-            and q.requires_grad and max(q.size(-2), k.size(-2)) <= UNFUSED_MAX_LEN)
+    return (q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.requires_grad  # training
+            and max(q.size(-2), k.size(-2)) <= UNFUSED_MAX_LEN)
 
 
 class _Storage:
