@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-WORD_START = "\u2581"
+from nmtkit.vocabulary import WORD_START
 
 
 def word_of_piece(pieces: Sequence[str]) -> list[int]:

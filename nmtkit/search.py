@@ -16,7 +16,7 @@ A step turns the model's scores into log-probabilities and applies the rules, in
 the repetition penalty (on the scores, as CTranslate2 does), log_softmax, then masks that leave
 the log-probabilities of what stays allowed as they are (so a hypothesis's score is the model's
 log-probability of it): never <pad>, <s> or <unk>; no repeated n-gram; the length rules; the
-forced prefix; the partly typed word.
+forced prefix; the partly typed word; after a prefix that ends in a space, a new word.
 
 Lengths, counted in target tokens without EOS: a sentence of src_len tokens may produce at most
 `max_len_a * src_len + max_len_b` (at its limit only EOS is allowed; a longer forced prefix
@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from nmtkit.errors import NMTKitError
 from nmtkit.seq2seq import DecoderState, EncoderOutput, Seq2Seq
-from nmtkit.vocabulary import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from nmtkit.vocabulary import BOS_ID, EOS_ID, PAD_ID, UNK_ID, WORD_START
 
 NEG_INF = float("-inf")
 
@@ -146,6 +146,9 @@ class Steering:
         no_repeat_ngram_size  no n-gram of this size occurs twice in an output (0: off)
         repetition_penalty    CTranslate2's: the score s of a token already in the output becomes
                               s * penalty if s < 0, else s / penalty (1: off; > 1 discourages)
+        new_word              per sentence, whether the prefix ends in a space: its last word is
+                              finished, so the first piece after it must begin a new word (a
+                              piece that starts with "\u2581") or be </s>
         allow_unk             let search produce <unk> (to replace it by a source word later)
 
     Search keeps, per row, which sentence it decodes; the partial words' progress is kept per
@@ -155,7 +158,8 @@ class Steering:
     def __init__(self, batch: int = 0, prefix: Sequence[Sequence[int]] | None = None,
                  partial: Sequence[str] | None = None, pieces: Sequence[str] | None = None,
                  no_repeat_ngram_size: int = 0, repetition_penalty: float = 1.0,
-                 allow_unk: bool = False, device: torch.device | str = "cpu") -> None:
+                 allow_unk: bool = False, new_word: Sequence[bool] | None = None,
+                 device: torch.device | str = "cpu") -> None:
         self.no_repeat = no_repeat_ngram_size
         self.penalty = repetition_penalty
         self.allow_unk = allow_unk
@@ -173,6 +177,15 @@ class Steering:
         if any(self.partial) and not self.pieces:
             raise ValueError("partial words need the vocabulary's pieces")
         self.rest: list[str] | None = None  # per row: what of its partial word is still to spell
+        self.new_word = torch.tensor(list(new_word) if new_word is not None else [False] * len(prefix),
+                                     dtype=torch.bool, device=device)
+        self.any_new_word = bool(self.new_word.any())
+        if self.any_new_word and not self.pieces:
+            raise ValueError("new words need the vocabulary's pieces")
+        # (vocab,): the pieces that go on a word (not </s>, and none that starts one)
+        self.inside_word = torch.tensor([i != EOS_ID and not p.startswith(WORD_START)
+                                         for i, p in enumerate(self.pieces)], dtype=torch.bool,
+                                        device=device) if self.any_new_word else None
 
     @property
     def needs_history(self) -> bool:
@@ -239,6 +252,11 @@ class Steering:
                     kept = log_probs[row, allowed].clone()
                     log_probs[row] = NEG_INF
                     log_probs[row, allowed] = kept
+        if self.inside_word is not None:  # just after a prefix that ends in a space: a new word
+            first = (self.forced_len.index_select(0, rows_sentence) == t) & \
+                self.new_word.index_select(0, rows_sentence)  # (rows,)
+            if bool(first.any()):
+                log_probs.masked_fill_(first.unsqueeze(1) & self.inside_word, NEG_INF)
 
 
 def left_to_spell(rest: str, piece: str) -> str:

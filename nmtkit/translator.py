@@ -29,12 +29,13 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nmtkit.alignment import WORD_START, align, replace_unknown
+from nmtkit.alignment import align, replace_unknown
 from nmtkit.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint
 from nmtkit.cpu import keep_freed_memory
 from nmtkit.data import TokenBatchSampler, collate, collate_source
@@ -51,7 +52,7 @@ from nmtkit.search import (
 )
 from nmtkit.search import sample as sample_search  # `sample` is translate's flag
 from nmtkit.seq2seq import Seq2Seq
-from nmtkit.vocabulary import EOS_ID, PAD_ID, UNK, UNK_ID
+from nmtkit.vocabulary import EOS_ID, PAD_ID, UNK, UNK_ID, WORD_START
 
 MAX_BEAM = 256  # a larger beam or n-best would only be a mistake (and hold the memory hostage)
 
@@ -97,7 +98,16 @@ class Alternative:
     word: str  # the whole word (a word typed in part, completed)
     probability: float  # the model's probability of its pieces, one after the other
     translation: str  # the best translation that begins with `prefix`
-    prefix: str  # the given prefix with this word in place: pass it on to continue from here
+    prefix: str  # the given prefix with this word in place and a space after it (the word is
+    # finished): pass it on to continue from here
+
+
+class Prefix(NamedTuple):
+    """A prefix as search takes it."""
+
+    ids: list[int]  # the forced target ids: its complete words
+    partial: str  # the piece text of a last word typed in part ("\u2581Ma"), or ""
+    new_word: bool  # it ends in a space: the next piece begins a new word
 
 
 @dataclass
@@ -172,6 +182,12 @@ class Translator:
                    keep_memory, pack)
 
     @property
+    def longest_output(self) -> int:
+        """The most target pieces a prefix or a scored target may have: the decoder's positions,
+        or for the RNN (which has none) twice the longest input."""
+        return self.max_output_tokens or 2 * self.max_input_tokens
+
+    @property
     def decoder_layers(self) -> int:
         """Layers of attention the details can show (1 for the RNN)."""
         return self.members[0].attention_shape[0]
@@ -225,8 +241,11 @@ class Translator:
         torch.Generator to continue across calls); nbest then draws that many samples.
 
         prefix: per sentence, text the translation must begin with (forced decoding); search
-        continues from its end. A prefix that does not end in a space ends with a word typed in
-        part: the continuation completes it ("Ein Ma" -> "Ein Mann ..."). no_repeat_ngram_size,
+        continues from its end. A prefix that ends in a space ends with a finished word: the
+        next piece begins a new word ("Ein " -> "Ein Mann ...", never "Eine ..."). One that
+        does not ends with a word typed in part: the continuation completes it ("Ein Ma" ->
+        "Ein Mann ..."). A prefix the model cannot produce (a word its vocabulary cannot spell,
+        or more pieces than `longest_output`) raises NMTKitError. no_repeat_ngram_size,
         repetition_penalty: CTranslate2's repetition controls (see search.Steering).
         replace_unk: let <unk> be produced, and replace each by the source word it attends to
         most (in the alignment layer).
@@ -266,10 +285,11 @@ class Translator:
         for indices in self._batches(ids, batch_tokens):
             src, lengths = collate_source([ids[i] for i in indices])
             steering = Steering(
-                len(indices), prefix=[forced[i][0] for i in indices],
-                partial=[forced[i][1] for i in indices], pieces=self.tgt_pieces,
+                len(indices), prefix=[forced[i].ids for i in indices],
+                partial=[forced[i].partial for i in indices], pieces=self.tgt_pieces,
                 no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty,
-                allow_unk=replace_unk, device=self.device)
+                allow_unk=replace_unk, new_word=[forced[i].new_word for i in indices],
+                device=self.device)
             for i, hyp in zip(indices, search(src.to(self.device), lengths.to(self.device), steering),
                               strict=True):
                 hyps[i] = hyp
@@ -411,8 +431,9 @@ class Translator:
                                        temperature, top_k, top_p, seed, 0.0, max_len)
         src, lengths = collate_source([[] for _ in prompts])  # no source: just </s>
         forced = [self._prefix(p) for p in prompts]
-        steering = Steering(len(prompts), prefix=[f[0] for f in forced], partial=[f[1] for f in forced],
-                            pieces=self.tgt_pieces, device=self.device)
+        steering = Steering(len(prompts), prefix=[f.ids for f in forced],
+                            partial=[f.partial for f in forced], pieces=self.tgt_pieces,
+                            new_word=[f.new_word for f in forced], device=self.device)
         hyps = search(src.to(self.device), lengths.to(self.device), steering)
         return [[self.tgt_tok.decode(h.tokens) for h in (hyp.nbest[:num] if num > 1 else [hyp])]
                 for hyp in hyps]
@@ -423,21 +444,21 @@ class Translator:
                               "continues text with `nmtkit generate`; it does not translate or score pairs")
 
     # ---- steering ----
-    def _prefix(self, text: str) -> tuple[list[int], str]:
-        """A prefix as forced target ids (its complete words) and the piece text of a last word
-        typed in part ('' if it ends in a space)."""
+    def _prefix(self, text: str) -> Prefix:
+        """A prefix as forced target ids: its complete words, then either the piece text of a
+        last word typed in part, or (after a final space) the rule that a new word comes next."""
         if not text.strip():
-            return [], ""
+            return Prefix([], "", False)
         if text[-1].isspace():
-            return self._forced(text, self.tgt_tok.encode(text.strip())), ""
+            return Prefix(self._forced(text, self.tgt_tok.encode(text.strip())), "", True)
         head, last = _split_last_word(text)
         forced = self.tgt_tok.encode(head) if head.strip() else []
         whole = self._forced(text, forced + self.tgt_tok.encode(last))  # can it spell the last word?
         partial = WORD_START + last
         if not any(p.startswith(partial) or partial.startswith(p)
                    for p in self.tgt_pieces if p and not p.startswith("<")):
-            return whole, ""  # nothing spells it: force its pieces
-        return forced, partial
+            return Prefix(whole, "", False)  # nothing spells it: force its pieces
+        return Prefix(forced, partial, False)
 
     def check_prefix(self, text: str) -> None:
         """Raise NMTKitError for a prefix this model cannot produce (a service checks each
@@ -451,9 +472,9 @@ class Translator:
             word = next((w for w in text.split() if UNK_ID in self.tgt_tok.encode(w)), text)
             raise NMTKitError(f"prefix {text[:60]!r}: the target vocabulary cannot spell {word[:40]!r} "
                               "(its characters are not in it, and it has no byte fallback)")
-        if self.max_output_tokens is not None and len(ids) >= self.max_output_tokens:
+        if len(ids) >= self.longest_output:
             raise NMTKitError(f"prefix {text[:60]!r}... is {len(ids)} pieces; this model's outputs are at "
-                              f"most {self.max_output_tokens} pieces")
+                              f"most {self.longest_output} pieces")
         return ids
 
     @torch.inference_mode()
@@ -468,7 +489,8 @@ class Translator:
         at least 20); each is completed into a word by greedy continuation of its pieces, the
         word's probability being the product of its pieces'. Words reached twice add up. The
         translations come from one call of `translate(prefix=...)` with the rest of `options`,
-        so choosing alternative j and translating with its `prefix` gives its `translation`."""
+        so choosing alternative j and translating with its `prefix` gives its `translation`. That
+        prefix ends in a space, so the translation goes on with a new word after it."""
         self._check_translates()
         if not isinstance(source, str) or not isinstance(prefix, str):
             raise TypeError("alternatives takes one source sentence and one prefix, as str")
@@ -477,7 +499,7 @@ class Translator:
         if not source.strip():
             return []
         (src_ids,) = self._encode([source], str(options.pop("too_long", None) or self.decoding.too_long))
-        forced, partial = self._prefix(prefix)
+        forced, partial, _ = self._prefix(prefix)  # a word comes next either way
         model = self.model
         src, lengths = collate_source([src_ids])
         enc = model.encode(src.to(self.device), lengths.to(self.device))
@@ -500,7 +522,8 @@ class Translator:
                 merged[word] = merged.get(word, 0.0) + p
         ranked = sorted(merged.items(), key=lambda item: -item[1])[:k]
         head = prefix.rstrip() if not partial else _split_last_word(prefix)[0]
-        starts = [f"{head} {word}" if head.strip() else word for word, _ in ranked]
+        # each word is whole: the space after it makes the translation go on with a new word
+        starts = [f"{head} {word} " if head.strip() else f"{word} " for word, _ in ranked]
         translations = self.translate([source] * len(starts), prefix=starts, **options) if starts else []
         return [Alternative(word, p, text, start)
                 for (word, p), text, start in zip(ranked, translations, starts, strict=True)]
@@ -574,7 +597,7 @@ class Translator:
         # targets are bounded too (a 20,000-piece target would run for minutes): by the
         # positions, or for the RNN by twice the input limit; cut (with a warning) unless
         # too_long is error
-        limit = self.max_output_tokens or 2 * self.max_input_tokens
+        limit = self.longest_output
         over = [i for i, t in enumerate(tgt_ids) if len(t) > limit]
         if over and policy == "error":
             raise NMTKitError(f"target {over[0] + 1} has {len(tgt_ids[over[0]])} subword tokens, more "

@@ -20,6 +20,7 @@ from nmtkit.errors import NMTKitError
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
+WORD_START = "\u2581"  # sentencepiece's mark on a piece that begins a word
 
 _SPECIAL_IDS = frozenset((PAD_ID, BOS_ID, EOS_ID))
 _TRAIN_SEED = 1  # sentencepiece samples/shuffles its input; fixed so `prepare` is reproducible

@@ -71,7 +71,7 @@ def test_translate_see_the_attention_pick_an_alternative(page) -> None:
         "w => document.querySelectorAll('.sentence .translation .word')[2]?.textContent === w", arg=chosen)
     new = page.locator(".sentence .translation .word").all_inner_texts()
     assert new[:3] == words[:2] + [chosen]
-    assert page.locator(".sentence .prefix").input_value() == f"three hundred {chosen}"
+    assert page.locator(".sentence .prefix").input_value() == f"three hundred {chosen} "  # a whole word
     ARTIFACTS.mkdir(exist_ok=True)
     page.evaluate("document.fonts.ready")  # Hangul comes from the server's font
     page.screenshot(path=str(ARTIFACTS / "page.png"), full_page=True)

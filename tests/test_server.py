@@ -53,6 +53,14 @@ def test_translate_alternatives_and_score(client, translator) -> None:
     alts = r.json()["alternatives"]
     assert alts[0]["word"] == "forty-five" and alts[0]["translation"].startswith("three hundred forty-five")
 
+    assert all(a["prefix"] == f"three hundred {a['word']} " for a in alts)  # the word is whole
+
+    # a prefix that ends in a space: the next piece begins a new word (not "three-...")
+    r = client.post("/translate", json={"text": NUMBERS, "beam": 4, "prefix": ["three ", "zero ", "five "]})
+    for t in r.json()["translations"]:
+        prefix_pieces = 1  # "three", "zero", "five" are one piece each in this vocabulary
+        assert len(t["tokens"]) == prefix_pieces or t["tokens"][prefix_pieces].startswith("\u2581"), t["tokens"]
+
     r = client.post("/score", json={"source": NUMBERS[:2], "target": ["three hundred", "four thousand seventy-one"]})
     scores = r.json()["scores"]
     assert scores[1]["log_prob"] > scores[0]["log_prob"] and scores[1]["tokens"][-1] == "</s>"
@@ -89,6 +97,7 @@ def test_health_info_metrics_docs_and_page(client) -> None:
     ({"text": NUMBERS, "beam": True}, 422, "beam"),
     ({"text": NUMBERS, "attention": "yes"}, 422, "attention"),
     ({"text": NUMBERS[:1], "prefix": ["two ☃ "]}, 422, "prefix[0]"),
+    ({"text": NUMBERS[:2], "prefix": ["", "one " * 300]}, 422, "prefix[1]"),  # past the longest output
 ])
 def test_bad_requests_name_the_field(client, body, status, field) -> None:
     r = client.post("/translate", json=body)
