@@ -138,22 +138,44 @@ class _TooLong:
                   f"(first: {name} line {self.first})", file=sys.stderr)
 
 
-def _jsonl_inputs(lines: list[str], first_line: int, name: str) -> tuple[list[str], list[str]]:
-    """--input-format jsonl: each line {"source": "...", "prefix": "..."} (prefix optional)."""
+JSONL_KEYS = ("source", "prefix")  # --input-format jsonl: what a line may hold
+
+
+def _jsonl_inputs(lines: list[str], first_line: int, name: str,
+                  translator) -> tuple[list[str], list[str]]:
+    """--input-format jsonl: each line {"source": "...", "prefix": "..."} (prefix optional).
+    Every mistake names its line: bad JSON, an unknown key, a value that is not text, a prefix
+    the model cannot produce."""
     import json
+
+    from nmtkit.vocabulary import check_text
 
     sources, prefixes = [], []
     for n, line in enumerate(lines, first_line):
+        where = f"{name} line {n}"
         try:
             record = json.loads(line) if line.strip() else {"source": ""}
         except json.JSONDecodeError as err:
-            raise NMTKitError(f"{name} line {n}: not valid JSON ({err.msg})") from None
+            raise NMTKitError(f"{where}: not valid JSON ({err.msg})") from None
+        except RecursionError:  # some 100,000 nested brackets
+            raise NMTKitError(f"{where}: not valid JSON (nested too deeply)") from None
         if not isinstance(record, dict) or not isinstance(record.get("source"), str) or \
                 not isinstance(record.get("prefix", ""), str):
-            raise NMTKitError(f"{name} line {n}: expected an object with a \"source\" string "
+            raise NMTKitError(f"{where}: expected an object with a \"source\" string "
                               "(and an optional \"prefix\" string)")
+        unknown = [key for key in record if key not in JSONL_KEYS]
+        if unknown:
+            raise NMTKitError(f"{where}: unknown key {unknown[0]!r} (a line holds \"source\" and "
+                              "an optional \"prefix\")")
+        for key, value in record.items():
+            check_text(value, f"{where}: {key!r}")
+        prefix = record.get("prefix", "")
+        try:
+            translator.check_prefix(prefix)
+        except NMTKitError as err:
+            raise NMTKitError(f"{where}: {err}") from None
         sources.append(record["source"])
-        prefixes.append(record.get("prefix", ""))
+        prefixes.append(prefix)
     return sources, prefixes
 
 
@@ -197,7 +219,7 @@ def cmd_translate(args: argparse.Namespace) -> None:
         for lines in _arriving_lines(stream, args.chunk_lines, name):
             prefixes = None
             if args.input_format == "jsonl":
-                lines, prefixes = _jsonl_inputs(lines, line, name)
+                lines, prefixes = _jsonl_inputs(lines, line, name, translator)
             line += len(lines)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NMTKitWarning)  # counted, reported once at the end

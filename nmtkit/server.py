@@ -49,6 +49,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from nmtkit.errors import NMTKitError, NMTKitWarning
 from nmtkit.model import count_parameters
 from nmtkit.translator import Translation, Translator
+from nmtkit.vocabulary import check_text
 
 # ---- settings, requests, responses ----
 
@@ -449,6 +450,10 @@ def _check_sentences(name: str, sentences: list[str], settings: ServeSettings) -
         if len(s) > settings.max_chars:
             raise HTTPException(413, [{"field": f"{name}.{i}", "message": f"{len(s)} characters; at "
                                        f"most {settings.max_chars} per sentence (max_chars)"}])
+        try:
+            check_text(s, "the sentence")
+        except NMTKitError as err:
+            raise HTTPException(422, [{"field": f"{name}.{i}", "message": str(err)}]) from None
 
 
 def _limit(name: str, value: int, most: int) -> None:

@@ -52,7 +52,7 @@ from nmtkit.search import (
 )
 from nmtkit.search import sample as sample_search  # `sample` is translate's flag
 from nmtkit.seq2seq import Seq2Seq
-from nmtkit.vocabulary import EOS_ID, PAD_ID, UNK, UNK_ID, WORD_START
+from nmtkit.vocabulary import EOS_ID, PAD_ID, UNK, UNK_ID, WORD_START, check_text
 
 MAX_BEAM = 256  # a larger beam or n-best would only be a mistake (and hold the memory hostage)
 
@@ -447,6 +447,7 @@ class Translator:
     def _prefix(self, text: str) -> Prefix:
         """A prefix as forced target ids: its complete words, then either the piece text of a
         last word typed in part, or (after a final space) the rule that a new word comes next."""
+        check_text(text, "prefix")
         if not text.strip():
             return Prefix([], "", False)
         if text[-1].isspace():
@@ -494,6 +495,7 @@ class Translator:
         self._check_translates()
         if not isinstance(source, str) or not isinstance(prefix, str):
             raise TypeError("alternatives takes one source sentence and one prefix, as str")
+        check_text(source, "source")
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_BEAM:
             raise NMTKitError(f"k must be a whole number from 1 to {MAX_BEAM}, not {k!r}")
         if not source.strip():
@@ -684,6 +686,7 @@ def _check_prefixes(prefix: Sequence[str] | None, n: int) -> list[str]:
     for i, p in enumerate(prefix):
         if not isinstance(p, str):
             raise TypeError(f"prefix {i} is a {type(p).__name__}, not a str")
+        check_text(p, f"prefix[{i}]")
     return list(prefix)
 
 
@@ -705,6 +708,7 @@ def _check_sentences(sentences: object, caller: str = "translate", what: str = "
     for i, s in enumerate(sentences):
         if not isinstance(s, str):
             raise TypeError(f"sentence {i} is a {type(s).__name__}, not a str")
+        check_text(s, f"{what}[{i}]")
 
 
 def _check_options(beam: int, nbest: int, do_sample: bool, temperature: float, top_k: int,

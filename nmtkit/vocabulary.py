@@ -27,6 +27,19 @@ _TRAIN_SEED = 1  # sentencepiece samples/shuffles its input; fixed so `prepare` 
 _SPM_MIN_SAMPLE = 101  # sentencepiece rejects input_sentence_size in 1..100
 
 
+def check_text(text: str, what: str) -> None:
+    """Raise NMTKitError for a str that is not text: a lone surrogate ("\\ud800", which a JSON
+    escape can make) has no UTF-8 form, and sentencepiece would fail on it with a C++ error."""
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        code = ord(text[err.start])
+        raise NMTKitError(f"{what} holds a lone surrogate (\\u{code:04x} at character {err.start + 1}), "
+                          "which is not text: UTF-8 cannot encode it") from None
+
+
 def _sample_lines(texts: list[Path], k: int, out: Path) -> None:
     """Reservoir-sample k lines of `texts` into `out` (for samples too small for sentencepiece)."""
     rng = random.Random(_TRAIN_SEED)

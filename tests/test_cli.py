@@ -309,3 +309,23 @@ def test_score_command_prints_one_line_per_pair(numbers_checkpoint, tmp_path) ->
                      "--output-format", "jsonl")
     record = json.loads(result.stdout.splitlines()[0])
     assert record["tokens"][-1] == "</s>" and len(record["token_scores"]) == len(record["tokens"])
+
+
+@pytest.mark.parametrize("stdin, message", [
+    ('{"source": "삼십"}\n{"source": "삼십", "prefx": "thirty"}\n', "standard input line 2: unknown key 'prefx'"),
+    ('{"source": "삼십"}\n\n{"source": "삼십", "prefix": "thirty ☃ "}\n', "standard input line 3: prefix "),
+    ('{"source": "삼십", "prefix": "' + "one " * 300 + '"}\n', "standard input line 1: prefix 'one one"),
+    ('{"source": "삼십"}\n' + "[" * 100_000 + "\n", "standard input line 2: not valid JSON (nested too deeply)"),
+    ('{"source": "\\ud800"}\n', "standard input line 1: 'source' holds a lone surrogate (\\ud800"),
+    ('{"source": "삼십", "prefix": "a\\udfff"}\n', "standard input line 1: 'prefix' holds a lone surrogate"),
+])
+def test_jsonl_input_mistakes_name_their_line(numbers_checkpoint, monkeypatch, capsys, stdin, message) -> None:
+    import io
+
+    from nmtkit.cli import main
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    code = main(["translate", "--checkpoint", str(numbers_checkpoint), "--input-format", "jsonl"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("nmtkit: error: ") and err.count("\n") == 1, err
+    assert message in err, err

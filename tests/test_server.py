@@ -116,6 +116,15 @@ def test_malformed_json_huge_k_and_bad_score_requests(client) -> None:
     assert r.status_code == 422 and r.json()["detail"][0]["field"] == "k"
     r = client.post("/score", json={"source": ["a", "b"], "target": ["a"]})
     assert r.status_code == 422 and r.json()["detail"][0]["field"] == "target"
+    # a lone surrogate (a JSON escape can make one) is not text: 422 naming the field, not a 500
+    for route, body, field in (("/translate", b'{"text": ["\\ud800"]}', "text.0"),
+                               ("/translate", b'{"text": ["a"], "prefix": ["b\\udfff"]}', "prefix[0]"),
+                               ("/alternatives", b'{"source": "\\ud800"}', "source.0"),
+                               ("/alternatives", b'{"source": "a", "prefix": "\\ud800"}', "prefix[0]"),
+                               ("/score", b'{"source": ["a"], "target": ["\\ud800"]}', "target.0")):
+        r = client.post(route, content=body, headers={"Content-Type": "application/json"})
+        assert r.status_code == 422 and r.json()["detail"][0]["field"] == field, (route, r.text)
+        assert "lone surrogate" in r.json()["detail"][0]["message"]
 
 
 def test_an_internal_error_is_500_and_the_service_goes_on(client, translator, monkeypatch) -> None:

@@ -243,6 +243,15 @@ def test_api_refuses_what_is_not_a_list_of_strings(tiny_config, bad, error) -> N
                              ({"sample": True, "seed": 2**64}, "seed must be")):
         with pytest.raises(NMTKitError, match=message):
             t.translate(["삼십"], **options)
+    # a lone surrogate is not text (sentencepiece would fail with a C++ cast error): every entry
+    with pytest.raises(NMTKitError, match=r"sentences\[1\] holds a lone surrogate \(\\ud800 at character 3"):
+        t.translate(["삼십", "ab\ud800"])
+    with pytest.raises(NMTKitError, match=r"prefix\[0\] holds a lone surrogate"):
+        t.translate(["삼십"], prefix=["\udc00 "])
+    with pytest.raises(NMTKitError, match=r"targets\[0\] holds a lone surrogate"):
+        t.score(["삼십"], ["\ud800"])
+    with pytest.raises(NMTKitError, match="source holds a lone surrogate"):
+        t.alternatives("\ud800", "")
 
 
 @pytest.mark.parametrize("family", ["rnn", "transformer"])
@@ -325,9 +334,12 @@ def test_a_prefix_the_model_cannot_produce_is_one_clear_error(numbers_checkpoint
         t.translate(["삼십 사"], prefix=["thirty ☃ "], **options)
     with pytest.raises(NMTKitError, match="cannot spell"):
         t.alternatives("삼십 사", prefix="☃", k=3)
-    if t.max_output_tokens is not None:
+    assert t.max_output_tokens is None and t.longest_output == 2 * t.max_input_tokens  # an RNN
+    for prefix in ("one " * t.longest_output, "one " * 400, "one " * t.longest_output + "tw"):
         with pytest.raises(NMTKitError, match="pieces; this model's outputs are at most"):
-            t.translate(["삼십 사"], prefix=["one " * t.max_output_tokens], **options)
+            t.translate(["삼십 사"], prefix=[prefix], **options)
+        with pytest.raises(NMTKitError, match="pieces; this model's outputs are at most"):
+            t.alternatives("삼십 사", prefix=prefix, k=2)
 
 
 def test_a_prefix_and_its_continuation_score_as_forced_decoding(numbers_checkpoint) -> None:
