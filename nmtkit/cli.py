@@ -297,7 +297,8 @@ def cmd_score(args: argparse.Namespace) -> None:
     for s in scores:
         if args.output_format == "jsonl":
             print(json.dumps({"log_prob": s.log_prob, "normalized": s.normalized, "tokens": s.tokens,
-                              "token_scores": s.token_scores}, ensure_ascii=False))
+                              "token_scores": s.token_scores, "truncated": s.truncated,
+                              "unknown": s.unknown}, ensure_ascii=False))
         else:
             print(f"{s.log_prob:.4f}\t{s.normalized:.4f}")
 

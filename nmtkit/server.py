@@ -138,6 +138,9 @@ class ScoreOut(BaseModel):
     normalized: float
     tokens: list[str]
     token_scores: list[float]
+    truncated: bool = Field(description="the target was longer than the model's outputs: only its "
+                            "first pieces were scored")
+    unknown: int = Field(description="target pieces the vocabulary cannot spell (scored as <unk>)")
 
 
 class ScoreResponse(BaseModel):
@@ -412,6 +415,12 @@ def create_app(translator: Translator, settings: ServeSettings | None = None) ->
         if len(req.source) != len(req.target):
             raise HTTPException(422, [{"field": "target", "message": f"{len(req.target)} targets for "
                                        f"{len(req.source)} sources"}])
+        if settings.too_long == "error":  # before the batch: the error names this request's target
+            for i, target in enumerate(req.target):
+                if len(translator.tgt_tok.encode(target)) > translator.longest_output:
+                    raise HTTPException(422, [{"field": f"target.{i}", "message": "more subword tokens "
+                                               f"than the model's outputs ({translator.longest_output}; "
+                                               "too_long: error)"}])
         job = _Job("score", ("score",), {"sources": req.source, "targets": req.target},
                    _tokens(translator, req.source))
         result = await run(job)

@@ -118,6 +118,8 @@ class Score:
     normalized: float  # per piece: log_prob / (pieces + 1)
     tokens: list[str]  # the target pieces, then "</s>"
     token_scores: list[float]  # the log-probability of each
+    truncated: bool = False  # the target had more pieces than longest_output: only those were scored
+    unknown: int = 0  # target pieces the vocabulary cannot spell (<unk>): the score says little
 
 
 class Translator:
@@ -585,7 +587,11 @@ class Translator:
               too_long: str | None = None) -> list[Score]:
         """The model's log-probability of each given translation (a teacher-forced pass, batched
         like training): per sentence, its sum, its per-piece mean and each piece's. Uses:
-        filtering noisy corpora, reranking n-best lists, checking a reference."""
+        filtering noisy corpora, reranking n-best lists, checking a reference.
+
+        A target with more pieces than `longest_output` is cut to them (Score.truncated) with a
+        warning, or refused with too_long="error"; one the vocabulary cannot spell is scored
+        with <unk> pieces (Score.unknown counts them) and a warning."""
         _check_sentences(sources, "score", "sources")
         self._check_translates()
         _check_sentences(targets, "score", "targets")
@@ -600,6 +606,14 @@ class Translator:
         # positions, or for the RNN by twice the input limit; cut (with a warning) unless
         # too_long is error
         limit = self.longest_output
+        unknown = [i for i, t in enumerate(tgt_ids) if UNK_ID in t]
+        if unknown:
+            first = targets[unknown[0]]
+            word = next((w for w in first.split() if UNK_ID in self.tgt_tok.encode(w)), first)
+            warnings.warn(NMTKitWarning(
+                f"{len(unknown)} target(s) hold characters the target vocabulary cannot spell, scored "
+                f"as <unk>, which says little about them (the first: target {unknown[0] + 1}, "
+                f"{word[:40]!r}); Score.unknown counts them"), stacklevel=2)
         over = [i for i, t in enumerate(tgt_ids) if len(t) > limit]
         if over and policy == "error":
             raise NMTKitError(f"target {over[0] + 1} has {len(tgt_ids[over[0]])} subword tokens, more "
@@ -607,8 +621,9 @@ class Translator:
         if over:
             warnings.warn(NMTKitWarning(
                 f"{len(over)} target(s) longer than {limit} subword tokens were scored on their first "
-                f"{limit} (the first: target {over[0] + 1})"), stacklevel=2)
-            tgt_ids = [t[:limit] for t in tgt_ids]
+                f"{limit} (the first: target {over[0] + 1}); Score.truncated marks them"), stacklevel=2)
+        cut = set(over)
+        tgt_ids = [t[:limit] for t in tgt_ids]
         cost = [max(len(s), len(t)) + 1 for s, t in zip(src_ids, tgt_ids, strict=True)]
         sampler = TokenBatchSampler(cost, cost, batch_tokens, shuffle=False, seed=0)
         results: list[Score | None] = [None] * len(sources)
@@ -621,7 +636,7 @@ class Translator:
                 token_scores = gold[row, :n].tolist()
                 total = sum(token_scores)
                 results[i] = Score(total, total / n, self.tgt_tok.pieces(tgt_ids[i]) + ["</s>"],
-                                   token_scores)
+                                   token_scores, i in cut, tgt_ids[i].count(UNK_ID))
         return results  # type: ignore[return-value]
 
     # ---- attention ----

@@ -329,3 +329,22 @@ def test_jsonl_input_mistakes_name_their_line(numbers_checkpoint, monkeypatch, c
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("nmtkit: error: ") and err.count("\n") == 1, err
     assert message in err, err
+
+
+def test_score_warns_of_targets_it_cannot_spell_or_must_cut(numbers_checkpoint, tmp_path, capsys) -> None:
+    import json
+
+    from nmtkit.cli import main
+
+    src, tgt = tmp_path / "s.ko", tmp_path / "t.en"
+    src.write_text("사천칠십일\n사천칠십일\n사천칠십일\n")
+    tgt.write_text("four thousand seventy-one\nfour 四千\n" + "nine " * 200 + "\n")
+    code = main(["score", "--checkpoint", str(numbers_checkpoint), "--src", str(src), "--tgt", str(tgt),
+                 "--output-format", "jsonl"])
+    out, err = capsys.readouterr()
+    assert code == 0
+    assert "nmtkit: warning: 1 target(s) hold characters the target vocabulary cannot spell" in err
+    assert "target 2, '四千'" in err and "target(s) longer than 80 subword tokens" in err
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [r["unknown"] > 0 for r in records] == [False, True, False]
+    assert [r["truncated"] for r in records] == [False, False, True]

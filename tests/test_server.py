@@ -140,14 +140,24 @@ def test_an_internal_error_is_500_and_the_service_goes_on(client, translator, mo
     assert client.post("/translate", json={"text": NUMBERS[:1]}).status_code == 200
 
 
-def test_too_long_inputs_follow_the_policy(translator) -> None:
+def test_too_long_inputs_and_targets_follow_the_policy(translator) -> None:
     long = " ".join(["삼십사만"] * 60)
+    long_target = " ".join(["nine"] * 200)
     for policy, status in (("truncate", 200), ("skip", 200), ("error", 422)):
         with TestClient(create_app(translator, ServeSettings(too_long=policy, max_chars=10_000))) as c:
             r = c.post("/translate", json={"text": [NUMBERS[0], long]})
             assert r.status_code == status, r.text
             if policy == "skip":
                 assert r.json()["translations"][1]["text"] == ""
+            # a long target is cut to the model's outputs, and each score says whether it was
+            r = c.post("/score", json={"source": [NUMBERS[0], NUMBERS[1]], "target": ["four", long_target]})
+            if policy == "error":
+                assert r.status_code == 422 and r.json()["detail"][0]["field"] == "target.1", r.text
+            else:
+                assert [s["truncated"] for s in r.json()["scores"]] == [False, True], r.text
+                assert len(r.json()["scores"][1]["tokens"]) == translator.longest_output + 1
+            r = c.post("/score", json={"source": [NUMBERS[0]], "target": ["three 三百"]})
+            assert r.json()["scores"][0]["unknown"] >= 1  # scored as <unk>: the response says so
 
 
 def test_a_full_queue_is_503_and_a_slow_answer_504(translator, monkeypatch) -> None:

@@ -378,9 +378,15 @@ def test_score_is_minus_the_cross_entropy_and_batching_changes_nothing(numbers_c
     limit = t.max_output_tokens or 2 * t.max_input_tokens
     with pytest.warns(NMTKitWarning, match=f"scored on their first {limit}"):
         (cut,) = t.score([NUMBERS[0]], [endless])
-    assert len(cut.tokens) == limit + 1
+    assert len(cut.tokens) == limit + 1 and cut.truncated and not cut.unknown
     with pytest.raises(NMTKitError, match="target 1 has 5000 subword tokens"):
         t.score([NUMBERS[0]], [endless], too_long="error")
+    # a target the vocabulary cannot spell is scored as <unk> pieces: a warning, and a count
+    with pytest.warns(NMTKitWarning, match="1 target\\(s\\) hold characters the target vocabulary "
+                      "cannot spell.*target 2, '三百'"):
+        plain, unspellable = t.score(NUMBERS[:2], ["three hundred", "three 三百"])
+    assert plain.unknown == 0 and not plain.truncated
+    assert unspellable.unknown == unspellable.tokens.count("<unk>") >= 1
 
 
 def test_alternatives_are_words_with_probabilities_and_their_translations(numbers_checkpoint) -> None:
