@@ -202,9 +202,12 @@ def cmd_translate(args: argparse.Namespace) -> None:
             generator.manual_seed(args.seed)
         options["seed"] = generator
     details = args.output_format == "jsonl" or args.nbest > 1 or args.alignment
+    if args.alignment_layer is not None and not args.alignment:
+        raise NMTKitError(f"--alignment-layer {args.alignment_layer} needs --alignment (it chooses the "
+                          "layer whose attention gives the alignments)")
     extra = {"alignment": True, "alignment_layer": args.alignment_layer} if args.alignment else {}
     # the options are checked now, not when the first line arrives
-    translator.translate([], args.batch_tokens, nbest=args.nbest, **options, **extra)
+    translator.translate([], args.batch_tokens, details, nbest=args.nbest, **options, **extra)
     name = args.input or "standard input"
     if args.input:
         stream: TextIO = open(args.input, encoding="utf-8", newline="\n")  # noqa: SIM115

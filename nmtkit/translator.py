@@ -278,6 +278,8 @@ class Translator:
             raise NMTKitError(f"seed must be a whole number from 0 to 2**63 - 1 or a torch.Generator, "
                               f"not {seed!r}")
         layers = self._layers(attention_layer, attention_head, alignment_layer)
+        _check_asked_for(return_details, attention_layer, attention_head, all_attention, alignment,
+                         alignment_layer)
         prefixes = _check_prefixes(prefix, len(sentences))
         search = self._search_function(beam, nbest, length_penalty, sample, temperature, top_k,
                                        top_p, seed, max_len_a, max_len_b)
@@ -703,6 +705,22 @@ def _check_prefixes(prefix: Sequence[str] | None, n: int) -> list[str]:
             raise TypeError(f"prefix {i} is a {type(p).__name__}, not a str")
         check_text(p, f"prefix[{i}]")
     return list(prefix)
+
+
+def _check_asked_for(return_details: bool, attention_layer: int | None, attention_head: int | None,
+                     all_attention: bool, alignment: bool, alignment_layer: int | None) -> None:
+    """Options whose results only a Translation holds (or that only choose among them) are
+    refused where they would be silently dropped."""
+    if alignment_layer is not None and not alignment:
+        raise NMTKitError(f"alignment_layer={alignment_layer} needs alignment=True")
+    if return_details:
+        return
+    asked = [name for name, value in (("alignment", alignment), ("all_attention", all_attention),
+                                      ("attention_layer", attention_layer is not None),
+                                      ("attention_head", attention_head is not None)) if value]
+    if asked:
+        raise NMTKitError(f"{asked[0]} needs return_details=True: plain strings have no room for it "
+                          "(the results are then Translations, with .alignment and .attention)")
 
 
 def _check_steering(no_repeat_ngram_size: int, repetition_penalty: float) -> None:

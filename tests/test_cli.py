@@ -348,3 +348,21 @@ def test_score_warns_of_targets_it_cannot_spell_or_must_cut(numbers_checkpoint, 
     records = [json.loads(line) for line in out.splitlines()]
     assert [r["unknown"] > 0 for r in records] == [False, True, False]
     assert [r["truncated"] for r in records] == [False, False, True]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--alignment-layer", "0"], "--alignment-layer 0 needs --alignment"),
+    (["--alignment-layer", "7"], "--alignment-layer 7 needs --alignment"),
+    (["--alignment", "--alignment-layer", "7"], "alignment_layer 7: the decoder has layers 0..0"),
+])
+def test_an_alignment_layer_is_checked_and_needs_alignment(numbers_checkpoint, monkeypatch, capsys,
+                                                          flags, message) -> None:
+    import io
+
+    from nmtkit.cli import main
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("사천칠십일\n"))
+    code = main(["translate", "--checkpoint", str(numbers_checkpoint), *flags])
+    out, err = capsys.readouterr()
+    assert code == 2 and err == f"nmtkit: error: {err.removeprefix('nmtkit: error: ')}" and message in err, err
+    assert out == ""  # refused before the first line

@@ -243,6 +243,16 @@ def test_api_refuses_what_is_not_a_list_of_strings(tiny_config, bad, error) -> N
                              ({"sample": True, "seed": 2**64}, "seed must be")):
         with pytest.raises(NMTKitError, match=message):
             t.translate(["삼십"], **options)
+    # what only a Translation can hold is not silently dropped from plain strings
+    for options, message in (({"alignment": True}, "alignment needs return_details=True"),
+                             ({"all_attention": True}, "all_attention needs return_details"),
+                             ({"attention_layer": 0}, "attention_layer needs return_details"),
+                             ({"alignment_layer": 0}, "alignment_layer=0 needs alignment=True"),
+                             ({"alignment_layer": 0, "return_details": True}, "needs alignment=True")):
+        with pytest.raises(NMTKitError, match=message):
+            t.translate(["삼십"], **options)
+    (details,) = t.translate(["삼십"], alignment=True, return_details=True)
+    assert details.alignment is not None
     # a lone surrogate is not text (sentencepiece would fail with a C++ cast error): every entry
     with pytest.raises(NMTKitError, match=r"sentences\[1\] holds a lone surrogate \(\\ud800 at character 3"):
         t.translate(["삼십", "ab\ud800"])
