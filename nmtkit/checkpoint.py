@@ -203,7 +203,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     config = config_from_dict(meta["config"], str(path / "checkpoint.json"))
     src_tok = _tokenizer(path / "src.spm.model")
     tgt_tok = _tokenizer(path / "tgt.spm.model")
-    model = build_model(config.model, len(src_tok), len(tgt_tok))
+    model = build_model(config.model, len(src_tok), len(tgt_tok), config.data.monolingual)
     weights = path / "model.safetensors"
     if not weights.is_file():
         raise NMTKitError(f"{weights}: missing (not a complete nmtkit checkpoint)")

@@ -66,7 +66,9 @@ class DecoderOnly(nn.Module):
 
     start_token = EOS_ID  # the separator between source and target; a sentence's start for a LM
 
-    def __init__(self, cfg: DecoderOnlyConfig, vocab_size: int) -> None:
+    def __init__(self, cfg: DecoderOnlyConfig, vocab_size: int, language_model: bool = False) -> None:
+        """language_model: one language, no source (data.monolingual): the text has every
+        position; a translation model's source and target get half each."""
         super().__init__()
         self.embedding = token_embedding(vocab_size, cfg.d_model)
         self.scale = math.sqrt(cfg.d_model)
@@ -77,9 +79,11 @@ class DecoderOnly(nn.Module):
         self.generator = nn.Linear(cfg.d_model, vocab_size)
         self.prefix_lm = cfg.prefix_lm
         self.heads = cfg.heads
-        # source and target share the positions: each gets half
+        # source and target share the positions: each gets half (a language model's text, all)
         limited = cfg.positional != "none"
-        self.max_steps = cfg.max_positions // 2 if limited else None
+        self.max_positions = cfg.max_positions if limited else None
+        text_positions = cfg.max_positions if language_model else cfg.max_positions // 2
+        self.max_steps = text_positions if limited else None
         self.max_source = cfg.max_positions // 2 - 1 if limited else None
 
     @property
@@ -176,7 +180,7 @@ class DecoderOnly(nn.Module):
     def step(self, prev_tokens: Tensor, state: DecoderOnlyState) -> tuple[Tensor, DecoderOnlyState]:
         """One target token per row, at its position (its source's length + targets so far)."""
         start = state.lengths + state.position  # (batch,)
-        if self.max_steps is not None and int(start.max()) + 1 > 2 * self.max_steps:
+        if self.max_positions is not None and int(start.max()) + 1 > self.max_positions:
             raise NMTKitError("source and target together are longer than model.max_positions")
         x = self.positions(self.embedding(prev_tokens).unsqueeze(1) * self.scale, start)
         mask = None
@@ -192,10 +196,11 @@ class DecoderOnly(nn.Module):
         return logits, DecoderOnlyState(caches, state.key_valid, state.lengths, state.position + 1)
 
 
-def build_decoder_only(cfg: DecoderOnlyConfig, src_vocab: int, tgt_vocab: int) -> DecoderOnly:
+def build_decoder_only(cfg: DecoderOnlyConfig, src_vocab: int, tgt_vocab: int,
+                       language_model: bool = False) -> DecoderOnly:
     if src_vocab != tgt_vocab:
         raise NMTKitError("a decoder-only model needs one (joint) vocabulary: set vocab.joint: true")
-    model = DecoderOnly(cfg, tgt_vocab)
+    model = DecoderOnly(cfg, tgt_vocab, language_model)
     init_weights(model, cfg.d_model)
     if cfg.tie_output:
         model.generator.weight = model.embedding.weight

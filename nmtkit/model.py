@@ -14,11 +14,12 @@ Model = Seq2Seq | DecoderOnly  # what training and search take: the step interfa
 
 
 def build_model(cfg: RNNConfig | TransformerConfig | DecoderOnlyConfig, src_vocab: int,
-                tgt_vocab: int) -> Model:
+                tgt_vocab: int, monolingual: bool = False) -> Model:
+    """monolingual: a language model (data.monolingual), which has no source."""
     if cfg.type == "rnn":
         return build_rnn(cfg, src_vocab, tgt_vocab)
     if cfg.type == "decoder_only":
-        return build_decoder_only(cfg, src_vocab, tgt_vocab)
+        return build_decoder_only(cfg, src_vocab, tgt_vocab, language_model=monolingual)
     return build_transformer(cfg, src_vocab, tgt_vocab)
 
 

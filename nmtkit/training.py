@@ -486,11 +486,17 @@ class Trainer:
             if p.name not in keep:
                 remove_folder(p)
 
+    def _judged_by(self) -> str:
+        """The metric that picks the best checkpoint: early_stopping.metric, but the loss where
+        there is no BLEU (training.valid_bleu off, or a language model, which translates nothing)."""
+        name = self.tcfg.early_stopping.metric
+        if name == "bleu" and (not self.tcfg.valid_bleu or self.cfg.data.monolingual):
+            return "loss"
+        return name
+
     def _update_best(self, result: EvalResult) -> bool:
         """Record this evaluation; True if it is the best so far."""
-        name = self.tcfg.early_stopping.metric
-        if name == "bleu" and result.bleu is None:
-            name = "loss"  # BLEU is switched off (training.valid_bleu): judge by loss instead
+        name = self._judged_by()
         value = result.metric(name)
         higher = name == "bleu"
         st = self.state
@@ -588,9 +594,7 @@ class Trainer:
         lines = [f"stopped: {st.stopped} after {st.step} updates, epoch {self.epochs_done:.2f}, "
                  f"{minutes:.1f} min of training"]
         if st.best:
-            metric = self.tcfg.early_stopping.metric
-            if metric == "bleu" and not self.tcfg.valid_bleu:
-                metric = "loss"
+            metric = self._judged_by()
             name = "BLEU" if metric == "bleu" else metric
             lines.append(f"best: valid {name} {st.best[0][0]:.2f} at update {int(st.best[0][1])} "
                          f"-> {self.run_dir / 'best'}")
@@ -839,7 +843,7 @@ def _build(cfg: Config, src_vocab: int, tgt_vocab: int) -> Seq2Seq:
     if available and need > available:
         raise NMTKitError(f"model: {n:,} parameters need about {need / 2**30:.1f} GiB to train, more "
                           f"than the {available / 2**30:.1f} GiB available; make the model smaller")
-    return build_model(cfg.model, src_vocab, tgt_vocab)
+    return build_model(cfg.model, src_vocab, tgt_vocab, cfg.data.monolingual)
 
 
 def _available_memory() -> int:

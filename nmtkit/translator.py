@@ -431,6 +431,11 @@ class Translator:
             raise NMTKitError(f"num must be a whole number from 1 to {MAX_BEAM}, not {num!r}")
         _check_options(max(beam, num) if not sample else beam, num, sample, temperature, top_k, top_p,
                        max_len_b=max_len)
+        cap = self.max_output_tokens
+        if cap is not None and max_len > cap:
+            warnings.warn(NMTKitWarning(
+                f"max_len {max_len} is more than this model's positions allow: outputs stop at {cap} "
+                f"pieces (model.max_positions {cap + 1})"), stacklevel=2)
         search = self._search_function(max(beam, num) if not sample else 1, num, 0.0, sample,
                                        temperature, top_k, top_p, seed, 0.0, max_len)
         src, lengths = collate_source([[] for _ in prompts])  # no source: just </s>

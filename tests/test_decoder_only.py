@@ -11,7 +11,7 @@ from nmtkit import decoder_only, transformer_layers
 from nmtkit.config import DecoderOnlyConfig, config_from_dict
 from nmtkit.data import collate
 from nmtkit.decoder_only import build_decoder_only
-from nmtkit.errors import NMTKitError
+from nmtkit.errors import NMTKitError, NMTKitWarning
 from nmtkit.vocabulary import EOS_ID
 
 PAIRS = [([5, 6, 7], [8, 9]), ([5], [10, 11, 12, 13]), ([7, 7, 8, 9, 5], [6])]
@@ -104,7 +104,7 @@ def test_decoder_only_translation_learns_the_numbers(tmp_path: Path) -> None:
     assert all(len(r.alignment) == len(r.text.split()) for r in beam)  # attention over the source
 
 
-def test_a_language_model_on_one_language_reports_perplexity_and_generates(tmp_path: Path) -> None:
+def test_a_language_model_on_one_language_reports_perplexity_and_generates(tmp_path: Path, capsys) -> None:
     import json
 
     from nmtkit.cli import main
@@ -118,10 +118,12 @@ def test_a_language_model_on_one_language_reports_perplexity_and_generates(tmp_p
                  "out_dir": str(tmp_path / "bin"), "max_len": 40},
         "vocab": {"size": 200, "byte_fallback": False},
         "model": {"type": "decoder_only", "d_model": 48, "heads": 4, "ff_size": 128, "layers": 2,
-                  "dropout": 0.0},
+                  "dropout": 0.0, "max_positions": 256},
         "training": {"out_dir": str(tmp_path / "lm"), "max_steps": 150, "max_tokens": 2500, "lr": 0.004,
                      "schedule": "noam", "warmup_steps": 50, "valid_every": 75, "max_epochs": 100}})
     run = train(cfg)
+    summary = capsys.readouterr().out + capsys.readouterr().err
+    assert "best: valid loss " in summary and "BLEU" not in summary  # the number is a loss
     valid = [r for r in load_log(run) if r["type"] == "valid"]
     assert valid[-1]["ppl"] < valid[0]["ppl"] < 200 and valid[-1]["bleu"] is None
     t = Translator.load(run)
@@ -139,6 +141,16 @@ def test_a_language_model_on_one_language_reports_perplexity_and_generates(tmp_p
             call()
     with pytest.raises(NMTKitError, match="num must be a whole number from 1 to 256"):
         t.generate(["one"], num=10**9)
+    # a language model's text has every position (no source to share them with), and a longer
+    # max_len is capped with a warning
+    assert t.max_output_tokens == 255  # model.max_positions 256, less the start
+    prompt = "one " * 200
+    with pytest.warns(NMTKitWarning, match="max_len 100000 is more than this model's positions allow: "
+                      "outputs stop at 255 pieces"):
+        (out,) = t.generate([prompt], max_len=100_000)
+    assert out[0].startswith(prompt) and len(t.tgt_tok.encode(out[0])) <= 255
+    with pytest.raises(NMTKitError, match="is 300 pieces; this model's outputs are at most 255"):
+        t.generate(["one " * 300])
 
 
 def test_generate_on_a_translation_model_says_what_generate_is_for(numbers_checkpoint) -> None:
