@@ -11,7 +11,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, BinaryIO, TextIO
 
 from nmtkit.errors import NMTKitError, NMTKitWarning
 from nmtkit.files import os_error
@@ -45,22 +45,27 @@ def cmd_train(args: argparse.Namespace) -> None:
           resume_command=" ".join(shlex.quote(a) for a in again))
 
 
-def _read_ahead(stream: TextIO, lines: queue.Queue, name: str) -> None:
+def _read_ahead(stream: BinaryIO | TextIO, lines: queue.Queue, name: str) -> None:
     """The reader thread: every input line into the queue, then None (or the error that stopped
-    it). Lines end at "\\n" (with an optional "\\r" before it) and nowhere else."""
+    it). Lines end at "\\n" (with an optional "\\r" before it) and nowhere else. Bytes are
+    decoded line by line, so that bad UTF-8 is reported on its own line (a decoder that reads
+    ahead by blocks fails on the block, lines before the bad one)."""
     n = 0
     try:
-        for line in stream:
+        for raw in stream:
             n += 1
+            line = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+            if n == 1:
+                line = line.removeprefix("\ufeff")  # a byte-order mark is not text
             lines.put(line.removesuffix("\n").removesuffix("\r"))
         lines.put(None)
     except UnicodeDecodeError:
-        lines.put(NMTKitError(f"{name}: line {n + 1} is not valid UTF-8"))
+        lines.put(NMTKitError(f"{name}: line {n} is not valid UTF-8"))
     except Exception as err:  # raised again on the main thread
         lines.put(err)
 
 
-def _arriving_lines(stream: TextIO, max_lines: int, name: str) -> Iterator[list[str]]:
+def _arriving_lines(stream: BinaryIO | TextIO, max_lines: int, name: str) -> Iterator[list[str]]:
     """Input lines in groups of whatever has arrived (1 to max_lines) when the translator is ready.
 
     A thread reads ahead. A file or a fast pipe arrives quicker than it is translated, so groups
@@ -180,7 +185,6 @@ def _jsonl_inputs(lines: list[str], first_line: int, name: str,
 
 
 def cmd_translate(args: argparse.Namespace) -> None:
-    import io
     import json
     import warnings
 
@@ -209,10 +213,10 @@ def cmd_translate(args: argparse.Namespace) -> None:
     # the options are checked now, not when the first line arrives
     translator.translate([], args.batch_tokens, details, nbest=args.nbest, **options, **extra)
     name = args.input or "standard input"
-    if args.input:
-        stream: TextIO = open(args.input, encoding="utf-8", newline="\n")  # noqa: SIM115
-    elif hasattr(sys.stdin, "buffer"):  # strict UTF-8 (not the locale's escapes for bad bytes)
-        stream = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", newline="\n")
+    if args.input:  # bytes, decoded line by line as strict UTF-8 (see _read_ahead)
+        stream: BinaryIO | TextIO = open(args.input, "rb")  # noqa: SIM115
+    elif hasattr(sys.stdin, "buffer"):  # (not the locale's escapes for bad bytes)
+        stream = sys.stdin.buffer
     else:
         stream = sys.stdin
     out = sys.stdout

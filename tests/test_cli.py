@@ -366,3 +366,19 @@ def test_an_alignment_layer_is_checked_and_needs_alignment(numbers_checkpoint, m
     out, err = capsys.readouterr()
     assert code == 2 and err == f"nmtkit: error: {err.removeprefix('nmtkit: error: ')}" and message in err, err
     assert out == ""  # refused before the first line
+
+
+def test_bad_utf8_is_reported_on_its_own_line(numbers_checkpoint, tmp_path) -> None:
+    """The decoder reads ahead in blocks: the line number must still be the bad bytes' own."""
+    five_then_binary = "사천칠십일\n".encode() * 5 + bytes(range(128, 256)) * 40
+    late = "삼십\n".encode() * 3 + b"\n" * 4997 + b"caf\xe9\n" + "삼십\n".encode() * 300  # blank: quick
+    path = tmp_path / "in.ko"
+    path.write_bytes(late)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    for extra, stdin, line in ((["--input", str(path)], b"", 5001), ([], five_then_binary, 6)):
+        result = subprocess.run([sys.executable, "-m", "nmtkit.cli", "translate", "--checkpoint",
+                                 str(numbers_checkpoint), "--beam", "1", *extra], input=stdin,
+                                capture_output=True, env=env, timeout=300)
+        err = result.stderr.decode()
+        assert result.returncode == 2 and err.endswith(f"line {line} is not valid UTF-8\n"), err
+        assert err.count("\n") == 1
