@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import struct
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ import numpy as np
 import torch
 
 from nmtkit.config import DataConfig, VocabConfig
-from nmtkit.errors import NMTKitError
+from nmtkit.errors import NMTKitError, NMTKitWarning
 from nmtkit.files import check_input_file, remove_stale, temp_folder
 from nmtkit.vocabulary import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, train_sentencepiece
 
@@ -479,6 +480,7 @@ def prepare(
                 f"{data.train_src or data.train}: no training pair survived filtering "
                 "(check data.max_len / data.max_len_ratio)"
             )
+        _check_filtering(splits, files, data)
         for side, tok in (("src", src_tok), ("tgt", tgt_tok)):
             line = _coverage_report(side, chars[side], tok)
             if line:
@@ -507,6 +509,34 @@ def prepare(
         raise
     log(f"prepare: wrote {out_dir} (vocab {len(src_tok)} src / {len(tgt_tok)} tgt)")
     return PreparedData.load(out_dir)
+
+
+RATIO_WARN = 0.05  # a larger share of training pairs dropped by length ratio is worth a warning
+
+
+def _check_filtering(splits: dict[str, dict[str, Any]], files: dict[str, tuple[Path | None, Path]],
+                     data: DataConfig) -> None:
+    """Stop before training when filtering left a valid or test set empty (the first validation
+    would fail much later); warn when the length-ratio filter drops more than a few percent of
+    the training pairs (it is meant for misaligned pairs, and a char vocabulary or a language
+    pair with very different word lengths trips it)."""
+    for split in ("valid", "test"):
+        counts = splits.get(split)
+        if counts is not None and counts["kept"] == 0:
+            raise NMTKitError(
+                f"data.{split}_src / data.{split}_tgt ({files[split][0] or files[split][1]}): no pair is "
+                f"left after filtering ({counts['dropped_too_long']} longer than data.max_len = "
+                f"{data.max_len} subword tokens, {counts['dropped_empty']} empty); raise data.max_len")
+    train = splits["train"]
+    example = train.pop("ratio_example", None)  # not for the folder's meta.json
+    total = sum(train[k] for k in ("kept", "dropped_empty", "dropped_too_long", "dropped_ratio"))
+    if total and train["dropped_ratio"] > RATIO_WARN * total:
+        src, tgt, n_src, n_tgt = example
+        warnings.warn(NMTKitWarning(
+            f"data.max_len_ratio = {data.max_len_ratio:g} dropped {train['dropped_ratio']:,} of {total:,} "
+            f"training pairs ({train['dropped_ratio'] / total:.0%}); the first, line "
+            f"{train['first_ratio']}: {src!r} ({n_src} tokens) / {tgt!r} ({n_tgt} tokens); raise "
+            "data.max_len_ratio to keep such pairs"), stacklevel=3)
 
 
 def _split_report(split: str, counts: dict[str, Any], data: DataConfig) -> str:
@@ -585,11 +615,11 @@ def _binarize_split(
     data: DataConfig,
     dir: Path,
     chars: dict[str, Counter],
-) -> dict[str, int]:
+) -> dict[str, Any]:
     """Encode, filter and write one split, a chunk of lines at a time; returns its counts.
     Also counts the characters of every kept line into `chars`."""
-    counts = {"kept": 0, "dropped_empty": 0, "dropped_too_long": 0, "dropped_ratio": 0,
-              "first_too_long": 0}
+    counts: dict[str, Any] = {"kept": 0, "dropped_empty": 0, "dropped_too_long": 0, "dropped_ratio": 0,
+                              "first_too_long": 0, "first_ratio": 0}
     ids = {side: _ArrayWriter(dir / f"{split}.{side}.bin", "ids") for side in SIDES}
     offsets = {side: _ArrayWriter(dir / f"{split}.{side}.idx", "offsets") for side in SIDES}
     for side in SIDES:
@@ -614,8 +644,10 @@ def _binarize_split(
                     keep.append(i)
                 else:
                     counts[f"dropped_{reason}"] += 1
-                    if reason == "too_long" and not counts["first_too_long"]:
-                        counts["first_too_long"] = line
+                    if reason in ("too_long", "ratio") and not counts[f"first_{reason}"]:
+                        counts[f"first_{reason}"] = line
+                        if reason == "ratio":  # the first example, for the warning
+                            counts["ratio_example"] = [chunk[i][0][:80], chunk[i][1][:80], len(s), len(t)]
             counts["kept"] += len(keep)
             for side, seqs, k in (("src", src_ids, 0), ("tgt", tgt_ids, 1)):
                 kept_seqs = [seqs[i] for i in keep]

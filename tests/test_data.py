@@ -616,3 +616,34 @@ def test_streaming_in_small_chunks_gives_the_same_folder(tmp_path: Path, monkeyp
         assert len(a) == len(b) and all(np.array_equal(x, y) for i in range(len(a))
                                         for x, y in zip(a[i], b[i], strict=True))
         assert a.raw_text("src") == b.raw_text("src")
+
+
+def test_a_max_len_that_empties_the_valid_set_stops_before_training(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path, max_len=1)  # every valid pair has 2 tokens or more
+    with pytest.raises(NMTKitError, match=r"data.valid_src / data.valid_tgt .*: no pair is left after "
+                       r"filtering \(\d+ longer than data.max_len = 1 subword tokens, 1 empty\); raise "
+                       "data.max_len"):
+        prepare(cfg, VOCAB, log=lambda _: None)
+    assert not (tmp_path / "bin").exists()  # nothing written halfway
+
+
+def test_a_length_ratio_that_drops_many_pairs_is_warned_about(tmp_path: Path) -> None:
+    import warnings
+
+    from nmtkit.errors import NMTKitWarning
+
+    quiet = make_config(tmp_path / "a")  # 1 pair of 304 dropped by the ratio: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NMTKitWarning)
+        prepare(quiet, VOCAB, log=lambda _: None)
+    src, tgt = synth_pairs(300, seed=1)
+    lopsided = [f"{s} {s} {s} {s} {s}" for s in src[:40]]  # 40 sources five times too long
+    cfg = make_config(tmp_path / "b")
+    write(cfg.train_src, lopsided + src[40:])
+    write(cfg.train_tgt, tgt)
+    with pytest.warns(NMTKitWarning, match=r"data.max_len_ratio = 3 dropped \d+ of 300 training pairs "
+                      r"\(\d+%\); the first, line \d+: '.*' \(\d+ tokens\) / '.*' \(\d+ tokens\); raise "
+                      "data.max_len_ratio"):
+        data = prepare(cfg, VOCAB, log=lambda _: None)
+    assert data.report.dropped_ratio["train"] > 15
+    assert "ratio_example" not in json.loads((cfg.out_dir / "meta.json").read_text())["splits"]["train"]
