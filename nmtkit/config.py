@@ -407,6 +407,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             raise NMTKitError(f"--set {item!r}: expected KEY.PATH=VALUE")
         key, value = item.split("=", 1)
         parts = key.strip().split(".")
+        if not all(part.strip() for part in parts):
+            what = "is empty" if not key.strip() else "has an empty part"
+            raise NMTKitError(f"--set {item!r}: the key {what} (expected KEY.PATH=VALUE, such as "
+                              "training.lr=0.001)")
         node = raw
         for p in parts[:-1]:
             child = node.get(p)

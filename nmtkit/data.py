@@ -39,7 +39,7 @@ import torch
 
 from nmtkit.config import DataConfig, VocabConfig
 from nmtkit.errors import NMTKitError, NMTKitWarning
-from nmtkit.files import check_input_file, remove_stale, temp_folder
+from nmtkit.files import check_input_file, naming, remove_stale, temp_folder
 from nmtkit.vocabulary import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, train_sentencepiece
 
 FORMAT_VERSION = 2
@@ -504,6 +504,9 @@ def prepare(
         # meta.json last: its presence marks a complete folder
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         _replace_dir(tmp, out_dir)
+    except OSError as err:  # a full disk: name the folder being written
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise naming(err, out_dir) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -8,6 +8,7 @@ and never a user's file or folder deleted or overwritten that nmtkit did not cre
     write_text_atomic     write a file via a temp file and a rename
     write_output_text     the same for a path a user names, which may be a device or a pipe
     check_output_file     refuse to overwrite an input, a folder, or a file of another kind
+    naming                an OSError with the path being written, where it names none
     os_error              an OSError (full disk, read-only folder, ...) as a one-line NMTKitError
 """
 
@@ -115,6 +116,9 @@ def write_text_atomic(path: Path, text: str) -> None:
         with open(tmp, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
         os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise naming(err, path) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -163,6 +167,14 @@ def check_output_file(path: Path, inputs: Iterable[Path] = (), magic: bytes | No
                 raise NMTKitError(f"{option} {path} exists and is not a file nmtkit wrote; "
                                   "choose another name or remove it")
     return path
+
+
+def naming(err: OSError, path: Path) -> OSError:
+    """`err` with the path being written, where it has none (a write() on a full disk names no
+    file), so that the one-line error says where the space ran out."""
+    if err.filename:
+        return err
+    return OSError(err.errno, err.strerror or str(err), str(path))
 
 
 def os_error(err: OSError, doing: str = "") -> NMTKitError:

@@ -22,6 +22,8 @@ from nmtkit.training import list_checkpoints, load_log
 def describe(path: Path) -> dict[str, Any]:
     """The facts `nmtkit info` shows, for a run folder or a checkpoint folder."""
     path = Path(path)
+    if not path.exists():
+        raise NMTKitError(f"{path}: not found (give a run folder or a checkpoint folder)")
     run = path if (path / "last").exists() or (path / "log.jsonl").is_file() else None
     ckpt = path if (path / "checkpoint.json").is_file() else None
     if run is not None and ckpt is None:

@@ -23,7 +23,7 @@ import numpy as np
 
 from nmtkit.data import read_pairs
 from nmtkit.errors import NMTKitError
-from nmtkit.files import temp_folder
+from nmtkit.files import check_input_file, naming, os_error, temp_folder
 
 SPLITS = ("train", "valid", "test")
 
@@ -51,8 +51,18 @@ def split_corpus(src: Path, tgt: Path, out_dir: Path, valid: int, test: int, see
     src, tgt, out_dir = Path(src), Path(tgt), Path(out_dir)
     if valid < 0 or test < 0:
         raise NMTKitError(f"--valid and --test must be >= 0 (got {valid}, {test})")
+    if not -(2**63) <= seed < 2**63:  # the hash key is 8 bytes
+        raise NMTKitError(f"--seed {seed} is out of range: give a whole number from -2**63 to 2**63 - 1")
+    check_input_file(src, "source file")
+    check_input_file(tgt, "target file")
+    if src.samefile(tgt):
+        raise NMTKitError(f"{src} and {tgt} are the same file: give the sources and their translations, "
+                          "one file each")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise NMTKitError(f"--out {out_dir} exists and is not an empty folder: choose a new one")
+    parent = next((p for p in out_dir.parents if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise NMTKitError(f"--out {out_dir}: {parent} is a file, not a folder")
     exts = (src.suffix.lstrip("."), tgt.suffix.lstrip("."))
     if not all(exts) or exts[0] == exts[1]:
         exts = ("src", "tgt")
@@ -92,6 +102,9 @@ def split_corpus(src: Path, tgt: Path, out_dir: Path, valid: int, test: int, see
         if out_dir.exists():
             out_dir.rmdir()  # empty, checked above
         tmp.rename(out_dir)
+    except OSError as err:  # a full disk...: name what was being written
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise os_error(naming(err, out_dir), "split") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -1,5 +1,6 @@
 """The config schema: clear errors that name the file, line or key, and suggest the fix."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,16 @@ def test_every_shipped_config_is_valid() -> None:
     assert len(configs) >= 6
     for path in configs:
         load_config(path)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("=5", "--set '=5': the key is empty"),
+    (" =5", "--set ' =5': the key is empty"),
+    ("training..lr=5", "--set 'training..lr=5': the key has an empty part"),
+    ("training.=5", "the key has an empty part"),
+])
+def test_a_set_with_an_empty_key_says_so(override, message) -> None:
+    from nmtkit.config import apply_overrides
+
+    with pytest.raises(NMTKitError, match=re.escape(message)):
+        apply_overrides({}, [override])

@@ -647,3 +647,20 @@ def test_a_length_ratio_that_drops_many_pairs_is_warned_about(tmp_path: Path) ->
         data = prepare(cfg, VOCAB, log=lambda _: None)
     assert data.report.dropped_ratio["train"] > 15
     assert "ratio_example" not in json.loads((cfg.out_dir / "meta.json").read_text())["splits"]["train"]
+
+
+def test_a_full_disk_during_prepare_names_the_folder(tmp_path: Path, monkeypatch) -> None:
+    import errno
+
+    from nmtkit import data as data_module
+    from nmtkit.files import os_error
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as a write() raises it: no file
+
+    monkeypatch.setattr(data_module, "_binarize_split", full)
+    cfg = make_config(tmp_path)
+    with pytest.raises(OSError) as caught:
+        prepare(cfg, VOCAB, log=lambda _: None)
+    assert str(os_error(caught.value)) == f"{cfg.out_dir}: no space left on the device"
+    assert not cfg.out_dir.exists() and not list(cfg.out_dir.parent.glob(f".{cfg.out_dir.name}.*"))

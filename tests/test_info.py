@@ -23,3 +23,9 @@ def test_info_reports_model_vocabulary_progress_and_best(tiny_config, capsys) ->
     assert facts["kind"] == "checkpoint" and facts["step"] == best_step
     assert facts["config"]["model"]["hidden_size"] == 32 and facts["parameters"] > 1000
     assert main(["info", str(run.parent)]) == 2
+
+
+def test_info_on_a_path_that_does_not_exist_says_not_found(tmp_path, capsys) -> None:
+    assert main(["info", str(tmp_path / "runs" / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"nmtkit: error: {tmp_path / 'runs' / 'nope'}: not found (give a run folder or a checkpoint folder)\n"

@@ -79,3 +79,41 @@ def test_split_never_writes_into_a_users_folder(tmp_path: Path, capsys) -> None:
     snippet = yaml.safe_load(out[out.index("data:"):])  # what it prints for the config
     cfg = config_from_dict({"data": {**snippet["data"], "out_dir": str(tmp_path / "bin")}})
     assert read(cfg.data.test_tgt) == read(tmp_path / "cli" / "test.fr")
+
+
+@pytest.mark.parametrize("make_args, message", [
+    (lambda a, b, t: [str(a), str(b), "--seed", "99999999999999999999999", "--out", str(t / "o")],
+     "--seed 99999999999999999999999 is out of range: give a whole number from -2**63 to 2**63 - 1"),
+    (lambda a, b, t: [str(a), str(a), "--out", str(t / "o")], "are the same file"),
+    (lambda a, b, t: [str(a), str(b), "--out", str(t / "afile" / "sub" / "o")], "afile is a file, not a folder"),
+    (lambda a, b, t: [str(a), str(t / "missing.fr"), "--out", str(t / "o")], "target file not found"),
+])
+def test_split_mistakes_are_one_line(tmp_path: Path, capsys, make_args, message) -> None:
+    a, b = corpus(tmp_path, 300)
+    (tmp_path / "afile").write_text("mine\n")
+    assert main(["split", *make_args(a, b, tmp_path), "--valid", "10", "--test", "10"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nmtkit: error: ") and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "o").exists() and (tmp_path / "afile").read_text() == "mine\n"
+
+
+def test_a_full_disk_names_the_folder_being_written(tmp_path: Path, monkeypatch, capsys) -> None:
+    import builtins
+    import errno
+
+    a, b = corpus(tmp_path, 300)
+    real_open = builtins.open
+
+    def full_disk_open(path, mode="r", *args, **kwargs):
+        f = real_open(path, mode, *args, **kwargs)
+        if "w" in mode:
+            def write(text, _f=f):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            f.write = write
+        return f
+
+    monkeypatch.setattr(builtins, "open", full_disk_open)
+    assert main(["split", str(a), str(b), "--out", str(tmp_path / "out"), "--valid", "10", "--test", "10"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"nmtkit: error: split: {tmp_path / 'out'}: no space left on the device\n", err
+    assert not (tmp_path / "out").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
