@@ -117,10 +117,12 @@ def max_lengths(src_lengths: Tensor, max_len_a: float, max_len_b: int) -> Tensor
 
 
 def length_limits(model: StepModel, src_lengths: Tensor, max_len_a: float, max_len_b: int,
-                  at_least: Tensor | None = None) -> Tensor:
-    """max_lengths (raised to `at_least`, a forced prefix), capped where the decoder has a
-    fixed number of positions."""
+                  at_least: Tensor | None = None, longest: int | None = None) -> Tensor:
+    """max_lengths (at most `longest`, then raised to `at_least`, a forced prefix), capped
+    where the decoder has a fixed number of positions."""
     limits = max_lengths(src_lengths, max_len_a, max_len_b)
+    if longest is not None:
+        limits = limits.clamp(max=longest)
     if at_least is not None:
         limits = torch.maximum(limits, at_least)
     cap = model.max_steps
@@ -150,6 +152,8 @@ class Steering:
                               finished, so the first piece after it must begin a new word (a
                               piece that starts with "\u2581") or be </s>
         allow_unk             let search produce <unk> (to replace it by a source word later)
+        longest               the most tokens an output may have, for a decoder without positions
+                              to bound it (the RNN; None: max_len_a/b alone)
 
     Search keeps, per row, which sentence it decodes; the partial words' progress is kept per
     row too (`advance` moves it along with the rows).
@@ -159,10 +163,11 @@ class Steering:
                  partial: Sequence[str] | None = None, pieces: Sequence[str] | None = None,
                  no_repeat_ngram_size: int = 0, repetition_penalty: float = 1.0,
                  allow_unk: bool = False, new_word: Sequence[bool] | None = None,
-                 device: torch.device | str = "cpu") -> None:
+                 longest: int | None = None, device: torch.device | str = "cpu") -> None:
         self.no_repeat = no_repeat_ngram_size
         self.penalty = repetition_penalty
         self.allow_unk = allow_unk
+        self.longest = longest
         self.never = torch.tensor([PAD_ID, BOS_ID] if allow_unk else [PAD_ID, BOS_ID, UNK_ID],
                                   device=device)
         prefix = [list(p) for p in prefix] if prefix is not None else [[] for _ in range(batch)]
@@ -320,7 +325,8 @@ def _one_path(
     steering = steering or Steering(batch, device=src.device)
     enc = model.encode(src, src_lengths)
     sentence = torch.arange(batch, device=src.device).repeat_interleave(copies)  # (rows,)
-    limits = length_limits(model, src_lengths, max_len_a, max_len_b, steering.min_output + 1)
+    limits = length_limits(model, src_lengths, max_len_a, max_len_b, steering.min_output + 1,
+                           steering.longest)
     limits = limits.index_select(0, sentence)
     rows, max_steps = sentence.size(0), int(limits.max()) + 1  # + 1: the EOS step
     state = model.init_state(enc, max_steps)
@@ -506,7 +512,8 @@ def beam_search(
     k, batch, device = beam_size, src.size(0), src.device
     steering = steering or Steering(batch, device=device)
     enc = model.encode(src, src_lengths)  # once per sentence, not once per beam
-    limits = length_limits(model, src_lengths, max_len_a, max_len_b, steering.min_output + 1)
+    limits = length_limits(model, src_lengths, max_len_a, max_len_b, steering.min_output + 1,
+                           steering.longest)
     # Step 0 has one beam per sentence (BOS alone), and the k beams branch from its best
     # tokens; from then on row r of the state is beam r % k of sentence r // k.
     state = model.init_state(enc, int(limits.max()) + 1)  # + 1: the EOS step

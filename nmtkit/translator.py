@@ -252,6 +252,7 @@ class Translator:
         replace_unk: let <unk> be produced, and replace each by the source word it attends to
         most (in the alignment layer).
 
+        An output has at most `longest_output` pieces, whatever max_len_a/b allow.
         An input longer than `max_input_tokens` subword tokens is handled by `too_long`
         (default: the config's decoding.too_long): "truncate" it (a warning says how many and
         which), "skip" it (an empty translation, and a warning) or stop with an "error"; the
@@ -293,7 +294,7 @@ class Translator:
                 partial=[forced[i].partial for i in indices], pieces=self.tgt_pieces,
                 no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty,
                 allow_unk=replace_unk, new_word=[forced[i].new_word for i in indices],
-                device=self.device)
+                longest=self.longest_output, device=self.device)
             for i, hyp in zip(indices, search(src.to(self.device), lengths.to(self.device), steering),
                               strict=True):
                 hyps[i] = hyp

@@ -506,3 +506,19 @@ def test_after_a_prefix_that_ends_in_a_space_a_new_word_begins(both_families, fa
         for a in t.alternatives(source, prefix=prefix, k=3, beam=2):
             assert a.prefix == f"{prefix}{a.word} " and " " not in a.word
             assert a.translation == a.prefix.strip() or a.translation.startswith(a.prefix), a
+
+
+def test_an_rnn_output_stops_at_the_longest_output_whatever_max_len_asks(numbers_checkpoint) -> None:
+    """The RNN has no positions to stop it: a model that never ends would decode max_len_b = 10**9
+    steps (a hang); its outputs stop at longest_output, as its prefixes and scored targets do."""
+    from nmtkit.vocabulary import EOS_ID
+
+    t = Translator.load(numbers_checkpoint)
+    generator = t.model.generator
+    with torch.no_grad():  # a model that never ends a sentence
+        generator.bias[EOS_ID] -= 1e4
+    if hasattr(generator, "repack"):
+        generator.repack()
+    for options in ({"beam": 1}, {"beam": 3}, {"sample": True, "seed": 1}):
+        (out,) = t.translate(["사천칠십일"], max_len_b=10**9, return_details=True, **options)
+        assert len(out.tokens) == t.longest_output, options
