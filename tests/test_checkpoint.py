@@ -170,9 +170,6 @@ def test_a_damaged_weight_file_is_refused_by_its_checksum(trained_run, tmp_path,
     broken = tmp_path / "broken"
     shutil.copytree(run_dir / "last", broken)
     weights = broken / "model.safetensors"
-    recorded = json.loads((broken / "checkpoint.json").read_text())["checksums"]
-    assert set(recorded) == {"model.safetensors", "training.safetensors"}
-    assert all(v.startswith("sha256:") and len(v) == 7 + 64 for v in recorded.values())
     if damage == "a flipped byte":
         _flip_a_weight_byte(weights)
     else:
@@ -187,6 +184,9 @@ def test_a_damaged_weight_file_is_refused_by_its_checksum(trained_run, tmp_path,
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.splitlines() == [f"nmtkit: error: {message} when it was written "
                                           "(changed or corrupted since)"]
+    recorded = json.loads((broken / "checkpoint.json").read_text())["checksums"]
+    assert set(recorded) == {"model.safetensors", "training.safetensors"}
+    assert all(v.startswith("sha256:") and len(v) == 7 + 64 for v in recorded.values())
 
 
 def test_a_checkpoint_without_checksums_still_loads(trained_run, tmp_path) -> None:

@@ -241,11 +241,15 @@ def test_resuming_a_finished_run_changes_nothing(tiny_config, tmp_path, monkeypa
     else:
         cfg = _with(tiny_config, out_dir=tmp_path / "f", max_steps=3, valid_bleu=False)
     run = train(cfg)
-    state = {p.name: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    def files() -> dict[str, int]:  # the run's files (.lock: each process writes its PID there)
+        return {p.name: p.stat().st_mtime_ns for p in run.rglob("*")
+                if p.is_file() and p.name != ".lock"}
+
+    state = files()
     trainer = Trainer(cfg)
     st = trainer.train(resume=True)
     assert trainer.finished and st.step == (3 if limit == "max_steps" else 3)
-    assert {p.name: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == state
+    assert files() == state
     if limit == "early_stopping":  # patience and best survived the resume
         assert st.evals_without_improvement == 2 and st.best_metric == 5.0
 
