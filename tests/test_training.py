@@ -282,20 +282,21 @@ def test_fine_tuning_starts_from_the_weights_with_a_new_optimizer(tiny_config, t
 
 # `nmtkit train` in a subprocess, each update slowed down and announced on stdout
 SLOW_CLI = (
-    "import sys, time; from nmtkit import cli, training\n"
+    "import os, sys, time; from nmtkit import cli, training\n"
     "update = training.Trainer._update\n"
     "def slow(self, group):\n"
-    "    time.sleep(0.05); print('update', self.state.step + 1, flush=True); return update(self, group)\n"
+    "    print('update', self.state.step + 1, flush=True); time.sleep(float(os.environ['SLOW_S']))\n"
+    "    return update(self, group)\n"
     "training.Trainer._update = slow\n"
     "sys.exit(cli.main(sys.argv[1:]))")
 
 
-def _slow_training(cfg, tmp_path, *args: str) -> tuple[subprocess.Popen, Path]:
+def _slow_training(cfg, tmp_path, *args: str, sleep: float = 0.05) -> tuple[subprocess.Popen, Path]:
     import os
 
     config = tmp_path / f"{cfg.training.out_dir.name}.yaml"
     config.write_text(json.dumps(cfg.to_json_dict()))  # JSON is YAML
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", SLOW_S=str(sleep))
     proc = subprocess.Popen([sys.executable, "-c", SLOW_CLI, "train", str(config), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     return proc, config
@@ -344,6 +345,23 @@ def test_sigterm_writes_a_checkpoint_and_exits_143(tiny_config, tmp_path) -> Non
     assert "stopped: SIGTERM (interrupted)" in out
     (saved,) = list_checkpoints(tmp_path / "t")
     assert (tmp_path / "t" / "last").resolve() == saved.resolve()
+
+
+def test_a_second_signal_aborts_at_once_without_a_checkpoint(tiny_config, tmp_path) -> None:
+    import signal
+    import time
+
+    cfg = _with(tiny_config, out_dir=tmp_path / "a", max_steps=1000, max_epochs=100,
+                valid_bleu=False, num_threads=1, valid_every=1000)
+    proc, _ = _slow_training(cfg, tmp_path, sleep=2.0)  # both signals land in one update
+    _wait_for_update(proc, 2)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert err.splitlines()[-1] == "nmtkit: stopped by SIGTERM at once (no checkpoint); exit 143"
+    assert not list_checkpoints(tmp_path / "a")
 
 
 def test_one_training_at_a_time_in_a_run_folder(tiny_config, tmp_path) -> None:
