@@ -428,7 +428,7 @@ class Trainer:
         average's raw weights are among them)."""
         path = ckpt.path
         self.model.load_state_dict(ckpt.model.state_dict())
-        tensors = self._resume_tensors  # read (and checked) by _find_resume_point
+        tensors, self._resume_tensors = self._resume_tensors, {}  # read and checked by _find_resume_point
         meta = read_json(path / "training.json")
         try:
             self.optimizer.load_state_dict(optimizer_from_tensors(tensors, meta["optimizer"]))
