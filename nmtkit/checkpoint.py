@@ -14,11 +14,18 @@ so a crash at any moment leaves either the complete folder or none (plus a stale
 that the next run removes). Its files and folders get the permissions the user's umask gives.
 Loading reads tensors with safetensors and metadata with json: nothing in a checkpoint can run
 code.
+
+checkpoint.json records the SHA-256 of each tensor file ("checksums"), and loading checks it:
+a flipped bit on a disk or in a copy, or a weight edited by hand, is refused with the file's
+name instead of translating with damaged weights. (SHA-256 because CPUs hash it in hardware:
+about 40 ms for a 30 MB model, see benchmarks/bench_checkpoint.py.) Checkpoints written before
+checksums were recorded have none and load unchecked.
 """
 
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 import os
 import re
@@ -34,7 +41,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 
 from nmtkit.config import Config, config_from_dict
 from nmtkit.errors import NMTKitError
-from nmtkit.files import as_user_file, temp_folder
+from nmtkit.files import as_user_file, lock_holder, temp_folder
 from nmtkit.model import build_model
 from nmtkit.seq2seq import Seq2Seq
 from nmtkit.vocabulary import Tokenizer
@@ -95,18 +102,21 @@ def save_checkpoint(
     try:
         # save_model stores shared (tied) tensors once and restores the tie on load
         save_model(_unwrap(model), str(tmp / "model.safetensors"))
-        write_json(tmp / "checkpoint.json", {
-            "format_version": FORMAT_VERSION,
-            "config": config.to_json_dict(),
-            **info,
-        })
-        (tmp / "src.spm.model").write_bytes(src_tokenizer.to_bytes())
-        (tmp / "tgt.spm.model").write_bytes(tgt_tokenizer.to_bytes())
-        write_json(tmp / "vocab.json", {"src": src_tokenizer.vocab(), "tgt": tgt_tokenizer.vocab()})
         if training_tensors is not None:
             save_file({k: v.contiguous().cpu() for k, v in training_tensors.items()},
                       str(tmp / "training.safetensors"))
             write_json(tmp / "training.json", training_json or {})
+        checksums = {name: file_checksum(tmp / name) for name in TENSOR_FILES
+                     if (tmp / name).is_file()}
+        write_json(tmp / "checkpoint.json", {
+            "format_version": FORMAT_VERSION,
+            "config": config.to_json_dict(),
+            **info,
+            "checksums": checksums,
+        })
+        (tmp / "src.spm.model").write_bytes(src_tokenizer.to_bytes())
+        (tmp / "tgt.spm.model").write_bytes(tgt_tokenizer.to_bytes())
+        write_json(tmp / "vocab.json", {"src": src_tokenizer.vocab(), "tgt": tgt_tokenizer.vocab()})
         commit_folder(tmp, path)
     except SafetensorError as err:  # its I/O errors (a full disk) are not OSErrors
         shutil.rmtree(tmp, ignore_errors=True)
@@ -118,6 +128,33 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+TENSOR_FILES = ("model.safetensors", "training.safetensors")
+
+
+def file_checksum(path: Path) -> str:
+    """'sha256:<hex>' of a file's bytes."""
+    with open(path, "rb") as f:
+        return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def verify_checksum(path: Path, checksums: dict[str, str] | None) -> None:
+    """Refuse a tensor file whose bytes are not those checkpoint.json recorded (a checkpoint
+    without checksums, written before they were recorded, is not checked)."""
+    expected = (checksums or {}).get(path.name)
+    if expected is None:
+        return
+    if not isinstance(expected, str) or not expected.startswith("sha256:"):
+        raise NMTKitError(f"{path.parent / 'checkpoint.json'}: checksums.{path.name} is not "
+                          "'sha256:<hex>' (a damaged checkpoint?)")
+    try:
+        actual = file_checksum(path)
+    except OSError as err:
+        raise NMTKitError(f"{path}: cannot be read ({err.strerror})") from None
+    if actual != expected:
+        raise NMTKitError(f"{path}: damaged: its SHA-256 is not the one recorded in "
+                          "checkpoint.json when it was written (changed or corrupted since)")
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -132,6 +169,7 @@ class Checkpoint:
     src_tokenizer: Tokenizer
     tgt_tokenizer: Tokenizer
     info: dict[str, Any]
+    checksums: dict[str, str] | None = None  # of the tensor files; None: an older checkpoint
 
 
 def read_json(path: Path) -> Any:
@@ -147,9 +185,11 @@ def read_json(path: Path) -> Any:
     return data
 
 
-def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+def read_tensors(path: Path, checksums: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
+    """A safetensors file of a checkpoint, checked against checkpoint.json's `checksums`."""
     if not path.is_file():
         raise NMTKitError(f"{path}: missing (not a complete nmtkit checkpoint)")
+    verify_checksum(path, checksums)
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
@@ -200,6 +240,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     if meta.get("format_version") != FORMAT_VERSION:
         raise NMTKitError(f"{path / 'checkpoint.json'}: unsupported format_version "
                           f"{meta.get('format_version')!r}")
+    checksums = meta.get("checksums")
+    if checksums is not None and not isinstance(checksums, dict):
+        raise NMTKitError(f"{path / 'checkpoint.json'}: checksums is not an object "
+                          "(a damaged checkpoint?)")
     config = config_from_dict(meta["config"], str(path / "checkpoint.json"))
     src_tok = _tokenizer(path / "src.spm.model")
     tgt_tok = _tokenizer(path / "tgt.spm.model")
@@ -207,6 +251,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     weights = path / "model.safetensors"
     if not weights.is_file():
         raise NMTKitError(f"{weights}: missing (not a complete nmtkit checkpoint)")
+    verify_checksum(weights, checksums)
     try:
         missing, unexpected = load_model(model, str(weights), strict=False)
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
@@ -215,8 +260,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         raise NMTKitError(f"{weights}: does not match the config's architecture "
                           f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
     model.to(device).eval()
-    info = {k: v for k, v in meta.items() if k not in ("config", "format_version")}
-    return Checkpoint(path, model, config, src_tok, tgt_tok, info)
+    info = {k: v for k, v in meta.items() if k not in ("config", "format_version", "checksums")}
+    return Checkpoint(path, model, config, src_tok, tgt_tok, info, checksums)
 
 
 def _tokenizer(path: Path) -> Tokenizer:
@@ -288,6 +333,10 @@ def average_checkpoints(paths: list[Path], out: Path) -> Path:
 
 
 def _check_average_out(out: Path, inputs: list[Path]) -> None:
+    holder = lock_holder(out.parent)
+    if holder:
+        raise NMTKitError(f"--out {out}: {out.parent} is a run folder being trained ({holder}); "
+                          "write the average elsewhere, or when training has ended")
     if not out.exists() and not out.is_symlink():
         if out.parent.exists() and not out.parent.is_dir():
             raise NMTKitError(f"--out {out}: {out.parent} is a file, not a folder")

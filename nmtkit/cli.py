@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, TextIO
 
-from nmtkit.errors import NMTKitError, NMTKitWarning
+from nmtkit.errors import NMTKitError, NMTKitWarning, TrainingInterrupted
 from nmtkit.files import os_error
 
 if TYPE_CHECKING:
@@ -676,6 +676,10 @@ def main(argv: list[str] | None = None) -> int:
     except NMTKitError as err:
         print(f"\nnmtkit: error: {err}" if _bar_open() else f"nmtkit: error: {err}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as err:  # the training summary said where it stopped
+        done = "after writing a checkpoint" if err.checkpoint_written else "at once (no checkpoint)"
+        print(f"nmtkit: stopped by {err.signal_name} {done}; exit {err.exit_code}", file=sys.stderr)
+        return err.exit_code
     except KeyboardInterrupt:
         print("nmtkit: interrupted", file=sys.stderr)
         return 130

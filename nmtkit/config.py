@@ -202,6 +202,9 @@ class EarlyStoppingConfig(Section):
     metric: Literal["bleu", "loss", "ppl"] = Field("bleu", description="what `best` and early "
                                                    "stopping follow (loss if BLEU is off)")
     patience: int = Field(0, ge=0, description="validations without improvement; 0 = never stop")
+    target: float | None = Field(None, description="stop once the valid metric reaches this (BLEU "
+                                 "at least, loss or ppl at most): training ends on the quality "
+                                 "reached, however fast the machine; null = no target")
 
 
 class ScheduledSamplingConfig(Section):
@@ -278,6 +281,14 @@ class TrainingConfig(Section):
     keep_last: int = Field(1, ge=1, description="newest checkpoints kept (for averaging: more)")
     log_every: int = Field(50, ge=1, description="updates between log.jsonl rows")
     num_threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch's default")
+
+    @model_validator(mode="after")
+    def _target_is_measured(self) -> TrainingConfig:
+        if self.early_stopping.target is not None and self.early_stopping.metric == "bleu" \
+                and not self.valid_bleu:
+            raise ValueError("early_stopping.target: a BLEU target needs valid_bleu: true "
+                             "(validation computes no BLEU without it)")
+        return self
 
     @model_validator(mode="after")
     def _one_way_to_feed(self) -> TrainingConfig:

@@ -13,7 +13,7 @@ from nmtkit.checkpoint import read_json
 from nmtkit.config import apply_overrides, load_config, validated
 from nmtkit.democorpus import make_demo_corpus
 from nmtkit.errors import NMTKitError
-from nmtkit.files import write_text_atomic
+from nmtkit.files import lock_holder, write_text_atomic
 from nmtkit.metrics import score
 from nmtkit.plotting import plot_attention, plot_patch_attention
 from nmtkit.training import RUN_NAMES, is_run_folder, list_checkpoints, train
@@ -65,6 +65,10 @@ def run_demo(model: str = "rnn", direction: str = "ko-en", overrides: list[str] 
                                     f"training.bleu_tokenize={tokenize}", *(overrides or [])])
     run_dir = Path(cfg.training.out_dir)
     if run_dir.exists():  # the demo always trains from scratch: an earlier demo run goes
+        holder = lock_holder(run_dir)
+        if holder:
+            raise NMTKitError(f"{run_dir} is being trained by another process ({holder}): wait "
+                              "for it to end, or choose --set training.out_dir=NEW")
         if not _is_demo_run(run_dir, corpus_dir):
             raise NMTKitError(f"{run_dir} exists and is not an earlier demo run (only those are "
                               "replaced): move it, or choose --set training.out_dir=NEW")

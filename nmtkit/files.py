@@ -10,11 +10,13 @@ and never a user's file or folder deleted or overwritten that nmtkit did not cre
     check_output_file     refuse to overwrite an input, a folder, or a file of another kind
     naming                an OSError with the path being written, where it names none
     os_error              an OSError (full disk, read-only folder, ...) as a one-line NMTKitError
+    FolderLock            one process at a time in a folder (a run folder being trained)
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import re
 import shutil
@@ -196,3 +198,60 @@ def os_error(err: OSError, doing: str = "") -> NMTKitError:
     reason = reasons.get(err.errno, err.strerror or str(err))
     prefix = f"{doing}: " if doing else ""
     return NMTKitError(f"{prefix}{where}{': ' if where else ''}{reason}")
+
+
+LOCK_NAME = ".lock"
+
+
+class FolderLock:
+    """An OS lock (flock) on `folder/.lock`: held while the process runs, released by the
+    kernel when it ends in any way (a `kill -9` or a crash too), so no stale lock is left to
+    clean up. The file holds the holder's PID, for the message of the process that is refused.
+    The file itself stays (removing it would let a third process lock a new file while a
+    second still waits on the old one)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = Path(folder) / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self, what: str) -> None:
+        """Take the lock or raise the one-line error naming the holder; `what` names the
+        folder in it (e.g. 'training.out_dir runs/x')."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            holder = lock_holder(self.path.parent)
+            raise NMTKitError(f"{what} is in use by another nmtkit process ({holder}): wait "
+                              "for it to end, stop it, or choose another folder") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the last descriptor releases the lock
+            self._fd = None
+
+
+def lock_holder(folder: Path) -> str | None:
+    """'PID n' of the process holding `folder`'s lock, or None when no process holds it."""
+    path = Path(folder) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.read(fd, 32).decode("ascii", "replace").strip()
+            return f"PID {text}" if text.isdigit() else "PID not yet written"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)

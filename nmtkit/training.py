@@ -6,7 +6,8 @@ checkpoints and logs. Everything needed to continue exactly where a run stopped 
 optimiser, schedule, every rank's RNG states, data position) is in each checkpoint, and
 `--resume` checks that what it continues is what was trained (model, vocabulary, data) before
 it touches anything. SIGINT (Ctrl-C) and SIGTERM stop after the current update with a
-checkpoint; a second one aborts at once.
+checkpoint and end in `TrainingInterrupted` (exit 130 or 143 from the CLI); a second one aborts
+at once. One process at a time trains in a run folder: it holds an OS lock on `.lock` there.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ from nmtkit.config import Config, config_from_dict
 from nmtkit.cpu import bound_onednn_cache, keep_freed_memory
 from nmtkit.data import PreparedData, TokenBatchSampler, collate, file_digests, prepare
 from nmtkit.ema import WeightAverage
-from nmtkit.errors import NMTKitError
-from nmtkit.files import remove_stale, temp_name, write_text_atomic
+from nmtkit.errors import NMTKitError, TrainingInterrupted
+from nmtkit.files import LOCK_NAME, FolderLock, remove_stale, temp_name, write_text_atomic
 from nmtkit.loss import perplexity
 from nmtkit.metrics import bleu_score
 from nmtkit.model import build_model, count_parameters
@@ -64,6 +65,7 @@ RESUMABLE = {
     "max_steps": "at once: a run already past the new limit is finished",
     "max_minutes": "at once (training time, validation included, summed over the sessions)",
     "early_stopping.patience": "at once, counting the evaluations without improvement so far",
+    "early_stopping.target": "at once: a run whose best validation reached it is finished",
     "valid_every": "from the next update",
     "valid_bleu": "from the next validation",
     "valid_max_sentences": "from the next validation",
@@ -109,9 +111,9 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
                   if p.is_dir() and not p.is_symlink() and p.name.startswith(CKPT_PREFIX))
 
 
-# what training writes into a run folder (and the demo's pictures, and temp names)
+# what training writes into a run folder (and the demo's pictures, the lock, and temp names)
 RUN_NAMES = re.compile(r"^(ckpt-\d+|best|last|log\.jsonl|tensorboard|attention\.png|curves\.png"
-                       r"|\..*-\d+-.*)$")
+                       r"|\.lock|\..*-\d+-.*)$")
 
 
 def is_run_folder(path: Path) -> bool:
@@ -200,6 +202,9 @@ class Trainer:
         self._speed: list[float] | None = None  # [seconds, updates, tokens] measured so far
         self.init_from: Path | None = None
         self.ema: WeightAverage | None = None
+        self._lock: FolderLock | None = None
+        self._resume_tensors: dict[str, torch.Tensor] = {}
+        self._made_run_dir = False
 
     # ---- logging (rank 0 only) ----
     @property
@@ -246,6 +251,8 @@ class Trainer:
             bound_onednn_cache()  # keep resident memory flat over a bf16 run
         # each rank draws its own dropout masks
         seed_everything(tcfg.seed + self.rank)
+        if self.is_main:  # before anything in the folder is read or written
+            self._lock_run_dir()
         resume_from = self._find_resume_point(resume) if resume else None
         if resume_from is None and resume not in (None, False, "auto"):
             raise NMTKitError(f"--resume: no checkpoint in {self.run_dir} to continue from; "
@@ -326,11 +333,41 @@ class Trainer:
                 self._tb = None
         self._barrier()
 
-    def _check_run_dir(self, resuming: bool) -> None:
+    def _check_not_foreign(self) -> None:
         """The run folder is new, or a run folder (never a user's other folder or file)."""
         run = self.run_dir
         if run.exists() and not run.is_dir():
             raise NMTKitError(f"training.out_dir {run} is a file, not a folder")
+        if run.is_dir() and not is_run_folder(run) and any(
+                p for p in run.iterdir() if p.name not in ("tensorboard", LOCK_NAME)):
+            raise NMTKitError(f"training.out_dir {run} is a folder with other files in it, not "
+                              "a run folder: choose a new or empty folder")
+
+    def _lock_run_dir(self) -> None:
+        """Hold the run folder's lock (making the folder if need be): a second process training
+        into it would mix its checkpoints and log rows with this one's."""
+        self._check_not_foreign()
+        self._made_run_dir = not self.run_dir.exists()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = FolderLock(self.run_dir)
+        self._lock.acquire(f"training.out_dir {self.run_dir}")
+
+    def _unlock_run_dir(self) -> None:
+        """Release the lock; a folder this run made and left empty (it stopped with an error
+        before writing anything) goes too."""
+        if self._lock is None:
+            return
+        self._lock.release()
+        self._lock = None
+        run = self.run_dir
+        if self._made_run_dir and {p.name for p in run.iterdir()} <= {LOCK_NAME}:
+            (run / LOCK_NAME).unlink(missing_ok=True)
+            run.rmdir()
+
+    def _check_run_dir(self, resuming: bool) -> None:
+        """Clean what a crash left in the run folder; a new run may not start over checkpoints."""
+        run = self.run_dir
+        self._check_not_foreign()
         if run.is_dir():
             remove_stale(run / f"{CKPT_PREFIX}*")  # left by a crash mid-write
             for link in ("best", "last"):
@@ -340,9 +377,6 @@ class Trainer:
                     f"{run} already holds checkpoints: pass --resume to continue, "
                     "or choose another training.out_dir"
                 )
-            if not is_run_folder(run) and any(p for p in run.iterdir() if p.name != "tensorboard"):
-                raise NMTKitError(f"training.out_dir {run} is a folder with other files in it, not "
-                                  "a run folder: choose a new or empty folder")
 
     def _barrier(self) -> None:
         if self.distributed:
@@ -355,7 +389,7 @@ class Trainer:
         for path in reversed(list_checkpoints(self.run_dir)):
             try:
                 ckpt = load_checkpoint(path, self.device)
-                read_tensors(path / "training.safetensors")
+                self._resume_tensors = read_tensors(path / "training.safetensors", ckpt.checksums)
                 read_json(path / "training.json")
                 return ckpt
             except NMTKitError as err:
@@ -394,7 +428,7 @@ class Trainer:
         average's raw weights are among them)."""
         path = ckpt.path
         self.model.load_state_dict(ckpt.model.state_dict())
-        tensors = read_tensors(path / "training.safetensors")
+        tensors, self._resume_tensors = self._resume_tensors, {}  # read and checked by _find_resume_point
         meta = read_json(path / "training.json")
         try:
             self.optimizer.load_state_dict(optimizer_from_tensors(tensors, meta["optimizer"]))
@@ -559,6 +593,14 @@ class Trainer:
 
     # ---- training ----
     def train(self, resume: str | bool | None = None, init_from: Path | None = None) -> TrainState:
+        """Train to a limit; raises TrainingInterrupted (after writing a checkpoint) when a
+        signal stopped it."""
+        try:
+            return self._train(resume, init_from)
+        finally:
+            self._unlock_run_dir()
+
+    def _train(self, resume: str | bool | None, init_from: Path | None) -> TrainState:
         self.setup(resume, init_from)
         st = self.state
         if self.finished:
@@ -586,6 +628,8 @@ class Trainer:
             self._jsonl.close()
         if self._tb is not None:
             self._tb.close()
+        if self._signal:
+            raise TrainingInterrupted(self._signal, signal.Signals[self._signal], True)
         return st
 
     def _summary(self, started: float) -> None:
@@ -612,7 +656,7 @@ class Trainer:
 
         def handler(signum: int, frame: Any) -> None:
             if self._signal:
-                raise KeyboardInterrupt
+                raise TrainingInterrupted(signal.Signals(signum).name, signum, False)
             self._signal = signal.Signals(signum).name
             self.log(f"\n{self._signal}: stopping after this update with a checkpoint "
                      "(send it again to abort at once)")
@@ -645,6 +689,11 @@ class Trainer:
             return f"reached max_epochs={tcfg.max_epochs}"
         if tcfg.max_minutes and st.train_seconds >= tcfg.max_minutes * 60:
             return f"reached max_minutes={tcfg.max_minutes:g}"
+        if es.target is not None and st.best_metric is not None:
+            higher = es.metric == "bleu"
+            if (st.best_metric >= es.target) if higher else (st.best_metric <= es.target):
+                return (f"reached the target: valid {es.metric} {st.best_metric:.2f} "
+                        f"(early_stopping.target={es.target:g})")
         if es.patience and st.evals_without_improvement >= es.patience:
             return f"early stopping: valid {es.metric} did not improve for {es.patience} evaluations"
         return ""

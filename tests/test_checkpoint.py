@@ -149,3 +149,72 @@ def test_checkpoint_json_of_the_wrong_shape_is_one_clear_error(trained_run, tmp_
     (ckpt / "checkpoint.json").write_text(content)
     with pytest.raises(NMTKitError, match="checkpoint.json: (not an nmtkit|not a JSON object|corrupted JSON)"):
         load_checkpoint(ckpt)
+
+
+def _flip_a_weight_byte(weights) -> None:
+    """One bit of the last tensor's data: safetensors still parses the file."""
+    raw = bytearray(weights.read_bytes())
+    raw[-3] ^= 0x10
+    weights.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("damage", ["a flipped byte", "a weight set to 6e37"])
+def test_a_damaged_weight_file_is_refused_by_its_checksum(trained_run, tmp_path, damage) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file, save_file
+
+    run_dir, _ = trained_run
+    broken = tmp_path / "broken"
+    shutil.copytree(run_dir / "last", broken)
+    weights = broken / "model.safetensors"
+    if damage == "a flipped byte":
+        _flip_a_weight_byte(weights)
+    else:
+        tensors = load_file(str(weights))
+        tensors["generator.weight"][3, 5] = 6e37
+        save_file(tensors, str(weights))
+    message = f"{weights}: damaged: its SHA-256 is not the one recorded in checkpoint.json"
+    with pytest.raises(NMTKitError, match=message):
+        load_checkpoint(broken)
+    result = subprocess.run([sys.executable, "-m", "nmtkit.cli", "translate", "--checkpoint",
+                             str(broken)], input="삼십\n", capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [f"nmtkit: error: {message} when it was written "
+                                          "(changed or corrupted since)"]
+    recorded = json.loads((broken / "checkpoint.json").read_text())["checksums"]
+    assert set(recorded) == {"model.safetensors", "training.safetensors"}
+    assert all(v.startswith("sha256:") and len(v) == 7 + 64 for v in recorded.values())
+
+
+def test_a_checkpoint_without_checksums_still_loads(trained_run, tmp_path) -> None:
+    """Checkpoints written before checksums were recorded load as before, unchecked."""
+    import shutil
+
+    run_dir, cfg = trained_run
+    old = tmp_path / "old"
+    shutil.copytree(run_dir / "last", old)
+    meta = json.loads((old / "checkpoint.json").read_text())
+    del meta["checksums"]
+    (old / "checkpoint.json").write_text(json.dumps(meta))
+    sources = cfg.data.test_src.read_text(encoding="utf-8").splitlines()[:5]
+    assert Translator.load(old).translate(sources) == Translator.load(run_dir / "last").translate(sources)
+    _flip_a_weight_byte(old / "model.safetensors")
+    load_checkpoint(old)  # nothing to check it against
+    meta["checksums"] = "not an object"
+    (old / "checkpoint.json").write_text(json.dumps(meta))
+    with pytest.raises(NMTKitError, match="checkpoint.json: checksums is not an object"):
+        load_checkpoint(old)
+
+
+def test_an_averaged_checkpoint_records_its_checksum(trained_run, tmp_path) -> None:
+    from nmtkit.checkpoint import average_checkpoints
+
+    run_dir, _ = trained_run
+    out = average_checkpoints([run_dir / "last"], tmp_path / "avg")
+    assert set(json.loads((out / "checkpoint.json").read_text())["checksums"]) == {"model.safetensors"}
+    _flip_a_weight_byte(out / "model.safetensors")
+    with pytest.raises(NMTKitError, match="model.safetensors: damaged"):
+        load_checkpoint(out)

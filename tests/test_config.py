@@ -100,3 +100,22 @@ def test_a_set_with_an_empty_key_says_so(override, message) -> None:
 
     with pytest.raises(NMTKitError, match=re.escape(message)):
         apply_overrides({}, [override])
+
+
+def test_a_bleu_target_needs_bleu_at_validation() -> None:
+    training = {"valid_bleu": False, "early_stopping": {"metric": "bleu", "target": 30}}
+    assert "early_stopping.target: a BLEU target needs valid_bleu: true" in error(
+        {"data": DATA, "training": training})
+    config_from_dict({"data": DATA, "training": {**training, "early_stopping": {
+        "metric": "loss", "target": 1.5}}})  # a loss target needs no BLEU
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "demo-transformer.yaml"])
+def test_the_demos_stop_on_quality_not_on_the_clock(name) -> None:
+    """A busy machine ended the demos at their 7-minute cap, far from their quality: they
+    stop at a valid BLEU target (or after max_epochs); the time cap is a safety only."""
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / name)
+    training = cfg.training
+    assert training.early_stopping.metric == "bleu" and training.early_stopping.target >= 99
+    assert training.max_minutes >= 60
+    assert 0 < training.valid_every <= 100  # the target is checked often enough to stop early

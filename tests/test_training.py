@@ -2,6 +2,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -185,7 +186,7 @@ def test_resume_without_a_checkpoint_says_so_unless_asked_to_start(tiny_config, 
     cfg = _with(tiny_config, out_dir=tmp_path / "n", max_steps=2, valid_bleu=False)
     with pytest.raises(NMTKitError, match="no checkpoint in .* to continue from"):
         train(cfg, resume=True)
-    assert not list_checkpoints(tmp_path / "n")
+    assert not (tmp_path / "n").exists()  # nor the folder it made to lock
     run = train(cfg, resume="auto")
     assert [p.name for p in list_checkpoints(run)] == ["ckpt-00000002"]
 
@@ -204,6 +205,32 @@ def test_resume_skips_a_damaged_newest_checkpoint(tiny_config, tmp_path) -> None
     assert [r["step"] for r in rows] == [2, 4, 6]  # the lost update-4 row was logged again, once
 
 
+@pytest.mark.parametrize("damage", ["a flipped byte", "a changed weight"])
+def test_resume_skips_a_checkpoint_whose_checksum_fails(tiny_config, tmp_path, damage) -> None:
+    from safetensors.torch import save_file
+
+    cfg = _with(tiny_config, out_dir=tmp_path / "d", max_steps=4, valid_every=2, keep_last=3,
+                valid_bleu=False)
+    run = train(cfg)
+    newest = run / "ckpt-00000004"
+    if damage == "a flipped byte":  # in the optimizer moments: the file still parses
+        state = newest / "training.safetensors"
+        raw = bytearray(state.read_bytes())
+        raw[-5] ^= 0x01
+        state.write_bytes(bytes(raw))
+    else:
+        state = newest / "model.safetensors"
+        tensors = load_file(str(state))
+        tensors["generator.weight"][0, 0] = 6e37
+        save_file(tensors, str(state))
+    logs: list[str] = []
+    trainer = Trainer(_with(cfg, max_steps=6), log=logs.append)
+    trainer.train(resume=True)
+    assert any(line.startswith(f"warning: skipping damaged checkpoint {newest} ({state}: damaged")
+               for line in logs), logs
+    assert any(line.startswith(f"resumed from {run / 'ckpt-00000002'}") for line in logs)
+
+
 @pytest.mark.parametrize("limit", ["max_steps", "early_stopping"])
 def test_resuming_a_finished_run_changes_nothing(tiny_config, tmp_path, monkeypatch, limit) -> None:
     if limit == "early_stopping":
@@ -214,11 +241,15 @@ def test_resuming_a_finished_run_changes_nothing(tiny_config, tmp_path, monkeypa
     else:
         cfg = _with(tiny_config, out_dir=tmp_path / "f", max_steps=3, valid_bleu=False)
     run = train(cfg)
-    state = {p.name: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    def files() -> dict[str, int]:  # the run's files (.lock: each process writes its PID there)
+        return {p.name: p.stat().st_mtime_ns for p in run.rglob("*")
+                if p.is_file() and p.name != ".lock"}
+
+    state = files()
     trainer = Trainer(cfg)
     st = trainer.train(resume=True)
     assert trainer.finished and st.step == (3 if limit == "max_steps" else 3)
-    assert {p.name: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == state
+    assert files() == state
     if limit == "early_stopping":  # patience and best survived the resume
         assert st.evals_without_improvement == 2 and st.best_metric == 5.0
 
@@ -249,36 +280,133 @@ def test_fine_tuning_starts_from_the_weights_with_a_new_optimizer(tiny_config, t
         train(_with(bigger, out_dir=tmp_path / "ft2"), init_from=base / "last")
 
 
-def test_sigint_writes_a_checkpoint_that_resumes_exactly(tiny_config, tmp_path) -> None:
+# `nmtkit train` in a subprocess, each update slowed down and announced on stdout
+SLOW_CLI = (
+    "import os, sys, time; from nmtkit import cli, training\n"
+    "update = training.Trainer._update\n"
+    "def slow(self, group):\n"
+    "    print('update', self.state.step + 1, flush=True); time.sleep(float(os.environ['SLOW_S']))\n"
+    "    return update(self, group)\n"
+    "training.Trainer._update = slow\n"
+    "sys.exit(cli.main(sys.argv[1:]))")
+
+
+def _slow_training(cfg, tmp_path, *args: str, sleep: float = 0.05) -> tuple[subprocess.Popen, Path]:
     import os
+
+    config = tmp_path / f"{cfg.training.out_dir.name}.yaml"
+    config.write_text(json.dumps(cfg.to_json_dict()))  # JSON is YAML
+    env = dict(os.environ, PYTHONUNBUFFERED="1", SLOW_S=str(sleep))
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_CLI, "train", str(config), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return proc, config
+
+
+def _wait_for_update(proc: subprocess.Popen, n: int) -> None:
+    for line in proc.stdout:
+        if line.startswith(f"update {n}"):
+            return
+    raise AssertionError(f"training ended before update {n}: {proc.stderr.read()[-2000:]}")
+
+
+def test_sigint_writes_a_checkpoint_that_resumes_exactly(tiny_config, tmp_path) -> None:
     import signal
 
     base = dict(max_epochs=30, schedule="noam", warmup_steps=4, valid_bleu=False, num_threads=1,
                 valid_every=1000)
     straight = train(_with(tiny_config, out_dir=tmp_path / "s", max_steps=40, **base))
     cfg = _with(tiny_config, out_dir=tmp_path / "i", max_steps=40, **base)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-c", (
-        "import sys, json, time; from nmtkit import training; from nmtkit.config import config_from_dict\n"
-        "update = training.Trainer._update\n"
-        "def slow(self, group):\n"
-        "    time.sleep(0.05); print('update', self.state.step + 1, flush=True); return update(self, group)\n"
-        "training.Trainer._update = slow\n"
-        "training.train(config_from_dict(json.loads(sys.argv[1])), resume_command='RESUME-HERE')"),
-        json.dumps(cfg.to_json_dict())], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    for line in proc.stdout:
-        if line.startswith("update 12"):
-            proc.send_signal(signal.SIGINT)
-            break
+    proc, config = _slow_training(cfg, tmp_path)
+    _wait_for_update(proc, 12)
+    proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err[-2000:]
+    assert proc.returncode == 130, err[-2000:]  # 128 + SIGINT: `train && evaluate` stops here
+    assert err.splitlines()[-1] == "nmtkit: stopped by SIGINT after writing a checkpoint; exit 130"
     saved = list_checkpoints(tmp_path / "i")
     assert len(saved) == 1 and 12 <= int(saved[0].name.split("-")[1]) < 40
-    assert "SIGINT" in out and "to continue: RESUME-HERE" in out
+    assert "SIGINT" in out and f"to continue: nmtkit train {config} --resume" in out
     resumed = train(cfg, resume=True)
     w1, w2 = _weights(straight / "last"), _weights(resumed / "last")
     for k in w1:
         assert torch.equal(w1[k], w2[k]), k
+
+
+def test_sigterm_writes_a_checkpoint_and_exits_143(tiny_config, tmp_path) -> None:
+    import signal
+
+    cfg = _with(tiny_config, out_dir=tmp_path / "t", max_steps=1000, max_epochs=100,
+                valid_bleu=False, num_threads=1, valid_every=1000)
+    proc, _ = _slow_training(cfg, tmp_path)
+    _wait_for_update(proc, 3)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]  # 128 + SIGTERM, as job schedulers expect
+    assert err.splitlines()[-1] == "nmtkit: stopped by SIGTERM after writing a checkpoint; exit 143"
+    assert "stopped: SIGTERM (interrupted)" in out
+    (saved,) = list_checkpoints(tmp_path / "t")
+    assert (tmp_path / "t" / "last").resolve() == saved.resolve()
+
+
+def test_a_second_signal_aborts_at_once_without_a_checkpoint(tiny_config, tmp_path) -> None:
+    import signal
+    import time
+
+    cfg = _with(tiny_config, out_dir=tmp_path / "a", max_steps=1000, max_epochs=100,
+                valid_bleu=False, num_threads=1, valid_every=1000)
+    proc, _ = _slow_training(cfg, tmp_path, sleep=2.0)  # both signals land in one update
+    _wait_for_update(proc, 2)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert err.splitlines()[-1] == "nmtkit: stopped by SIGTERM at once (no checkpoint); exit 143"
+    assert not list_checkpoints(tmp_path / "a")
+
+
+def test_one_training_at_a_time_in_a_run_folder(tiny_config, tmp_path) -> None:
+    run = tmp_path / "r"
+    cfg = _with(tiny_config, out_dir=run, max_steps=1000, max_epochs=100, valid_bleu=False,
+                num_threads=1, valid_every=1000)
+    first, config = _slow_training(cfg, tmp_path)
+    try:
+        _wait_for_update(first, 2)
+        for extra in ([], ["--resume"]):  # the lock comes before reading any checkpoint
+            second = subprocess.run([sys.executable, "-m", "nmtkit.cli", "train", str(config),
+                                     *extra], capture_output=True, text=True, timeout=120)
+            assert second.returncode == 2
+            assert second.stderr.splitlines() == [
+                f"nmtkit: error: training.out_dir {run} is in use by another nmtkit process "
+                f"(PID {first.pid}): wait for it to end, stop it, or choose another folder"]
+        average = subprocess.run([sys.executable, "-m", "nmtkit.cli", "average",
+                                  str(tmp_path / "x"), "--out", str(run / "avg")],
+                                 capture_output=True, text=True, timeout=120)
+        assert average.returncode == 2 and f"being trained (PID {first.pid})" in average.stderr
+        assert not (run / "avg").exists()
+    finally:
+        first.kill()  # SIGKILL: the kernel releases the lock with the process
+        first.communicate(timeout=60)
+    assert first.returncode == -9
+    again = subprocess.run([sys.executable, "-m", "nmtkit.cli", "train", str(config),
+                            "--set", "training.max_steps=2"], capture_output=True, text=True,
+                           timeout=120)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert [r["step"] for r in load_log(run) if r["type"] == "train"] == [1, 2]
+
+
+def test_training_stops_once_the_target_is_reached(tiny_config, tmp_path, monkeypatch) -> None:
+    scores = iter([40.0, 99.6, 10.0, 10.0, 10.0])
+    monkeypatch.setattr(Trainer, "valid_bleu", lambda self: next(scores))
+    cfg = _with(tiny_config, out_dir=tmp_path / "g", max_epochs=50, valid_every=2,
+                early_stopping=EarlyStoppingConfig(metric="bleu", target=99.5))
+    st = Trainer(cfg, log=lambda msg: None).train()
+    assert st.step == 4
+    assert st.stopped == "reached the target: valid bleu 99.60 (early_stopping.target=99.5)"
+    trainer = Trainer(cfg, log=lambda msg: None)
+    trainer.train(resume=True)  # a run that reached its target is finished
+    assert trainer.finished and trainer.state.step == 4
+    higher = _with(cfg, max_steps=6, early_stopping=EarlyStoppingConfig(metric="bleu", target=99.9))
+    assert Trainer(higher, log=lambda msg: None).train(resume=True).step == 6  # goes on
 
 
 def test_time_budget_warning_names_the_warmup(tiny_config, tmp_path) -> None:
