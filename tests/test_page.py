@@ -96,3 +96,75 @@ def test_keyboard_alone_and_a_phone_width_window(page) -> None:
     page.wait_for_selector(".alternatives .choice")
     assert page.evaluate("document.documentElement.scrollWidth") <= 380 + 1  # nothing wider than the phone
     page.set_viewport_size({"width": 1100, "height": 900})
+
+
+# where a label's first Hangul character is drawn, and the same character drawn upright in a
+# line of its own (the reference), in the label's font
+_GLYPH_BOXES = """th => {
+  const text = [...th.childNodes].find((n) => n.nodeType === 3 && /[\\uac00-\\ud7a3]/.test(n.textContent));
+  const i = text.textContent.search(/[\\uac00-\\ud7a3]/);
+  const range = document.createRange();
+  range.setStart(text, i);
+  range.setEnd(text, i + 2);
+  const [first, second] = [0, 1].map((k) => {
+    const r = document.createRange();
+    r.setStart(text, i + k);
+    r.setEnd(text, i + k + 1);
+    return r.getBoundingClientRect();
+  });
+  const style = getComputedStyle(th);
+  const ref = document.createElement("span");
+  ref.id = "reference-glyph";
+  ref.textContent = text.textContent[i];
+  Object.assign(ref.style, { position: "fixed", left: "10px", top: "10px", background: "white",
+    fontFamily: style.fontFamily, fontSize: style.fontSize, lineHeight: "1.4", padding: "4px" });
+  document.body.appendChild(ref);
+  const box = (b) => ({ x: b.x, y: b.y, width: b.width, height: b.height });
+  return { first: box(first), second: box(second), reference: box(ref.getBoundingClientRect()) };
+}"""
+
+
+def _ink(png: bytes):
+    """A glyph's ink, cropped and scaled to 32 x 32 grey levels (for comparing shapes)."""
+    import io
+
+    from PIL import Image, ImageOps
+
+    image = ImageOps.invert(Image.open(io.BytesIO(png)).convert("L"))
+    image = image.point(lambda v: 255 if v > 80 else 0)
+    return image.crop(image.getbbox()).resize((32, 32))
+
+
+def test_heatmap_column_labels_read_the_right_way_up(page) -> None:
+    from PIL import ImageChops, ImageStat
+
+    page.set_viewport_size({"width": 1100, "height": 900})
+    page.fill("#source", SOURCE)
+    page.press("#source", "Enter")
+    page.wait_for_selector(".heatmap td.cell")
+    page.evaluate("document.fonts.ready")
+    header = page.locator(".heatmap thead th.source-token").filter(has_text="오")
+    header.scroll_into_view_if_needed()
+    boxes = header.evaluate(_GLYPH_BOXES)
+    try:
+        # Hangul runs down the column in reading order (a label turned over runs up)
+        assert boxes["second"]["y"] > boxes["first"]["y"] + 2, boxes
+        label = page.screenshot(clip=boxes["first"])
+        reference = page.screenshot(clip=boxes["reference"])
+    finally:
+        page.evaluate("document.getElementById('reference-glyph')?.remove()")
+    # and each character stands upright: its ink matches the upright character best, not the
+    # character turned a quarter or half
+    glyph, upright = _ink(label), _ink(reference)
+    differences = {angle: ImageStat.Stat(ImageChops.difference(glyph, upright.rotate(angle))).mean[0]
+                   for angle in (0, 90, 180, 270)}
+    assert min(differences, key=differences.get) == 0, differences
+    # Latin labels are turned a quarter as usual: taller than wide
+    end = page.locator(".heatmap thead th.source-token").last.bounding_box()
+    assert end["height"] > end["width"]
+    # the word-start mark is drawn quietly, not as a black bar
+    mark = page.locator(".heatmap thead th.source-token .word-start").first
+    assert float(mark.evaluate("m => getComputedStyle(m).opacity")) < 0.6
+    assert page.locator(".heatmap thead th.source-token").first.text_content().startswith("\u2581")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.locator(".heatmap thead").screenshot(path=str(ARTIFACTS / "heatmap-header.png"))

@@ -11,10 +11,22 @@ export function weightsOf(translation, layer, head) {
     row.map((_, j) => heads.reduce((sum, h) => sum + h[i][j], 0) / heads.length));
 }
 
-// a header cell for a token: a source token heads a column, a target token a row
+// a header cell for a token: a source token heads a column, a target token a row. The
+// sentencepiece word-start mark "▁" is drawn quietly (a faint mark, not a black bar), and the
+// label reads as the whole piece for screen readers.
 function tokenHeader(token, scope, index) {
   const th = document.createElement("th");
-  th.textContent = token;
+  const start = token.startsWith("\u2581");
+  if (start) {
+    const mark = document.createElement("span");
+    mark.className = "word-start";
+    mark.textContent = "\u2581";
+    mark.setAttribute("aria-hidden", "true");
+    th.append(mark, token.slice(1));
+    th.title = `${token.slice(1)} (starts a word)`;
+  } else {
+    th.textContent = token;
+  }
   th.scope = scope;
   th.className = scope === "col" ? "source-token" : "target-token";
   th.dataset[scope === "col" ? "column" : "row"] = index;
