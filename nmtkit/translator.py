@@ -458,7 +458,8 @@ class Translator:
 
     @torch.inference_mode()
     def alternatives(self, source: str, prefix: str = "", k: int = 5, *, candidates: int = 0,
-                     max_word_pieces: int = 12, **options: object) -> list[Alternative]:
+                     max_word_pieces: int = 12, translations: bool = True,
+                     **options: object) -> list[Alternative]:
         """The k likeliest next words after `prefix` in the translation of `source`, each with
         its probability and the best translation that begins with prefix + that word
         (CTranslate2's return_alternatives, but words, not subword pieces).
@@ -468,7 +469,8 @@ class Translator:
         at least 20); each is completed into a word by greedy continuation of its pieces, the
         word's probability being the product of its pieces'. Words reached twice add up. The
         translations come from one call of `translate(prefix=...)` with the rest of `options`,
-        so choosing alternative j and translating with its `prefix` gives its `translation`."""
+        so choosing alternative j and translating with its `prefix` gives its `translation`.
+        translations=False leaves them empty (a service translates many requests' at once)."""
         self._check_translates()
         if not isinstance(source, str) or not isinstance(prefix, str):
             raise TypeError("alternatives takes one source sentence and one prefix, as str")
@@ -501,9 +503,10 @@ class Translator:
         ranked = sorted(merged.items(), key=lambda item: -item[1])[:k]
         head = prefix.rstrip() if not partial else _split_last_word(prefix)[0]
         starts = [f"{head} {word}" if head.strip() else word for word, _ in ranked]
-        translations = self.translate([source] * len(starts), prefix=starts, **options) if starts else []
+        texts = self.translate([source] * len(starts), prefix=starts, **options) \
+            if starts and translations else [""] * len(starts)
         return [Alternative(word, p, text, start)
-                for (word, p), text, start in zip(ranked, translations, starts, strict=True)]
+                for (word, p), text, start in zip(ranked, texts, starts, strict=True)]
 
     def _word_starts(self, partial: str) -> Tensor:
         """The ids of the pieces that may come next: the start of a new word, or, after a word
