@@ -124,15 +124,15 @@ _GLYPH_BOXES = """th => {
 }"""
 
 
-def _ink(png: bytes):
-    """A glyph's ink, cropped and scaled to 32 x 32 grey levels (for comparing shapes)."""
+def _ink(png: bytes, size: tuple[int, int] = (32, 32)):
+    """Ink (a glyph's, a line's), cropped and scaled to `size` grey levels (to compare shapes)."""
     import io
 
     from PIL import Image, ImageOps
 
     image = ImageOps.invert(Image.open(io.BytesIO(png)).convert("L"))
     image = image.point(lambda v: 255 if v > 80 else 0)
-    return image.crop(image.getbbox()).resize((32, 32))
+    return image.crop(image.getbbox()).resize(size)
 
 
 def test_heatmap_column_labels_read_the_right_way_up(page) -> None:
@@ -304,31 +304,41 @@ def test_the_layer_and_head_stay_chosen_across_translations(page) -> None:
 
 
 def test_pasted_korean_is_drawn_not_boxes(page) -> None:
-    """Hangul pasted before the font arrived stayed empty boxes in the text box (Chromium does
-    not draw a textarea again when a web font comes): it must look as the same text typed into
-    a text box made after the font was in."""
+    """Pasted Hangul showed as empty boxes in the text box while the same text elsewhere on the
+    page was drawn: the box's first line must look as the same text in a paragraph does."""
     fresh = page.context.browser.new_context(viewport={"width": 700, "height": 400})  # an empty cache
     try:
         other = fresh.new_page()
         other.goto(page.url)
         other.focus("#source")
         other.keyboard.insert_text(SOURCE)  # as a paste does: the whole text at once
-        other.wait_for_function("document.fonts.check('1em \"nmtkit hangul\"', '삼')", timeout=30_000)
+        other.wait_for_function("""document.fonts.check('1em "nmtkit hangul"', '삼')""", timeout=30_000)
         other.wait_for_timeout(500)
-        drawn = other.locator("#source").screenshot()
-        other.evaluate("""() => {
-          const copy = document.getElementById('source').cloneNode();
-          copy.id = 'copy';
-          copy.value = document.getElementById('source').value;
-          document.getElementById('source').replaceWith(copy);
-        }""")
+        box = other.locator("#source").bounding_box()
+        size = float(other.evaluate("parseFloat(getComputedStyle(document.getElementById('source')).fontSize)"))
+        drawn = other.screenshot(clip={"x": box["x"] + 4, "y": box["y"] + 4, "width": box["width"] - 30,
+                                       "height": 1.5 * size + 6})
+        other.evaluate("""text => {
+          const p = document.createElement('p');
+          p.id = 'reference-text';
+          p.textContent = text;
+          Object.assign(p.style, { position: 'fixed', left: '0', top: '0', margin: '0', padding: '4px',
+            background: 'white', zIndex: '10', lineHeight: '1.45', fontFamily: '"nmtkit hangul", sans-serif', fontSize: getComputedStyle(document.getElementById('source')).fontSize });
+          document.body.appendChild(p);
+        }""", SOURCE)
         other.wait_for_timeout(300)
-        expected = other.locator("#copy").screenshot()
+        ref = other.locator("#reference-text").bounding_box()
+        expected = other.screenshot(clip={"x": ref["x"], "y": ref["y"], "width": ref["width"],
+                                          "height": 1.5 * size + 6})
     finally:
         fresh.close()
-    from PIL import ImageChops
+    from PIL import ImageChops, ImageStat
 
-    assert ImageChops.difference(_ink(drawn), _ink(expected)).getbbox() is None
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "pasted.png").write_bytes(drawn)
+    (ARTIFACTS / "pasted-expected.png").write_bytes(expected)
+    difference = ImageStat.Stat(ImageChops.difference(_ink(drawn, (240, 20)), _ink(expected, (240, 20)))).mean[0]
+    assert difference < 40, difference  # empty boxes differ by ~100
 
 
 @pytest.mark.xfail(reason="needs the edges branch: a prefix that ends in a space finishes its last word",

@@ -19,18 +19,6 @@ const say = (message, error = false) => {
   status.classList.toggle("error", error);
 };
 
-// Hangul comes from the server's font, fetched when Hangul first appears (its unicode-range).
-// Chromium keeps drawing empty boxes for Hangul that a text box drew before the font arrived
-// (pasted text, mostly), so once the font is in, the box gets a font list that starts with it,
-// which makes it lay its text out again.
-const HANGUL = /[\u1100-\u11ff\u3130-\u318f\ua960-\ua97f\uac00-\ud7af\ud7b0-\ud7ff]/;
-async function drawHangul() {
-  if (sourceBox.classList.contains("hangul-ready") || !HANGUL.test(sourceBox.value)) return;
-  await document.fonts.load('1em "nmtkit hangul"', "\uac00");
-  sourceBox.classList.add("hangul-ready");
-}
-sourceBox.addEventListener("input", drawHangul);
-
 // the options, checked here so that a person sees at once what is wrong
 function options() {
   const beam = Number(beamBox.value);
