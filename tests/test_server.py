@@ -310,11 +310,11 @@ def start_server(checkpoint: Path, *extra: str) -> tuple[subprocess.Popen, str]:
 def test_sigterm_lets_requests_in_flight_finish_and_refuses_new_ones(numbers_checkpoint) -> None:
     proc, url = start_server(numbers_checkpoint)
     try:
-        long = [" ".join(NUMBERS * 3)] * 40  # a request that takes a while (beam 8, 40 sentences)
+        long = [" ".join(NUMBERS * 3)] * 64  # a request that takes a while (beam 16, 64 sentences)
         answer: dict = {}
 
         def slow() -> None:
-            answer["r"] = httpx.post(f"{url}/translate", json={"text": long, "beam": 8}, timeout=60)
+            answer["r"] = httpx.post(f"{url}/translate", json={"text": long, "beam": 16}, timeout=60)
 
         with httpx.Client(timeout=10) as kept:  # a keep-alive connection, open before the signal
             assert kept.get(f"{url}/health").status_code == 200
@@ -322,14 +322,15 @@ def test_sigterm_lets_requests_in_flight_finish_and_refuses_new_ones(numbers_che
             thread.start()
             time.sleep(0.5)  # it is in flight
             proc.send_signal(signal.SIGTERM)
-            time.sleep(0.3)
-            with pytest.raises(httpx.TransportError):  # the listening socket is closed
-                httpx.post(f"{url}/translate", json={"text": NUMBERS[:1]}, timeout=5)
+            time.sleep(0.2)
             # a request on the open connection is answered, 503, and the connection closed
+            assert thread.is_alive(), "the slow request ended before the drain could be seen"
             r = kept.post(f"{url}/translate", json={"text": NUMBERS[:1]})
             assert r.status_code == 503 and r.headers["connection"] == "close", r.text
+            with pytest.raises(httpx.TransportError):  # the listening socket is closed
+                httpx.post(f"{url}/translate", json={"text": NUMBERS[:1]}, timeout=5)
         thread.join(60)
-        assert answer["r"].status_code == 200 and len(answer["r"].json()["translations"]) == 40
+        assert answer["r"].status_code == 200 and len(answer["r"].json()["translations"]) == 64
         assert proc.wait(30) in (0, -signal.SIGTERM)  # uvicorn ends by the signal it handled
         log = proc.stderr.read()
         assert "nmtkit serve: draining 1 request" in log and log.rstrip().endswith("nmtkit serve: stopped"), log
