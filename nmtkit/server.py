@@ -9,13 +9,12 @@
 Cross-request batching: translations, alternatives and scores that arrive within `batch_wait_ms`
 of each other and share their decoding options go to the model as one call, up to
 `max_batch_tokens` source tokens, so requests from different users share the cost of each
-decoder step. The model
-runs in one worker thread that a queue feeds, so the event loop keeps accepting; a full queue
-answers 503 at once, a request that waits longer than `timeout_s` 504. Requests and responses
-are pydantic models: they validate, name the field in every error, and make the OpenAPI page.
-A body is refused (413) by its Content-Length, or while it streams, past a limit sized from
-max_sentences x max_chars, before it is parsed. An unexpected error is a 500 with a request id;
-the log has the details under that id.
+decoder step. The model runs in one worker thread that a queue feeds, so the event loop keeps
+accepting; a full queue answers 503 at once, a request that waits longer than `timeout_s` 504.
+Requests and responses are pydantic models: they validate, name the field in every error, and
+make the OpenAPI page. A body is refused (413) by its Content-Length, or while it streams, past
+a limit sized from max_sentences x max_chars, before it is parsed. An unexpected error is a 500
+with a request id; the log has the details under that id.
 """
 
 from __future__ import annotations
@@ -250,7 +249,10 @@ class Batcher:
                     warnings.simplefilter("ignore", NMTKitWarning)
                     results = self._call(group)
                 for job, result in zip(group, results, strict=True):
-                    job.future.set_result(result)
+                    if isinstance(result, Exception):  # this job's own error (see _alternatives)
+                        job.future.set_exception(result)
+                    else:
+                        job.future.set_result(result)
             except Exception as err:  # noqa: BLE001 - each waiting request gets the error
                 for job in group:
                     job.future.set_exception(err)
@@ -284,14 +286,21 @@ class Batcher:
         """Each request's next words, then the translations that follow from all of them in one
         search, so that alternatives asked for together share its decoder steps."""
         t = self.translator
-        words = [t.alternatives(j.payload["source"], j.payload["prefix"], j.payload["k"],
-                                translations=False, too_long=self.settings.too_long) for j in group]
-        sources = [j.payload["source"] for j, alts in zip(group, words, strict=True) for _ in alts]
-        starts = [a.prefix for alts in words for a in alts]
+        words: list[Any] = []
+        for j in group:  # a request's own mistake (too long with too_long: error) is its own answer
+            try:
+                words.append(t.alternatives(j.payload["source"], j.payload["prefix"], j.payload["k"],
+                                            translations=False, too_long=self.settings.too_long))
+            except NMTKitError as err:
+                words.append(err)
+        found = [alts for alts in words if not isinstance(alts, Exception)]
+        sources = [j.payload["source"] for j, alts in zip(group, words, strict=True)
+                   if not isinstance(alts, Exception) for _ in alts]
+        starts = [a.prefix for alts in found for a in alts]
         self.metrics.batch.observe(len(sources))
         texts = iter(t.translate(sources, prefix=starts, beam=group[0].payload["beam"],
                                  too_long=self.settings.too_long) if sources else [])
-        for alts in words:
+        for alts in found:
             for a in alts:
                 a.translation = next(texts)
         return words

@@ -183,6 +183,19 @@ def test_alternatives_of_different_requests_share_a_model_call(translator) -> No
         calls = c.app.state.batcher.model_calls
     assert [answers[i] for i in range(len(prefixes))] == expected  # each its own, as alone
     assert calls < len(prefixes)
+    # one request's mistake in a batch is its own: an over-long source under too_long: error
+    settings = ServeSettings(batch_wait_ms=300, too_long="error", max_chars=10_000)
+    with TestClient(create_app(translator, settings)) as c:
+        codes: dict[str, int] = {}
+        sources = {"short": NUMBERS[0], "long": " ".join(["삼십사만"] * 60)}
+        threads = [threading.Thread(target=lambda name: codes.__setitem__(name, c.post(
+            "/alternatives", json={"source": sources[name], "k": 2}).status_code), args=(name,))
+            for name in sources]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert codes == {"short": 200, "long": 422}, codes
 
 
 def test_a_body_past_the_limit_is_413_before_it_is_parsed(client) -> None:
