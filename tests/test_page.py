@@ -4,6 +4,7 @@
 Skipped with a reason where chromium is not installed (`apt-get install chromium`; CI installs
 it). A screenshot is saved as test-artifacts/page.png."""
 
+import re
 import shutil
 from pathlib import Path
 
@@ -350,7 +351,7 @@ def test_choosing_an_alternative_gives_exactly_that_word(page) -> None:
     translate_on_the_page(page, source)
     page.click(".sentence .translation .word >> nth=2")
     page.wait_for_selector(".alternatives .choice")
-    choice = page.locator(".alternatives .choice").filter(has_text="eight ")
+    choice = page.locator(".alternatives .choice").filter(has_text=re.compile(r"^eight\s"))
     assert choice.count() == 1, page.locator(".alternatives .choice").all_inner_texts()
     choice.click()
     page.wait_for_function("document.getElementById('status').textContent === 'Translated.'")
