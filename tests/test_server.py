@@ -1,6 +1,7 @@
 """The REST service, through FastAPI's TestClient: good and bad requests, limits, batching,
 metrics; and `nmtkit serve` as a real process (graceful shutdown)."""
 
+import io
 import json
 import os
 import signal
@@ -79,6 +80,11 @@ def test_health_info_metrics_docs_and_page(client) -> None:
     font = client.get("/fonts/hangul.ttf")
     if font.status_code == 200:
         assert "max-age" in font.headers["cache-control"] and font.headers["etag"]
+        assert len(font.content) < 2_000_000  # Hangul only (the whole font is 4.3 MB)
+        from fontTools.ttLib import TTFont
+
+        cmap = TTFont(io.BytesIO(font.content)).getBestCmap()
+        assert all(ord(c) in cmap for c in "".join(NUMBERS).replace(" ", "")) and ord("A") not in cmap
         again = client.get("/fonts/hangul.ttf", headers={"If-None-Match": font.headers["etag"]})
         assert again.status_code == 304 and not again.content
     page = client.get("/")
