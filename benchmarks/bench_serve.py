@@ -1,9 +1,10 @@
 """Load test of `nmtkit serve` on 127.0.0.1: cross-request batching on and off.
 
-C concurrent clients each send R single-sentence /translate requests, one after the other
-(every loop is bounded in count and in time, and stops by itself); the server runs in its own
-process with --threads. For each (clients, batching): requests/s, sentences/s, latency p50 /
-p95 / p99 and errors.
+C concurrent clients each send R single-sentence requests, one after the other (every loop is
+bounded in count and in time, and stops by itself); the server runs in its own process with
+--threads. Traffic "translate" is /translate alone; "mixed" rotates /translate, /alternatives
+(k 5) and /score over the requests, as the page's users do. For each (traffic, clients,
+batching): requests/s, latency p50 / p95 / p99 and errors.
 
     python benchmarks/bench_serve.py --checkpoint runs/multi30k-transformer \
         --sentences ../shared/data/multi30k/test2016.en
@@ -79,7 +80,18 @@ def start(checkpoint: Path, batching: bool, threads: int) -> tuple[subprocess.Po
     raise SystemExit(f"the server did not start: {proc.stderr.read().decode()[-1000:]}")
 
 
-async def load(url: str, sentences: list[str], clients: int, requests: int, limit_s: float) -> dict:
+def request(traffic: str, n: int, sentence: str) -> tuple[str, dict]:
+    """The n-th request of a load: always /translate, or the three endpoints in turn."""
+    kind = "translate" if traffic == "translate" else ("translate", "alternatives", "score")[n % 3]
+    if kind == "translate":
+        return "/translate", {"text": [sentence]}
+    if kind == "alternatives":
+        return "/alternatives", {"source": sentence, "k": 5}
+    return "/score", {"source": [sentence], "target": [sentence]}
+
+
+async def load(url: str, sentences: list[str], clients: int, requests: int, limit_s: float,
+               traffic: str = "translate") -> dict:
     import httpx
 
     latencies: list[float] = []
@@ -95,7 +107,8 @@ async def load(url: str, sentences: list[str], clients: int, requests: int, limi
             sentence = sentences[(c * requests + r) % len(sentences)]
             start = time.perf_counter()
             try:
-                response = await http.post(f"{url}/translate", json={"text": [sentence]}, timeout=60)
+                path, body = request(traffic, c * requests + r, sentence)
+                response = await http.post(f"{url}{path}", json=body, timeout=60)
                 ok = response.status_code == 200
             except httpx.HTTPError:
                 ok = False
@@ -121,6 +134,7 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=50, help="per client")
     p.add_argument("--threads", type=int, default=2, help="the server's torch threads")
     p.add_argument("--limit-s", type=float, default=600, help="each load's longest run")
+    p.add_argument("--traffic", default="translate,mixed", help="translate and/or mixed (see above)")
     args = p.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -132,29 +146,31 @@ def main() -> None:
             checkpoint, text = random_checkpoint(Path(tmp))
         sentences = [s for s in Path(text).read_text(encoding="utf-8").splitlines() if s.strip()]
         rows = []
-        for clients in (int(c) for c in args.clients.split(",")):
-            for batching in (True, False):
-                proc, url = start(checkpoint, batching, args.threads)
-                try:
-                    result = asyncio.run(load(url, sentences, clients, args.requests, args.limit_s))
-                finally:
-                    proc.send_signal(signal.SIGTERM)
-                    proc.wait(60)
-                rows.append((clients, batching, result))
-                print(f"  {clients} clients, batching {'on' if batching else 'off'}: "
-                      f"{result['requests_s']:.1f} requests/s", file=sys.stderr)
+        for traffic in args.traffic.split(","):
+            for clients in (int(c) for c in args.clients.split(",")):
+                for batching in (True, False):
+                    proc, url = start(checkpoint, batching, args.threads)
+                    try:
+                        result = asyncio.run(load(url, sentences, clients, args.requests, args.limit_s,
+                                                  traffic))
+                    finally:
+                        proc.send_signal(signal.SIGTERM)
+                        proc.wait(60)
+                    rows.append((traffic, clients, batching, result))
+                    print(f"  {traffic}, {clients} clients, batching {'on' if batching else 'off'}: "
+                          f"{result['requests_s']:.1f} requests/s", file=sys.stderr)
     print(f"{checkpoint}; server threads {args.threads}; {args.requests} single-sentence requests "
           "per client")
     print()
-    print("| clients | batching | requests/s | sentences/s | p50 (ms) | p95 (ms) | p99 (ms) | errors "
+    print("| traffic | clients | batching | requests/s | p50 (ms) | p95 (ms) | p99 (ms) | errors "
           "| batching gain |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
-    by = {(c, b): r for c, b, r in rows}
-    for clients, batching, r in rows:
-        gain = f"{r['requests_s'] / by[(clients, False)]['requests_s']:.2f}x" if batching else ""
-        rate = f"{r['requests_s']:.1f}"  # one sentence per request
-        print(f"| {clients} | {'on' if batching else 'off'} | {rate} | {rate} | {1000 * r['p50']:.0f} | "
-              f"{1000 * r['p95']:.0f} | {1000 * r['p99']:.0f} | {r['errors']} | {gain} |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    by = {(t, c, b): r for t, c, b, r in rows}
+    for traffic, clients, batching, r in rows:
+        gain = f"{r['requests_s'] / by[(traffic, clients, False)]['requests_s']:.2f}x" if batching else ""
+        print(f"| {traffic} | {clients} | {'on' if batching else 'off'} | {r['requests_s']:.1f} | "
+              f"{1000 * r['p50']:.0f} | {1000 * r['p95']:.0f} | {1000 * r['p99']:.0f} | {r['errors']} | "
+              f"{gain} |")
 
 
 if __name__ == "__main__":

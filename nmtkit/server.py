@@ -4,14 +4,17 @@
                          "attention": false, "alignment": false}
     POST /alternatives  {"source": "...", "prefix": "...", "k": 5}
     POST /score         {"source": ["..."], "target": ["..."]}
-    GET  /health, /info, /metrics (Prometheus), /docs (OpenAPI), / (the page)
+    GET  /health, /info, /metrics (Prometheus), /docs (OpenAPI, served offline), / (the page)
 
-Cross-request batching: translations (and scores) that arrive within `batch_wait_ms` of each
-other and share their decoding options go to the model as one call, up to `max_batch_tokens`
-source tokens, so requests from different users share the cost of each decoder step. The model
-runs in one worker thread that a queue feeds, so the event loop keeps accepting; a full queue
-answers 503 at once, a request that waits longer than `timeout_s` 504. Requests and responses
-are pydantic models: they validate, name the field in every error, and make the OpenAPI page.
+Cross-request batching: translations, alternatives and scores that arrive within `batch_wait_ms`
+of each other and share their decoding options go to the model as one call, up to
+`max_batch_tokens` source tokens, so requests from different users share the cost of each
+decoder step. The model runs in one worker thread that a queue feeds, so the event loop keeps
+accepting; a full queue answers 503 at once, a request that waits longer than `timeout_s` 504.
+Requests and responses are pydantic models: they validate, name the field in every error, and
+make the OpenAPI page. A body is refused (413) by its Content-Length, or while it streams, past
+a limit sized from max_sentences x max_chars, before it is parsed. An unexpected error is a 500
+with a request id; the log has the details under that id.
 """
 
 from __future__ import annotations
@@ -20,19 +23,25 @@ import asyncio
 import collections
 import concurrent.futures
 import functools
+import hashlib
 import io
+import json
+import logging
 import math
 import socket
 import threading
 import time
+import uuid
 import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
 import torch
+import uvicorn
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import (
@@ -50,6 +59,8 @@ from nmtkit.errors import NMTKitError, NMTKitWarning
 from nmtkit.model import count_parameters
 from nmtkit.translator import Translation, Translator
 from nmtkit.vocabulary import check_text
+
+log = logging.getLogger("nmtkit.serve")
 
 # ---- settings, requests, responses ----
 
@@ -69,6 +80,13 @@ class ServeSettings(BaseModel):
     max_k: int = Field(50, ge=1, description="alternatives per request")
     too_long: str = Field("truncate", pattern="^(truncate|skip|error)$",
                           description="an input longer than the model's limit")
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest request body: two lists (text and prefix, or source and target) of
+        max_sentences sentences of max_chars characters, each character at most 6 bytes of JSON
+        (a \\uXXXX escape), and 64 KiB for the rest."""
+        return 2 * self.max_sentences * (6 * self.max_chars + 16) + 65536
 
 
 class _Body(BaseModel):
@@ -96,13 +114,16 @@ class TranslationOut(BaseModel):
     attention_layers: list[list[list[list[float]]]] | None = None
     alignment: list[tuple[int, int]] | None = None
     nbest: list[TranslationOut] = []
+    truncated: bool = Field(False, description="the sentence was longer than the model reads "
+                            "(/info: max_input_tokens): only its first subword tokens were translated")
 
     @classmethod
-    def of(cls, t: Translation) -> TranslationOut:
+    def of(cls, t: Translation, truncated: bool = False) -> TranslationOut:
         """With its n-best list (which starts with the translation itself)."""
         out = cls(text=t.text, score=t.score, tokens=t.tokens, source_tokens=t.source_tokens,
-                  attention=t.attention, attention_layers=t.attention_layers, alignment=t.alignment)
-        out.nbest = [out.model_copy() if x is t else cls.of(x) for x in t.nbest]
+                  attention=t.attention, attention_layers=t.attention_layers, alignment=t.alignment,
+                  truncated=truncated)
+        out.nbest = [out.model_copy() if x is t else cls.of(x, truncated) for x in t.nbest]
         return out
 
 
@@ -161,7 +182,7 @@ class _Job:
 
 class Batcher:
     """One worker thread runs the model; requests wait in a queue, and those of a kind that
-    batches (translate, score) and share their options are taken together."""
+    share their options are taken together."""
 
     def __init__(self, translator: Translator, settings: ServeSettings, metrics: _Metrics) -> None:
         self.translator, self.settings, self.metrics = translator, settings, metrics
@@ -201,8 +222,9 @@ class Batcher:
                     return None
                 self.cond.wait()
             first = self.pending.popleft()
+            self.metrics.queue.set(len(self.pending))  # the gauge follows every change
         group, tokens = [first], first.size
-        if not (self.settings.batching and first.kind in ("translate", "score")):
+        if not self.settings.batching:
             return group
         end = time.monotonic() + self.settings.batch_wait_ms / 1000
         with self.cond:
@@ -231,7 +253,10 @@ class Batcher:
                     warnings.simplefilter("ignore", NMTKitWarning)
                     results = self._call(group)
                 for job, result in zip(group, results, strict=True):
-                    job.future.set_result(result)
+                    if isinstance(result, Exception):  # this job's own error (see _alternatives)
+                        job.future.set_exception(result)
+                    else:
+                        job.future.set_result(result)
             except Exception as err:  # noqa: BLE001 - each waiting request gets the error
                 for job in group:
                     job.future.set_exception(err)
@@ -242,9 +267,7 @@ class Batcher:
         t = self.translator
         first = group[0]
         if first.kind == "alternatives":
-            p = first.payload
-            return [t.alternatives(p["source"], p["prefix"], p["k"], beam=p["beam"],
-                                   too_long=self.settings.too_long)]
+            return self._alternatives(group)
         sizes = [len(j.payload["sources"]) for j in group]
         self.metrics.batch.observe(sum(sizes))
         sources = [s for j in group for s in j.payload["sources"]]
@@ -255,11 +278,36 @@ class Batcher:
             prefixes = [p for j in group for p in j.payload["prefix"]]
             out = t.translate(sources, return_details=True, prefix=prefixes,
                               too_long=self.settings.too_long, **first.payload["options"])
+            cut = set(t.last_too_long) if self.settings.too_long == "truncate" else set()
+            out = [(x, i in cut) for i, x in enumerate(out)]
         parts, start = [], 0
         for n in sizes:
             parts.append(out[start : start + n])
             start += n
         return parts
+
+    def _alternatives(self, group: list[_Job]) -> list[Any]:
+        """Each request's next words, then the translations that follow from all of them in one
+        search, so that alternatives asked for together share its decoder steps."""
+        t = self.translator
+        words: list[Any] = []
+        for j in group:  # a request's own mistake (too long with too_long: error) is its own answer
+            try:
+                words.append(t.alternatives(j.payload["source"], j.payload["prefix"], j.payload["k"],
+                                            translations=False, too_long=self.settings.too_long))
+            except NMTKitError as err:
+                words.append(err)
+        found = [alts for alts in words if not isinstance(alts, Exception)]
+        sources = [j.payload["source"] for j, alts in zip(group, words, strict=True)
+                   if not isinstance(alts, Exception) for _ in alts]
+        starts = [a.prefix for alts in found for a in alts]
+        self.metrics.batch.observe(len(sources))
+        texts = iter(t.translate(sources, prefix=starts, beam=group[0].payload["beam"],
+                                 too_long=self.settings.too_long) if sources else [])
+        for alts in found:
+            for a in alts:
+                a.translation = next(texts)
+        return words
 
 
 def _check_prefixes(translator: Translator, prefixes: list[str]) -> None:
@@ -297,20 +345,52 @@ def create_app(translator: Translator, settings: ServeSettings | None = None) ->
 
     async def lifespan(app: FastAPI):
         batcher.start()
+        # the page's Hangul font takes a few seconds to build: not on a person's first visit
+        threading.Thread(target=hangul_font, name="nmtkit-font", daemon=True).start()
         yield
         batcher.stop()  # after uvicorn has let the requests in flight finish
+        log.info("stopped")
 
+    # /docs from the swagger-ui-bundle package's files, not from a CDN (a server without internet
+    # showed a blank page); ReDoc has no such package, so /redoc is off
     app = FastAPI(title="nmtkit", description="Neural machine translation: translate, steer, score.",
-                  lifespan=lifespan)
+                  lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.batcher = batcher
     app.state.translator = translator
+    app.state.draining = threading.Event()  # set by SIGTERM: requests get 503, then the server stops
+    app.state.in_flight = 0
     web = resources.files("nmtkit") / "web"
     app.mount("/static", StaticFiles(directory=str(web)), name="static")
+    swagger = _swagger_ui_files()
+    if swagger is not None:
+        app.mount("/docs-assets", StaticFiles(directory=str(swagger)), name="docs-assets")
+    app.add_middleware(_BodyLimit, limit=settings.max_body_bytes)
 
     @app.middleware("http")
     async def count(request: Request, call_next):
+        """Every response is counted, the 500s too: an unexpected error is logged under a
+        request id, and its response says only that id."""
         start = time.perf_counter()
-        response = await call_next(request)
+        request_id = uuid.uuid4().hex[:12]
+        if app.state.draining.is_set():
+            response: Response = JSONResponse(
+                {"detail": "the server is shutting down; try again shortly"}, status_code=503,
+                headers={"Connection": "close", "Retry-After": "5"})
+        elif (refusal := _content_type_refusal(request)) is not None:
+            response = refusal
+        else:
+            app.state.in_flight += 1
+            try:
+                response = await call_next(request)
+            except Exception as err:  # noqa: BLE001 - logged with its traceback, answered 500
+                log.error("request %s: %s %s failed", request_id, request.method, request.url.path,
+                          exc_info=err)
+                response = JSONResponse({"detail": f"internal error (request id {request_id}); the "
+                                         "server's log has the details under this id",
+                                         "request_id": request_id}, status_code=500)
+            finally:
+                app.state.in_flight -= 1
+        response.headers["X-Request-ID"] = request_id
         route = request.url.path if request.url.path in _ROUTES else "other"
         metrics.requests.labels(route, str(response.status_code)).inc()
         metrics.latency.labels(route).observe(time.perf_counter() - start)
@@ -329,10 +409,6 @@ def create_app(translator: Translator, settings: ServeSettings | None = None) ->
                                 status_code=422)
         return JSONResponse({"detail": err.detail}, status_code=err.status_code, headers=err.headers)
 
-    @app.exception_handler(Exception)
-    async def internal(request: Request, err: Exception) -> JSONResponse:
-        return JSONResponse({"detail": f"internal error: {type(err).__name__}: {err}"}, status_code=500)
-
     async def run(job: _Job) -> Any:
         future = batcher.submit(job)
         try:
@@ -342,17 +418,33 @@ def create_app(translator: Translator, settings: ServeSettings | None = None) ->
             raise HTTPException(504, f"no answer within {settings.timeout_s:g} s (timeout_s)") from None
         except NMTKitError as err:  # e.g. an input too long with too_long: error
             raise HTTPException(422, str(err)) from None
-        except Exception as err:  # the model failed: this request fails, the server goes on
-            raise HTTPException(500, f"internal error: {type(err).__name__}: {err}") from None
+        # any other error: the model failed; this request is a 500 (see count), the server goes on
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(str(web / "index.html"))
 
     @app.get("/fonts/hangul.ttf", include_in_schema=False)
-    async def hangul() -> Response:
-        font = hangul_font()
-        return Response(font, media_type="font/ttf") if font else Response(status_code=404)
+    async def hangul(request: Request) -> Response:
+        """4.3 MB: cached by the browser, revalidated by its ETag (the content's hash)."""
+        font = await asyncio.to_thread(hangul_font)
+        if font is None:
+            return Response(status_code=404)
+        tag = f'"{hashlib.sha256(font).hexdigest()[:20]}"'
+        headers = {"ETag": tag, "Cache-Control": "public, max-age=86400"}
+        if request.headers.get("if-none-match") == tag:
+            return Response(status_code=304, headers=headers)
+        return Response(font, media_type="font/ttf", headers=headers)
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        if swagger is None:
+            return PlainTextResponse("The API page needs the swagger-ui-bundle package (pip install "
+                                     "'nmtkit[serve]'); the schema is at /openapi.json", status_code=404)
+        return get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title="nmtkit API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -370,7 +462,8 @@ def create_app(translator: Translator, settings: ServeSettings | None = None) ->
             "vocab": {"source": len(translator.src_tok), "target": len(translator.tgt_tok)},
             "attention": {"layers": translator.decoder_layers, "heads": translator.heads},
             "decoding": ckpt.config.decoding.model_dump(mode="json"),
-            "limits": settings.model_dump(mode="json"),
+            "max_input_tokens": translator.max_input_tokens,
+            "limits": {**settings.model_dump(mode="json"), "max_body_bytes": settings.max_body_bytes},
         }
 
     @app.get("/metrics", include_in_schema=False)
@@ -394,7 +487,7 @@ def create_app(translator: Translator, settings: ServeSettings | None = None) ->
                    {"sources": req.text, "prefix": prefix, "options": options},
                    _tokens(translator, req.text))
         result = await run(job)
-        return TranslateResponse(translations=[TranslationOut.of(t) for t in result])
+        return TranslateResponse(translations=[TranslationOut.of(t, cut) for t, cut in result])
 
     @app.post("/alternatives", response_model=AlternativesResponse)
     async def alternatives(req: AlternativesRequest) -> AlternativesResponse:
@@ -403,8 +496,9 @@ def create_app(translator: Translator, settings: ServeSettings | None = None) ->
         beam = req.beam if req.beam is not None else translator.decoding.beam
         _limit("beam", beam, settings.max_beam)
         _check_prefixes(translator, [req.prefix])
-        job = _Job("alternatives", ("alternatives", id(req)),
-                   {"source": req.source, "prefix": req.prefix, "k": req.k, "beam": beam}, 1)
+        job = _Job("alternatives", ("alternatives", beam),
+                   {"source": req.source, "prefix": req.prefix, "k": req.k, "beam": beam},
+                   req.k * _tokens(translator, [req.source]))
         result = await run(job)
         return AlternativesResponse(alternatives=[AlternativeOut(**a.__dict__) for a in result])
 
@@ -429,10 +523,24 @@ def create_app(translator: Translator, settings: ServeSettings | None = None) ->
     return app
 
 
-@functools.cache
+# the page's @font-face unicode-range for this font (nmtkit/web/style.css): Hangul jamo,
+# compatibility jamo, extended jamo A and B, and the syllables
+HANGUL_RANGES = ((0x1100, 0x11FF), (0x3130, 0x318F), (0xA960, 0xA97F), (0xAC00, 0xD7AF), (0xD7B0, 0xD7FF))
+_font_lock = threading.Lock()
+
+
 def hangul_font() -> bytes | None:
     """The NanumGothic font that koreanize-matplotlib ships (nmtkit's heatmaps use it too), for
-    the page, without its empty VTT hinting tables (TSI*), for which browsers refuse the font."""
+    the page: cut to the Hangul that the page asks it for (1.3 MB instead of 4.3 MB: no Hanja,
+    Latin or hinting), which also drops its empty VTT hinting tables (TSI*), for which browsers
+    refuse the font. Built once (a few seconds), in a thread when the server starts."""
+    with _font_lock:  # the startup thread and a first visitor build it once
+        return _hangul_font()
+
+
+@functools.cache
+def _hangul_font() -> bytes | None:
+    from fontTools import subset
     from fontTools.ttLib import TTFont
 
     from nmtkit.plotting import hangul_font_file
@@ -443,12 +551,95 @@ def hangul_font() -> bytes | None:
     font = TTFont(str(path))
     for table in [t for t in font.keys() if t.startswith("TSI")]:
         del font[table]
+    options = subset.Options()
+    options.hinting = False
+    options.name_IDs = ["*"]
+    subsetter = subset.Subsetter(options)
+    subsetter.populate(unicodes=[u for low, high in HANGUL_RANGES for u in range(low, high + 1)])
+    subsetter.subset(font)
     out = io.BytesIO()
     font.save(out)
     return out.getvalue()
 
 
-_ROUTES = {"/", "/translate", "/alternatives", "/score", "/health", "/info", "/metrics"}
+_ROUTES = {"/", "/translate", "/alternatives", "/score", "/health", "/info", "/metrics", "/docs"}
+_JSON_ROUTES = {"/translate", "/alternatives", "/score"}
+
+
+def _swagger_ui_files() -> Any:
+    """The folder of Swagger UI's files in the swagger-ui-bundle package (None without it)."""
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:
+        return None
+    return swagger_ui_path
+
+
+def _content_type_refusal(request: Request) -> Response | None:
+    """415 for a POST whose body is not declared JSON (FastAPI would read it as one string and
+    answer 422 naming no field); None when it is."""
+    if request.method != "POST" or request.url.path not in _JSON_ROUTES:
+        return None
+    declared = request.headers.get("content-type", "")
+    kind = declared.split(";")[0].strip().lower()
+    if kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json")):
+        return None
+    said = f"Content-Type {declared!r}" if declared else "no Content-Type"
+    return JSONResponse({"detail": [{"field": "Content-Type", "message": f"the body came with {said}; "
+                         "send JSON with Content-Type: application/json (curl: --json or -H "
+                         "'Content-Type: application/json')"}]}, status_code=415)
+
+
+class _BodyLimit:
+    """ASGI middleware: a request body larger than `limit` bytes is refused with 413 before it
+    is read, by its Content-Length, or, sent in chunks, as soon as its chunks pass the limit
+    (what was read is dropped), so a 20 MB body never sits in memory."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            return await self._refuse(send, length.decode("latin-1"))
+        seen, over, started = 0, False, False
+
+        async def limited_receive() -> dict:
+            nonlocal seen, over
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    over = True
+                    raise _TooLarge
+            return message
+
+        async def guarded_send(message: dict) -> None:
+            nonlocal started
+            if over:  # the app's own answer to the broken-off body is replaced by the 413
+                return
+            started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except _TooLarge:
+            pass
+        if over and not started:
+            await self._refuse(send, f"more than {seen}")
+
+    async def _refuse(self, send: Any, size: str) -> None:
+        body = json.dumps({"detail": [{"field": "body", "message": f"{size} bytes; at most "
+                                       f"{self.limit} per request (from max_sentences x max_chars)"}]})
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body.encode()})
+
+
+class _TooLarge(Exception):
+    """A streamed body passed the limit (raised into the app's read, caught by _BodyLimit)."""
 
 
 def _check_sentences(name: str, sentences: list[str], settings: ServeSettings) -> None:
@@ -479,8 +670,6 @@ def _tokens(translator: Translator, sentences: list[str]) -> int:
 def serve(translator: Translator, settings: ServeSettings, host: str, port: int, threads: int) -> None:
     """Run the server until SIGINT/SIGTERM: then the requests in flight finish, new ones are
     refused, and the worker ends."""
-    import uvicorn
-
     if threads:
         torch.set_num_threads(threads)
     threads = torch.get_num_threads()
@@ -491,6 +680,40 @@ def serve(translator: Translator, settings: ServeSettings, host: str, port: int,
         raise NMTKitError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
     print(f"nmtkit serve: http://{host}:{port}/ (API docs at /docs); the model runs in one worker "
           f"with {threads} thread{'s' * (threads > 1)}", flush=True)
-    config = uvicorn.Config(create_app(translator, settings), log_level="warning",
+    if not log.handlers:  # the drain and the 500s' details, on stderr beside uvicorn's warnings
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s nmtkit serve: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+    app = create_app(translator, settings)
+    config = uvicorn.Config(app, log_level="warning",
                             timeout_graceful_shutdown=math.ceil(settings.timeout_s) + 5)
-    uvicorn.Server(config).run(sockets=[listener])
+    _DrainingServer(config, app, settings.timeout_s + 5).run(sockets=[listener])
+
+
+class _DrainingServer(uvicorn.Server):
+    """uvicorn's server, with a drain before it stops: on SIGTERM (or SIGINT) it stops listening,
+    answers any request that still comes on an open keep-alive connection with 503 and
+    `Connection: close`, lets the requests in flight finish (at most `longest` seconds), and
+    then stops as uvicorn does. A second SIGINT stops at once."""
+
+    def __init__(self, config: Any, app: FastAPI, longest: float) -> None:
+        super().__init__(config)
+        self.app, self.longest = app, longest
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        draining = self.app.state.draining
+        if draining.is_set():
+            return super().handle_exit(sig, frame)
+        draining.set()
+        log.info("draining %d request%s", self.app.state.in_flight, "s" * (self.app.state.in_flight != 1))
+        loop = asyncio.get_running_loop()  # a signal handler runs in the loop's thread
+        for server in getattr(self, "servers", []):
+            loop.call_soon_threadsafe(server.close)  # no new connections
+        threading.Thread(target=self._stop_when_idle, args=(sig, frame), daemon=True).start()
+
+    def _stop_when_idle(self, sig: int, frame: Any) -> None:
+        end = time.monotonic() + self.longest
+        while self.app.state.in_flight and time.monotonic() < end:
+            time.sleep(0.05)
+        super().handle_exit(sig, frame)

@@ -490,7 +490,8 @@ class Translator:
 
     @torch.inference_mode()
     def alternatives(self, source: str, prefix: str = "", k: int = 5, *, candidates: int = 0,
-                     max_word_pieces: int = 12, **options: object) -> list[Alternative]:
+                     max_word_pieces: int = 12, translations: bool = True,
+                     **options: object) -> list[Alternative]:
         """The k likeliest next words after `prefix` in the translation of `source`, each with
         its probability and the best translation that begins with prefix + that word
         (CTranslate2's return_alternatives, but words, not subword pieces).
@@ -501,7 +502,8 @@ class Translator:
         word's probability being the product of its pieces'. Words reached twice add up. The
         translations come from one call of `translate(prefix=...)` with the rest of `options`,
         so choosing alternative j and translating with its `prefix` gives its `translation`. That
-        prefix ends in a space, so the translation goes on with a new word after it."""
+        prefix ends in a space, so the translation goes on with a new word after it.
+        translations=False leaves them empty (a service translates many requests' at once)."""
         self._check_translates()
         if not isinstance(source, str) or not isinstance(prefix, str):
             raise TypeError("alternatives takes one source sentence and one prefix, as str")
@@ -536,9 +538,10 @@ class Translator:
         head = prefix.rstrip() if not partial else _split_last_word(prefix)[0]
         # each word is whole: the space after it makes the translation go on with a new word
         starts = [f"{head} {word} " if head.strip() else f"{word} " for word, _ in ranked]
-        translations = self.translate([source] * len(starts), prefix=starts, **options) if starts else []
+        texts = self.translate([source] * len(starts), prefix=starts, **options) \
+            if starts and translations else [""] * len(starts)
         return [Alternative(word, p, text, start)
-                for (word, p), text, start in zip(ranked, translations, starts, strict=True)]
+                for (word, p), text, start in zip(ranked, texts, starts, strict=True)]
 
     def _word_starts(self, partial: str) -> Tensor:
         """The ids of the pieces that may come next: the start of a new word, or, after a word

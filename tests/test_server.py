@@ -1,6 +1,7 @@
 """The REST service, through FastAPI's TestClient: good and bad requests, limits, batching,
 metrics; and `nmtkit serve` as a real process (graceful shutdown)."""
 
+import io
 import json
 import os
 import signal
@@ -77,6 +78,23 @@ def test_health_info_metrics_docs_and_page(client) -> None:
     assert "nmtkit_batch_sentences_count 1.0" in metrics and "nmtkit_queue_length" in metrics
     assert "nmtkit_request_seconds_bucket" in metrics
     assert client.get("/openapi.json").json()["paths"]["/translate"]
+    # the API page works offline: Swagger UI from the package, nothing from a CDN; no ReDoc
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "/docs-assets/swagger-ui-bundle.js" in docs.text
+    assert "http://" not in docs.text and "https://" not in docs.text
+    assert client.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
+    assert client.get("/redoc").status_code == 404
+    # the page's Hangul font is cached by the browser and revalidated by its ETag
+    font = client.get("/fonts/hangul.ttf")
+    if font.status_code == 200:
+        assert "max-age" in font.headers["cache-control"] and font.headers["etag"]
+        assert len(font.content) < 2_000_000  # Hangul only (the whole font is 4.3 MB)
+        from fontTools.ttLib import TTFont
+
+        cmap = TTFont(io.BytesIO(font.content)).getBestCmap()
+        assert all(ord(c) in cmap for c in "".join(NUMBERS).replace(" ", "")) and ord("A") not in cmap
+        again = client.get("/fonts/hangul.ttf", headers={"If-None-Match": font.headers["etag"]})
+        assert again.status_code == 304 and not again.content
     page = client.get("/")
     assert page.status_code == 200 and "<textarea id=\"source\"" in page.text
     assert client.get("/static/app.js").status_code == 200
@@ -127,17 +145,116 @@ def test_malformed_json_huge_k_and_bad_score_requests(client) -> None:
         assert "lone surrogate" in r.json()["detail"][0]["message"]
 
 
-def test_an_internal_error_is_500_and_the_service_goes_on(client, translator, monkeypatch) -> None:
+def test_an_internal_error_is_500_with_a_request_id_logged_and_counted(client, translator, monkeypatch,
+                                                                      caplog) -> None:
     original = translator.translate
 
     def broken(*args, **kwargs):
-        raise RuntimeError("the model fell over")
+        raise RuntimeError("Unable to cast the model")
 
     monkeypatch.setattr(translator, "translate", broken)
-    r = client.post("/translate", json={"text": NUMBERS[:1]})
-    assert r.status_code == 500 and "the model fell over" in r.json()["detail"]
+    with caplog.at_level("ERROR", logger="nmtkit.serve"):
+        r = client.post("/translate", json={"text": NUMBERS[:1]})
+    # the response says an id, not the internal exception; the log has it under that id
+    assert r.status_code == 500 and "Unable to cast" not in r.text, r.text
+    request_id = r.json()["request_id"]
+    assert request_id in r.json()["detail"] and r.headers["X-Request-ID"] == request_id
+    (record,) = [x for x in caplog.records if request_id in x.getMessage()]
+    assert "Unable to cast" in str(record.exc_info[1])
+    assert 'nmtkit_requests_total{route="/translate",status="500"} 1.0' in client.get("/metrics").text
     monkeypatch.setattr(translator, "translate", original)
-    assert client.post("/translate", json={"text": NUMBERS[:1]}).status_code == 200
+    assert client.post("/translate", json={"text": NUMBERS[:1]}).status_code == 200  # the service goes on
+
+
+def _gauge(client, name: str = "nmtkit_queue_length") -> float:
+    line = next(x for x in client.get("/metrics").text.splitlines() if x.startswith(name + " "))
+    return float(line.split()[1])
+
+
+@pytest.mark.parametrize("batching", [True, False])
+def test_the_queue_gauge_returns_to_zero_after_traffic(translator, batching) -> None:
+    with TestClient(create_app(translator, ServeSettings(batching=batching, batch_wait_ms=20))) as c:
+        asks = [("/alternatives", {"source": NUMBERS[0], "prefix": "three ", "k": 2}),
+                ("/translate", {"text": NUMBERS[:2]}),
+                ("/score", {"source": NUMBERS[:1], "target": ["three"]})] * 3
+        codes: list[int] = []
+        threads = [threading.Thread(target=lambda path, body: codes.append(c.post(path, json=body).status_code),
+                                    args=ask) for ask in asks]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert codes == [200] * len(asks)
+        assert c.get("/health").json()["queue"] == 0
+        assert _gauge(c) == 0.0
+
+
+def test_alternatives_of_different_requests_share_a_model_call(translator) -> None:
+    prefixes = ["", "three ", "three hundred ", "four "]
+    expected = [[a.__dict__ for a in translator.alternatives(NUMBERS[0], p, 3, beam=2)] for p in prefixes]
+    with TestClient(create_app(translator, ServeSettings(batch_wait_ms=300))) as c:
+        answers: dict[int, list] = {}
+
+        def ask(i: int) -> None:
+            r = c.post("/alternatives", json={"source": NUMBERS[0], "prefix": prefixes[i], "k": 3, "beam": 2})
+            answers[i] = r.json()["alternatives"]
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prefixes))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        calls = c.app.state.batcher.model_calls
+    assert [answers[i] for i in range(len(prefixes))] == expected  # each its own, as alone
+    assert calls < len(prefixes)
+    # one request's mistake in a batch is its own: an over-long source under too_long: error
+    settings = ServeSettings(batch_wait_ms=300, too_long="error", max_chars=10_000)
+    with TestClient(create_app(translator, settings)) as c:
+        codes: dict[str, int] = {}
+        sources = {"short": NUMBERS[0], "long": " ".join(["삼십사만"] * 60)}
+        threads = [threading.Thread(target=lambda name: codes.__setitem__(name, c.post(
+            "/alternatives", json={"source": sources[name], "k": 2}).status_code), args=(name,))
+            for name in sources]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert codes == {"short": 200, "long": 422}, codes
+
+
+def test_a_body_past_the_limit_is_413_before_it_is_parsed(client) -> None:
+    limit = client.get("/info").json()["limits"]["max_body_bytes"]
+    assert limit == 2 * 4 * (6 * 100 + 16) + 65536  # from max_sentences x max_chars
+    padded = b'{"text": ["' + NUMBERS[1].encode() + b'"]' + b" " * (limit + 1) + b"}"  # valid JSON
+    r = client.post("/translate", content=padded, headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and r.json()["detail"][0]["field"] == "body", r.text
+    assert f"at most {limit}" in r.json()["detail"][0]["message"]
+
+    def chunks():  # no Content-Length: sent in chunks, refused as they pass the limit
+        yield b'{"text": ["' + NUMBERS[1].encode() + b'"]'
+        for _ in range(limit // 4096 + 2):
+            yield b" " * 4096
+        yield b"}"
+
+    r = client.post("/translate", content=chunks(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and r.json()["detail"][0]["field"] == "body", r.text
+    assert 'status="413"' in client.get("/metrics").text
+    small = b'{"text": ["' + NUMBERS[1].encode() + b'"]}'
+    r = client.post("/translate", content=iter([small]), headers={"Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
+def test_a_body_not_declared_json_is_415_naming_the_content_type(client, content_type) -> None:
+    headers = {"Content-Type": content_type} if content_type else {}
+    r = client.post("/translate", content=json.dumps({"text": NUMBERS[:1]}).encode(), headers=headers)
+    assert r.status_code == 415, r.text
+    (detail,) = r.json()["detail"]
+    assert detail["field"] == "Content-Type" and "application/json" in detail["message"]
+    assert (content_type or "no Content-Type") in detail["message"]
+    r = client.post("/translate", content=json.dumps({"text": NUMBERS[:1]}).encode(),
+                    headers={"Content-Type": "application/json; charset=utf-8"})
+    assert r.status_code == 200
 
 
 def test_too_long_inputs_and_targets_follow_the_policy(translator) -> None:
@@ -149,6 +266,9 @@ def test_too_long_inputs_and_targets_follow_the_policy(translator) -> None:
             assert r.status_code == status, r.text
             if policy == "skip":
                 assert r.json()["translations"][1]["text"] == ""
+            if policy == "truncate":  # the response says which sentence was cut
+                assert [t["truncated"] for t in r.json()["translations"]] == [False, True]
+                assert c.get("/info").json()["max_input_tokens"] == translator.max_input_tokens
             # a long target is cut to the model's outputs, and each score says whether it was
             r = c.post("/score", json={"source": [NUMBERS[0], NUMBERS[1]], "target": ["four", long_target]})
             if policy == "error":
@@ -237,22 +357,30 @@ def start_server(checkpoint: Path, *extra: str) -> tuple[subprocess.Popen, str]:
 def test_sigterm_lets_requests_in_flight_finish_and_refuses_new_ones(numbers_checkpoint) -> None:
     proc, url = start_server(numbers_checkpoint)
     try:
-        long = [" ".join(NUMBERS * 3)] * 40  # a request that takes a while (beam 8, 40 sentences)
+        long = [" ".join(NUMBERS * 3)] * 64  # a request that takes a while (beam 16, 64 sentences)
         answer: dict = {}
 
         def slow() -> None:
-            answer["r"] = httpx.post(f"{url}/translate", json={"text": long, "beam": 8}, timeout=60)
+            answer["r"] = httpx.post(f"{url}/translate", json={"text": long, "beam": 16}, timeout=60)
 
-        thread = threading.Thread(target=slow)
-        thread.start()
-        time.sleep(0.5)  # it is in flight
-        proc.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
-        with pytest.raises(httpx.TransportError):  # the listening socket is closed
-            httpx.post(f"{url}/translate", json={"text": NUMBERS[:1]}, timeout=5)
+        with httpx.Client(timeout=10) as kept:  # a keep-alive connection, open before the signal
+            assert kept.get(f"{url}/health").status_code == 200
+            thread = threading.Thread(target=slow)
+            thread.start()
+            time.sleep(0.5)  # it is in flight
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.2)
+            # a request on the open connection is answered, 503, and the connection closed
+            assert thread.is_alive(), "the slow request ended before the drain could be seen"
+            r = kept.post(f"{url}/translate", json={"text": NUMBERS[:1]})
+            assert r.status_code == 503 and r.headers["connection"] == "close", r.text
+            with pytest.raises(httpx.TransportError):  # the listening socket is closed
+                httpx.post(f"{url}/translate", json={"text": NUMBERS[:1]}, timeout=5)
         thread.join(60)
-        assert answer["r"].status_code == 200 and len(answer["r"].json()["translations"]) == 40
+        assert answer["r"].status_code == 200 and len(answer["r"].json()["translations"]) == 64
         assert proc.wait(30) in (0, -signal.SIGTERM)  # uvicorn ends by the signal it handled
+        log = proc.stderr.read()
+        assert "nmtkit serve: draining 1 request" in log and log.rstrip().endswith("nmtkit serve: stopped"), log
     finally:
         proc.kill()
 

@@ -7,15 +7,37 @@ import { drawHeatmap, weightsOf } from "./heatmap.js";
 const form = document.getElementById("translate-form");
 const sourceBox = document.getElementById("source");
 const beamBox = document.getElementById("beam");
+const nbestBox = document.getElementById("nbest");
 const status = document.getElementById("status");
 const results = document.getElementById("results");
 const template = document.getElementById("sentence-template");
-let model = { attention: { layers: 1, heads: 1 } };
+let model = { attention: { layers: 1, heads: 1 }, max_input_tokens: null };
+const view = { layer: null, head: "mean" };  // the heatmap's layer and head, kept across translations
 
 const say = (message, error = false) => {
   status.textContent = message;
   status.classList.toggle("error", error);
 };
+
+// the options, checked here so that a person sees at once what is wrong
+function options() {
+  const beam = Number(beamBox.value);
+  const nbest = Number(nbestBox.value);
+  const wrong = (box, message) => {
+    box.setCustomValidity(message);
+    box.reportValidity();
+    box.addEventListener("input", () => box.setCustomValidity(""), { once: true });
+    throw new Error(message);
+  };
+  if (!Number.isInteger(beam) || beam < 1 || beam > Number(beamBox.max)) {
+    wrong(beamBox, `The beam must be a whole number from 1 to ${beamBox.max}.`);
+  }
+  if (!Number.isInteger(nbest) || nbest < 1 || nbest > Math.min(beam, Number(nbestBox.max))) {
+    wrong(nbestBox, `n best must be a whole number from 1 to ${Math.min(beam, Number(nbestBox.max))} `
+      + "(at most the beam).");
+  }
+  return { beam, nbest };
+}
 
 // Enter translates, Shift+Enter is a new line
 sourceBox.addEventListener("keydown", (event) => {
@@ -29,9 +51,10 @@ form.addEventListener("submit", async (event) => {
   event.preventDefault();
   const sentences = sourceBox.value.split("\n").map((s) => s.trim()).filter((s) => s);
   if (!sentences.length) return say("Type a sentence first.", true);
-  say("Translating…");
   try {
-    const { translations } = await api.translate(sentences, { beam: Number(beamBox.value) });
+    const chosen = options();
+    say("Translating…");
+    const { translations } = await api.translate(sentences, chosen);
     results.replaceChildren(...sentences.map((s, i) => sentenceCard(s, translations[i])));
     say(`${sentences.length} sentence${sentences.length > 1 ? "s" : ""} translated.`);
   } catch (error) {
@@ -53,12 +76,15 @@ function sentenceCard(source, translation) {
   return card;
 }
 
-async function retranslate(card, source, prefix) {
-  say(`Translating from “${prefix}”…`);
+// focusWord: the word to give the keyboard focus to afterwards (after an alternative was picked)
+async function retranslate(card, source, prefix, focusWord = null) {
   try {
-    const { translations } = await api.translate([source], { beam: Number(beamBox.value), prefix: [prefix] });
+    const chosen = options();
+    say(`Translating from “${prefix}”…`);
+    const { translations } = await api.translate([source], { ...chosen, prefix: [prefix] });
     show(card, source, translations[0]);
     say("Translated.");
+    if (focusWord !== null) card.querySelectorAll(".translation .word")[focusWord]?.focus();
   } catch (error) {
     say(error.message, true);
   }
@@ -78,10 +104,20 @@ function show(card, source, translation) {
   }));
   card.querySelector(".alternatives").hidden = true;
 
+  const note = card.querySelector(".truncated");
+  note.hidden = !translation.truncated;
+  note.textContent = translation.truncated
+    ? `Too long for the model: only its first ${model.max_input_tokens ?? "few"} subword tokens `
+      + "were read, and the rest is not translated. Split it into shorter sentences."
+    : "";
+
   const nbest = card.querySelector(".nbest");
   nbest.replaceChildren(...(translation.nbest.length ? translation.nbest : [translation]).map((t) => {
     const item = document.createElement("li");
-    item.textContent = `${t.text}  (${t.score.toFixed(3)})`;
+    const score = document.createElement("span");
+    score.className = "score muted";
+    score.textContent = `score ${t.score.toFixed(3)}`;
+    item.append(`${t.text} `, score);
     return item;
   }));
 
@@ -95,19 +131,26 @@ async function offerAlternatives(card, source, words, position) {
   const choices = card.querySelector(".choices");
   choices.replaceChildren();
   box.hidden = false;
+  // Escape closes the alternatives, and the keyboard goes back to the word
+  box.onkeydown = (event) => {
+    if (event.key !== "Escape") return;
+    box.hidden = true;
+    card.querySelectorAll(".translation .word")[position]?.focus();
+  };
   say(`Alternatives for “${words[position]}”…`);
   try {
-    const { alternatives } = await api.alternatives(source, prefix, { beam: Number(beamBox.value) });
+    const { beam } = options();
+    const { alternatives } = await api.alternatives(source, prefix, { beam });
     choices.replaceChildren(...alternatives.map((alt) => {
       const item = document.createElement("li");
       const button = document.createElement("button");
       button.type = "button";
       button.className = "choice";
-      button.textContent = `${alt.word}  ${(100 * alt.probability).toFixed(1)}%`;
+      button.textContent = `${alt.word}  ${percent(alt.probability)}`;
       button.title = alt.translation;
       button.addEventListener("click", () => {
         card.querySelector(".prefix").value = alt.prefix;
-        retranslate(card, source, alt.prefix);
+        retranslate(card, source, alt.prefix, position);
       });
       item.appendChild(button);
       return item;
@@ -119,6 +162,9 @@ async function offerAlternatives(card, source, words, position) {
   }
 }
 
+// a probability for a person: "<0.1%" rather than "0.0%"
+const percent = (p) => (p < 0.001 ? "<0.1%" : `${(100 * p).toFixed(1)}%`);
+
 function drawAttention(card, translation) {
   const box = card.querySelector(".attention");
   if (!translation.attention) {
@@ -128,18 +174,22 @@ function drawAttention(card, translation) {
   const { layers, heads } = model.attention;
   const layerBox = card.querySelector(".layer");
   const headBox = card.querySelector(".head");
-  const options = (select, values, chosen) => {
+  const choose = (select, values, chosen) => {
     select.replaceChildren(...values.map(([value, label]) => new Option(label, value, false, value === chosen)));
   };
-  options(layerBox, [...Array(layers).keys()].map((l) => [String(l), `${l}`]), String(layers - 1));
-  options(headBox, [["mean", "mean of heads"], ...[...Array(heads).keys()].map((h) => [String(h), `${h}`])], "mean");
+  const layer = view.layer !== null && view.layer < layers ? view.layer : layers - 1;
+  const chosenHead = view.head !== "mean" && view.head < heads ? String(view.head) : "mean";
+  choose(layerBox, [...Array(layers).keys()].map((l) => [String(l), `${l}`]), String(layer));
+  choose(headBox, [["mean", "mean of heads"], ...[...Array(heads).keys()].map((h) => [String(h), `${h}`])], chosenHead);
   card.querySelector(".layer-label").hidden = layers < 2;
   card.querySelector(".head-label").hidden = heads < 2;
   const table = card.querySelector(".heatmap");
   const redraw = () => {
     const head = headBox.value === "mean" ? "mean" : Number(headBox.value);
-    drawHeatmap(table, weightsOf(translation, Number(layerBox.value), head),
-      translation.source_tokens, [...translation.tokens, "</s>"]);
+    view.layer = Number(layerBox.value);
+    view.head = head;
+    drawHeatmap(table, weightsOf(translation, view.layer, head),
+      translation.source_tokens, [...translation.tokens, "</s>"], card.querySelector(".heatmap-reading"));
   };
   layerBox.onchange = redraw;
   headBox.onchange = redraw;
@@ -150,5 +200,8 @@ api.info().then((data) => {
   model = data;
   document.getElementById("model-info").textContent =
     `${data.model} model, ${data.parameters.toLocaleString()} parameters, update ${data.step ?? "?"}`;
-  beamBox.value = data.decoding.beam;
+  // the page opens at beam 5 (not the model's default, often 1: an n-best list of one)
+  beamBox.max = data.limits.max_beam;
+  beamBox.value = Math.min(5, data.limits.max_beam);
+  nbestBox.max = data.limits.max_nbest;
 }).catch((error) => say(error.message, true));
