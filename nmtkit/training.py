@@ -42,7 +42,7 @@ from nmtkit.checkpoint import (
     save_checkpoint,
 )
 from nmtkit.config import Config, config_from_dict
-from nmtkit.cpu import bound_onednn_cache, keep_freed_memory
+from nmtkit.cpu import bound_onednn_cache, keep_freed_memory, native_bf16
 from nmtkit.data import PreparedData, TokenBatchSampler, collate, file_digests, prepare
 from nmtkit.ema import WeightAverage
 from nmtkit.errors import NMTKitError
@@ -73,7 +73,7 @@ RESUMABLE = {
     "log_every": "at once",
     "num_threads": "at once",
     "device": "at once (the optimizer state moves with the model)",
-    "precision": "from the next update",
+    "precision": "from the next update (auto: chosen again for the machine it resumes on)",
     "lr": "from the next update: the schedule goes on from the current update with this peak",
     "min_lr": "from the next update",
     "clip_norm": "from the next update",
@@ -93,6 +93,30 @@ def resolve_device(choice: str) -> torch.device:
     if choice == "cuda" and dist.is_available() and "LOCAL_RANK" in os.environ:
         return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return torch.device(choice)
+
+
+def resolve_precision(choice: str, device: torch.device) -> tuple[str, str]:
+    """The precision to train in for training.precision `choice` on `device`, and a line for the
+    log that says why. `auto` is bf16 where it is computed natively (a CPU with AVX512-BF16 or
+    AMX, a GPU that supports it) and fp32 elsewhere: emulated bf16 is slower than fp32. An
+    explicit bf16 is kept everywhere (it still saves memory), with a warning where it is
+    emulated."""
+    if device.type == "cuda":
+        native = torch.cuda.is_bf16_supported()
+        why = f"the GPU ({torch.cuda.get_device_name(device)}) " + \
+            ("supports bf16" if native else "has no native bf16")
+    elif device.type == "cpu":
+        native, why = native_bf16()
+    else:
+        native, why = False, f"bf16 autocast is not known to pay on {device.type}"
+    if choice == "auto":
+        chosen = "bf16" if native else "fp32"
+        return chosen, f"precision: {chosen} (training.precision auto: {why})"
+    if choice == "bf16" and not native:
+        return "bf16", (f"warning: precision bf16 is emulated here ({why}): probably slower than "
+                        "fp32, and the LSTM/GRU cells run in fp32; training.precision: auto or fp32 "
+                        "picks the faster one")
+    return choice, f"precision: {choice}"
 
 
 def seed_everything(seed: int) -> None:
@@ -190,6 +214,7 @@ class Trainer:
         self.rank = int(os.environ.get("RANK", "0"))
         self.distributed = self.world > 1
         self.device = resolve_device(self.tcfg.device)
+        self.precision, self._precision_note = resolve_precision(self.tcfg.precision, self.device)
         self.run_dir = Path(self.tcfg.out_dir)
         self.state = TrainState()
         self._jsonl = None
@@ -548,7 +573,7 @@ class Trainer:
         return bleu_score(hyps, refs, self.tcfg.bleu_tokenize)
 
     def _autocast(self):
-        enabled = self.tcfg.precision == "bf16"
+        enabled = self.precision == "bf16"
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     # ---- training ----
@@ -563,6 +588,7 @@ class Trainer:
         self.log(f"model: {self.cfg.model.type}, {n_params:,} parameters; device {self.device}"
                  f"{f', {self.world} processes' if self.distributed else ''}; "
                  f"{len(self.train_corpus):,} training pairs, {len(self.sampler)} batches/epoch")
+        self.log(self._precision_note)
         started = time.monotonic() - st.train_seconds
         self.model.train()
         with self._stop_on_signals():

@@ -356,3 +356,42 @@ def test_moving_average_is_what_checkpoints_hold_and_leaves_training_alone(tiny_
     valid = [r["loss"] for r in load_log(smooth) if r["type"] == "valid"]
     plain_valid = [r["loss"] for r in load_log(plain) if r["type"] == "valid"]
     assert valid[-1] != plain_valid[-1]  # the average was validated, not the raw weights
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_precision_auto_picks_bf16_only_where_it_is_native_and_says_why(tiny_config, tmp_path,
+                                                                       monkeypatch, native) -> None:
+    from nmtkit import training
+
+    why = "the CPU has AVX512-BF16" if native else "oneDNN is held to AVX2 (ONEDNN_MAX_CPU_ISA)"
+    monkeypatch.setattr(training, "native_bf16", lambda: (native, why))
+    seen = []
+    real_autocast = torch.autocast
+
+    def autocast(device_type, dtype=None, enabled=True, **kw):
+        if dtype == torch.bfloat16:  # the trainer's (the output layer's own says enabled=False)
+            seen.append(enabled)
+        return real_autocast(device_type, dtype=dtype, enabled=enabled, **kw)
+
+    monkeypatch.setattr(training.torch, "autocast", autocast)
+    logs = []
+    Trainer(_with(tiny_config, out_dir=tmp_path / "p", max_steps=2, precision="auto",
+                  valid_bleu=False), log=logs.append).train()
+    chosen = "bf16" if native else "fp32"
+    assert f"precision: {chosen} (training.precision auto: {why})" in logs
+    assert seen and set(seen) == {native}  # autocast on in bf16 only
+    assert not any("emulated" in line for line in logs)
+
+
+def test_explicit_bf16_without_native_support_warns_once_and_trains(tiny_config, tmp_path,
+                                                                     monkeypatch) -> None:
+    from nmtkit import training
+
+    monkeypatch.setattr(training, "native_bf16", lambda: (False, "the CPU has neither AVX512-BF16 nor AMX"))
+    logs = []
+    Trainer(_with(tiny_config, out_dir=tmp_path / "e", max_steps=2, precision="bf16",
+                  valid_bleu=False), log=logs.append).train()
+    warnings = [line for line in logs if "emulated" in line]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("warning: precision bf16 is emulated here (the CPU has neither")
+    assert "training.precision: auto or fp32" in warnings[0]
