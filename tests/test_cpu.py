@@ -102,6 +102,7 @@ def cpu_like(monkeypatch):
     cpu.native_bf16.cache_clear()
 
 
+@pytest.mark.avx2
 def test_native_bf16_needs_the_instructions_and_both_libraries_allowed_to_use_them(cpu_like) -> None:
     assert cpu_like({"avx2", "avx512f", "avx512_bf16"}) == (
         True, "the CPU has AVX512-BF16 (PyTorch's capability AVX512)")
@@ -116,6 +117,7 @@ def test_native_bf16_needs_the_instructions_and_both_libraries_allowed_to_use_th
         assert not native and f"held to {isa} (ONEDNN_MAX_CPU_ISA)" in why
 
 
+@pytest.mark.avx2
 def test_the_avx2_settings_count_as_a_cpu_without_native_bf16() -> None:
     out = subprocess.run([sys.executable, "-c", "from nmtkit.cpu import native_bf16; print(native_bf16())"],
                          capture_output=True, text=True, check=True, env={**os.environ, **AVX2})

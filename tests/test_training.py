@@ -111,6 +111,7 @@ def test_non_finite_loss_stops_with_clear_message(tiny_config, tmp_path, monkeyp
     assert not list_checkpoints(tmp_path / "n")
 
 
+@pytest.mark.avx2
 @pytest.mark.parametrize("model_type", ["rnn", "transformer"])
 def test_bf16_training_keeps_fp32_checkpoints(tiny_config, tmp_path, model_type) -> None:
     from nmtkit.config import TransformerConfig
@@ -358,6 +359,7 @@ def test_moving_average_is_what_checkpoints_hold_and_leaves_training_alone(tiny_
     assert valid[-1] != plain_valid[-1]  # the average was validated, not the raw weights
 
 
+@pytest.mark.avx2
 @pytest.mark.parametrize("native", [True, False])
 def test_precision_auto_picks_bf16_only_where_it_is_native_and_says_why(tiny_config, tmp_path,
                                                                        monkeypatch, native) -> None:
@@ -383,6 +385,7 @@ def test_precision_auto_picks_bf16_only_where_it_is_native_and_says_why(tiny_con
     assert not any("emulated" in line for line in logs)
 
 
+@pytest.mark.avx2
 def test_explicit_bf16_without_native_support_warns_once_and_trains(tiny_config, tmp_path,
                                                                      monkeypatch) -> None:
     from nmtkit import training

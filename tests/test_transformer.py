@@ -209,6 +209,7 @@ def test_heads_must_divide_d_model() -> None:
         config_from_dict({"data": data, "model": {"type": "transformer", "d_model": 30, "heads": 4}})
 
 
+@pytest.mark.avx2
 def test_cross_attention_is_a_distribution_over_real_tokens() -> None:
     model = make_model()
     src, src_lengths, tgt_in = random_batch()
@@ -360,6 +361,7 @@ def test_selecting_no_rows_gives_an_empty_state() -> None:
     assert all(cache.rows == 0 and cache.keys_values()[0].size(0) == 0 for cache in empty.self_kv)
 
 
+@pytest.mark.avx2
 def test_bf16_training_attends_unfused_with_the_fused_kernels_result(monkeypatch) -> None:
     """In bf16 training on the CPU, attention at sentence lengths is computed by hand (the fused
     kernel's backward is slow there); it must give what the fused kernel gives, masks included."""
