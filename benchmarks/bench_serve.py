@@ -122,6 +122,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2, help="the server's torch threads")
     p.add_argument("--limit-s", type=float, default=600, help="each load's longest run")
     args = p.parse_args()
+    from nmtkit.cpu import machine_header
+
+    print(machine_header())
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.checkpoint:

@@ -116,3 +116,19 @@ def native_bf16() -> tuple[bool, str]:
 def bf16_emulated(device_type: str) -> bool:
     """Whether bf16 autocast on this device would be emulated (the CPU without native bf16)."""
     return device_type == "cpu" and not native_bf16()[0]
+
+
+def machine_header() -> str:
+    """One line naming what a speed figure was measured on: the CPU, PyTorch's capability (its
+    vector instruction set, AVX2 or AVX512), whether bf16 is native, and any limits set on
+    oneDNN or ATen. Every benchmark prints it first: figures from an AVX512-BF16 machine do not
+    carry over to an AVX2 one."""
+    import torch
+
+    native, why = native_bf16()
+    limits = [f"{k}={os.environ[k]}" for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+              if os.environ.get(k)]
+    return (f"machine: {cpu_model() or 'unknown CPU'}, {os.cpu_count()} cores; PyTorch "
+            f"{torch.__version__}, capability {torch.backends.cpu.get_cpu_capability()}"
+            f"{' (' + ' '.join(limits) + ')' if limits else ''}; bf16 "
+            f"{'native' if native else 'emulated'}: {why}")
