@@ -370,6 +370,7 @@ def test_bf16_training_attends_unfused_with_the_fused_kernels_result(monkeypatch
     from nmtkit import transformer_layers
     from nmtkit.transformer_layers import UNFUSED_MAX_LEN, unfused_trains_faster
 
+    monkeypatch.setattr(transformer_layers, "bf16_emulated", lambda device: False)  # as with AVX512-BF16
     model = make_model().train()
     layer = model.encoder.layers[0].self_attn
     layer.dropout = 0.0  # the two kernels draw different dropout masks
@@ -400,3 +401,5 @@ def test_bf16_training_attends_unfused_with_the_fused_kernels_result(monkeypatch
     assert not unfused_trains_faster(q.bfloat16(), long)
     with torch.no_grad():
         assert not unfused_trains_faster(q.bfloat16(), q)
+    monkeypatch.setattr(transformer_layers, "bf16_emulated", lambda device: True)  # AVX2
+    assert not unfused_trains_faster(q.bfloat16(), q)  # emulated bf16: the fused kernel is faster
