@@ -146,8 +146,8 @@ def resolve_precision(choice: str, device: torch.device) -> tuple[str, str]:
         return chosen, f"precision: {chosen} (training.precision auto: {why})"
     if choice == "bf16" and not native:
         return "bf16", (f"warning: precision bf16 is emulated here ({why}): probably slower than "
-                        "fp32, and the LSTM/GRU cells run in fp32; training.precision: auto or fp32 "
-                        "picks the faster one")
+                        "fp32 (an RNN's LSTM/GRU cells run in fp32 there); training.precision: auto or "
+                        "fp32 picks the faster one")
     return choice, f"precision: {choice}"
 
 
