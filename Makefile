@@ -21,6 +21,9 @@ demo: install
 test: install
 	$(VENV)/bin/ruff check nmtkit tests benchmarks
 	$(PY) -m pytest -q -n 2  # two workers: the suite is mostly single-threaded
+	# again, as a CPU with AVX2 only (no AVX512, no native bf16: most laptops) would run them: the
+	# tests of precision, packed and int8 linears and attention (marker avx2, pyproject.toml)
+	ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 $(PY) -m pytest -q -n 2 -m avx2
 
 clean:  # what the demo and the tests made; never your own runs or prepared data
 	rm -rf demo-data runs/demo-rnn-* runs/demo-transformer-* runs/demo-vit .pytest_cache .ruff_cache

@@ -36,6 +36,7 @@ from multi30k import data_overrides  # beside this script
 from time_to_quality import validations
 
 from nmtkit.checkpoint import read_json
+from nmtkit.cpu import machine_header
 from nmtkit.metrics import score
 from nmtkit.training import is_run_folder, load_log
 from nmtkit.translator import Translator
@@ -135,6 +136,7 @@ def main() -> None:
     everything = [*GROUPS, "beam", "length"]
     p.add_argument("--group", nargs="+", choices=everything, default=everything)
     args = p.parse_args()
+    print(machine_header())
     if not (args.data / "test2016.de").is_file():
         print(f"skipped: no Multi30k at {args.data} (give --data)")
         return

@@ -23,6 +23,7 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import profile
 
+from nmtkit.cpu import machine_header
 from nmtkit.transformer_layers import attention_by_hand
 
 
@@ -67,6 +68,7 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=4096)
     p.add_argument("--lengths", type=int, nargs="+", default=[8, 14, 30, 60, 120, 180, 250])
     args = p.parse_args()
+    print(machine_header())
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     ways = {"fused": fused, "math": sdpa_math, "by hand": by_hand}

@@ -16,6 +16,7 @@ import time
 import torch
 
 from nmtkit.config import load_config
+from nmtkit.cpu import machine_header
 from nmtkit.model import build_model
 from nmtkit.vocabulary import BOS_ID
 
@@ -42,6 +43,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
+    print(machine_header())
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = load_config(args.config, ["data.train_src=x", "data.train_tgt=x"]).model

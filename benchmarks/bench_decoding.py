@@ -41,7 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # nmtkit from this checkout
 
 from nmtkit.config import TransformerConfig  # noqa: E402
-from nmtkit.cpu import keep_freed_memory  # noqa: E402
+from nmtkit.cpu import keep_freed_memory, machine_header  # noqa: E402
 from nmtkit.data import collate_source  # noqa: E402
 from nmtkit.model import build_model  # noqa: E402
 from nmtkit.quantize import pack_linears, quantize_int8  # noqa: E402
@@ -253,6 +253,8 @@ def main() -> None:
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--folder", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if not args.worker:  # a worker's stdout is the protocol
+        print(machine_header())
     if args.worker:
         worker(args.worker, args)
         return

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import nmtkit.training as training
 from nmtkit.config import load_config
-from nmtkit.cpu import libc_function
+from nmtkit.cpu import libc_function, machine_header
 from nmtkit.training import Trainer, memory_gb
 
 
@@ -53,6 +53,7 @@ def main() -> None:
     p.add_argument("--trim", action="store_true", help="malloc_trim(0) after each validation")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides")
     args = p.parse_args()
+    print(machine_header())
     if args.no_keep_freed_memory:
         training.keep_freed_memory = lambda: 0
     with tempfile.TemporaryDirectory() as tmp:

@@ -46,6 +46,7 @@ from pathlib import Path
 
 import yaml
 
+from nmtkit.cpu import machine_header
 from nmtkit.metrics import score
 from nmtkit.vocabulary import Tokenizer
 
@@ -270,6 +271,7 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="nmtkit config overrides (also for the shared subword model: data.*, vocab.*)")
     args = p.parse_args()
+    print(machine_header())
     if args.precision == "bf16" and set(args.systems) - BF16:
         p.error(f"--precision bf16 is for --systems {' '.join(sorted(BF16))} (the others train in fp32 "
                 "on a CPU)")

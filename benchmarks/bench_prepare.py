@@ -22,6 +22,8 @@ from pathlib import Path
 
 import yaml
 
+from nmtkit.cpu import machine_header
+
 
 def run_prepare(config: Path) -> tuple[float, float]:
     """Seconds and peak RSS (GB) of one `nmtkit prepare` in its own process."""
@@ -42,6 +44,7 @@ def main() -> None:
     p.add_argument("--work", required=True, help="a new or empty folder for the corpora and outputs")
     p.add_argument("--copies", type=int, nargs="+", default=[1, 8, 32])
     args = p.parse_args()
+    print(machine_header())
     work = Path(args.work)
     if work.exists() and any(work.iterdir()):
         sys.exit(f"{work} is not empty")

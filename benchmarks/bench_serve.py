@@ -136,6 +136,9 @@ def main() -> None:
     p.add_argument("--limit-s", type=float, default=600, help="each load's longest run")
     p.add_argument("--traffic", default="translate,mixed", help="translate and/or mixed (see above)")
     args = p.parse_args()
+    from nmtkit.cpu import machine_header
+
+    print(machine_header())
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.checkpoint:

@@ -34,6 +34,9 @@ def main() -> None:
     p.add_argument("--alternatives", type=int, default=30, help="calls to time")
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
+    from nmtkit.cpu import machine_header
+
+    print(machine_header())
 
     import torch
 

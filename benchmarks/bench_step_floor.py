@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nmtkit.config import TransformerConfig
+from nmtkit.cpu import machine_header
 from nmtkit.quantize import pack_linears, quantize_int8
 from nmtkit.transformer import build_transformer
 
@@ -202,6 +203,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile (about 1 minute)")
     args = p.parse_args()
+    print(machine_header())
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s)\n")
     gemm_table()

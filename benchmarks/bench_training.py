@@ -103,6 +103,10 @@ def main() -> None:
                    help="output layer and loss in chunks (as training does) or all scores at once")
     p.add_argument("--one", nargs=3, metavar=("MODEL", "PRECISION", "LOSS"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    if not args.one:  # a worker's stdout is the protocol
+        from nmtkit.cpu import machine_header
+
+        print(machine_header())
     if args.one:
         print(json.dumps(measure(*args.one, args.updates, args.threads)))
         return

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from nmtkit.config import config_from_dict
+from nmtkit.cpu import machine_header
 from nmtkit.metrics import score
 from nmtkit.training import is_run_folder, load_log, train
 from nmtkit.translator import Translator
@@ -152,6 +153,7 @@ def main() -> None:
     p.add_argument("--updates", type=int, default=2500)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
+    print(machine_header())
     if not (Path(args.data) / "train.de").is_file():
         sys.exit(f"{args.data}: no Multi30k here (train.de); pass --data")
     torch.set_num_threads(args.threads)

@@ -27,6 +27,7 @@ from typing import Any
 from time_to_quality import first_reaching, plot  # beside this script
 
 from nmtkit.checkpoint import average_checkpoints, read_json
+from nmtkit.cpu import machine_header
 from nmtkit.metrics import bleu_score, score
 from nmtkit.training import is_run_folder, list_checkpoints, load_log
 from nmtkit.translator import Translator
@@ -94,6 +95,7 @@ def main() -> None:
     p.add_argument("--tune", action="store_true", help="choose beam and length penalty on valid")
     p.add_argument("--no-train", action="store_true", help="only score runs that exist")
     args = p.parse_args()
+    print(machine_header())
     if not (args.data / "test2016.de").is_file():
         print(f"skipped: no Multi30k at {args.data} (give --data)")
         return

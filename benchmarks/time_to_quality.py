@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from nmtkit.cpu import machine_header
 from nmtkit.training import load_log
 
 
@@ -51,6 +52,7 @@ def main() -> None:
     p.add_argument("--bleu", type=float, default=30.0)
     p.add_argument("--plot", type=Path, help="write valid BLEU over minutes to this PNG")
     args = p.parse_args()
+    print(machine_header())
     print(f"| run | valid BLEU >= {args.bleu:g} after | at update | best valid BLEU | run length |")
     print("|---|---:|---:|---:|---:|")
     logs = {run: load_log(Path(run)) for run in args.runs}

@@ -261,6 +261,14 @@ def _text_line(translation: Translation) -> str:
     return f"{translation.text} ||| {pharaoh(translation.alignment)}"
 
 
+def _moses_lang(args: argparse.Namespace) -> str:
+    """--lang, else --ref's extension when it names a language (test2016.fr), else en."""
+    if args.lang:
+        return args.lang
+    suffix = Path(args.ref).suffix[1:]
+    return suffix.lower() if len(suffix) == 2 and suffix.isalpha() else "en"
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     import warnings
 
@@ -274,6 +282,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.output:
         check_output_file(Path(args.output), [Path(args.src), Path(args.ref)], option="--output",
                           force=args.force)
+    if args.tokenize == "moses":
+        from nmtkit.metrics import moses_tokenized
+
+        moses_tokenized([], _moses_lang(args))  # sacremoses is there, before the translating
     translator = _load_translator(args)
     policy = args.too_long or translator.decoding.too_long
     with warnings.catch_warnings():
@@ -284,7 +296,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     too_long.report(policy, args.src)
     if args.output:
         write_output_text(Path(args.output), "".join(h + "\n" for h in hyps))
-    print(score(hyps, ref, args.tokenize))
+    print(score(hyps, ref, args.tokenize, _moses_lang(args)))
 
 
 def cmd_score(args: argparse.Namespace) -> None:
@@ -554,9 +566,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--output", help="also write the translations here (a new file; an "
                     "existing one only with --force, and never --src or --ref)")
     sp.add_argument("--force", action="store_true", help="let --output replace an existing file")
-    sp.add_argument("--tokenize", default=None, choices=sorted(TOKENIZERS),
+    sp.add_argument("--tokenize", default=None, choices=sorted((*TOKENIZERS, "moses")),
                     help="sacreBLEU tokenizer for BLEU (default 13a; char or zh for text written "
-                    "without spaces)")
+                    "without spaces); moses: the Moses tokenizer, as papers' Multi30k/WMT tables "
+                    "score (with its lowercased line), needs nmtkit[moses]")
+    sp.add_argument("--lang", default=None, help="the references' language for --tokenize moses "
+                    "(its rules, e.g. French l'); default: --ref's extension when it is a "
+                    "two-letter code (test2016.fr), else en")
     sp.set_defaults(fn=cmd_evaluate)
 
     sp = sub.add_parser("score", help="the model's log-probability of given translations (forced "

@@ -237,8 +237,9 @@ class TrainingConfig(Section):
     out_dir: Path = Field(Path("runs/default"), description="the run folder: checkpoints, log, curves")
     seed: int = Field(1234, ge=0, le=2**63 - 1, description="seeds the weights, dropout and the batch order")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when there is one")
-    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast (faster on CPUs "
-                                               "with AVX512-BF16 and on GPUs); checkpoints stay fp32")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "fp32", description="auto: bf16 where the CPU (AVX512-BF16, AMX) or GPU computes it natively, "
+        "fp32 elsewhere; bf16: autocast (emulated, slower, on other CPUs); checkpoints stay fp32")
     max_tokens: int = Field(4096, ge=1, description="tokens per batch: sentences x the longer side "
                             "(+1), padding included")
     max_epochs: int = Field(10, ge=1, description="stop after this many passes over the data")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 from collections.abc import Callable
 
@@ -53,3 +54,81 @@ def bound_onednn_cache(capacity: int = 64) -> None:
     speed (benchmarks/bench_memory.py, bench_training.py); 0, no cache, ran 7x slower. oneDNN
     reads the variable once, at its first primitive: call this before any bf16 work."""
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(capacity))
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux lists them (/proc/cpuinfo); empty elsewhere."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_model() -> str:
+    """The CPU's model name ('' where Linux does not say), for benchmark headers and logs."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def _onednn_isa_has_bf16(isa: str) -> bool:
+    """Whether oneDNN held to ONEDNN_MAX_CPU_ISA=isa may still use bf16 instructions: the
+    AVX512_CORE_BF16 level and those above it (FP16, AMX, AVX10), or no limit."""
+    isa = isa.upper()
+    return isa in ("", "ALL", "DEFAULT") or any(k in isa for k in ("BF16", "FP16", "AMX", "AVX10"))
+
+
+@functools.cache
+def native_bf16() -> tuple[bool, str]:
+    """Whether this process computes bf16 on the CPU natively, and why, in words for the log.
+
+    Native means bf16 instructions (AVX512-BF16, or AMX) that PyTorch (ATen) and oneDNN may
+    both use. Without them bf16 is emulated: converted to fp32 and back around fp32 arithmetic,
+    slower than fp32 itself, and oneDNN has no bf16 LSTM/GRU at all (rnn.py then runs the
+    recurrent cells in fp32). ATEN_CPU_CAPABILITY and ONEDNN_MAX_CPU_ISA, which hold PyTorch and
+    oneDNN to a lower instruction set (`ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`: an
+    AVX2 CPU, as most laptops have), count as the CPU they describe."""
+    import torch
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    flags = cpu_flags()
+    found = [name for flag, name in (("avx512_bf16", "AVX512-BF16"), ("amx_bf16", "AMX-BF16"))
+             if flag in flags]
+    if not found:
+        return False, f"the CPU has neither AVX512-BF16 nor AMX (PyTorch's capability {capability})"
+    if not capability.startswith("AVX512"):
+        return False, f"PyTorch is held to {capability} (ATEN_CPU_CAPABILITY)"
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "")
+    if not _onednn_isa_has_bf16(isa):
+        return False, f"oneDNN is held to {isa} (ONEDNN_MAX_CPU_ISA)"
+    return True, f"the CPU has {' and '.join(found)} (PyTorch's capability {capability})"
+
+
+def bf16_emulated(device_type: str) -> bool:
+    """Whether bf16 autocast on this device would be emulated (the CPU without native bf16)."""
+    return device_type == "cpu" and not native_bf16()[0]
+
+
+def machine_header() -> str:
+    """One line naming what a speed figure was measured on: the CPU, PyTorch's capability (its
+    vector instruction set, AVX2 or AVX512), whether bf16 is native, and any limits set on
+    oneDNN or ATen. Every benchmark prints it first: figures from an AVX512-BF16 machine do not
+    carry over to an AVX2 one."""
+    import torch
+
+    native, why = native_bf16()
+    limits = [f"{k}={os.environ[k]}" for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+              if os.environ.get(k)]
+    return (f"machine: {cpu_model() or 'unknown CPU'}, {os.cpu_count()} cores; PyTorch "
+            f"{torch.__version__}, capability {torch.backends.cpu.get_cpu_capability()}"
+            f"{' (' + ' '.join(limits) + ')' if limits else ''}; bf16 "
+            f"{'native' if native else 'emulated'}: {why}")

@@ -9,13 +9,15 @@ al. 2015), top to bottom: encoder, bridge, decoder state, decoder, `build_rnn`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from nmtkit.attention import RNNAttention
 from nmtkit.config import RNNConfig
+from nmtkit.cpu import bf16_emulated
 from nmtkit.dropout import Dropout
 from nmtkit.embeddings import check_sharing, token_embedding
 from nmtkit.seq2seq import Decoder, DecoderState, EncoderOutput, Seq2Seq
@@ -31,6 +33,25 @@ def reverse_padded(x: Tensor, lengths: Tensor) -> Tensor:
     if x.dim() > 2:
         index = index.view(*index.shape, *([1] * (x.dim() - 2))).expand_as(x)
     return x.gather(1, index)
+
+
+def run_cells(rnn: nn.RNNBase, inputs: Tensor | PackedSequence, state: Any = None) -> tuple[Any, Any]:
+    """rnn(inputs, state), but in fp32 under bf16 autocast on a CPU without native bf16.
+
+    Autocast runs LSTM/GRU through oneDNN's bf16 kernels, which exist only on CPUs with
+    AVX512-BF16 or AMX: elsewhere (AVX2) oneDNN cannot build them ("could not create a primitive
+    descriptor for the LSTM forward propagation primitive"). There the cells run in fp32 with
+    autocast off, as fp32 training would; the layers around them stay in bf16."""
+    device = inputs.data.device.type
+    if not (torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16
+            and bf16_emulated(device)):
+        return rnn(inputs, state)
+    if isinstance(state, tuple):
+        state = tuple(s.float() for s in state)
+    elif state is not None:
+        state = state.float()
+    with torch.autocast(device, enabled=False):
+        return rnn(inputs.float(), state)
 
 
 class RNNEncoder(nn.Module):
@@ -71,7 +92,7 @@ class RNNEncoder(nn.Module):
             src = reverse_padded(src, words)
         emb = self.dropout(self.embedding(src))  # (batch, src_len, embed)
         packed = pack_padded_sequence(emb, src_lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, final = self.rnn(packed)
+        out, final = run_cells(self.rnn, packed)
         memory, _ = pad_packed_sequence(out, batch_first=True, total_length=src.size(1))
         if self.reverse_source:
             memory = reverse_padded(memory, words)
@@ -226,9 +247,9 @@ class RNNDecoder(Decoder):
 
     def _run_rnn(self, inputs: Tensor, state: RNNState) -> tuple[Tensor, RNNState]:
         if self.cell_type == "lstm":
-            out, (hidden, cell) = self.rnn(inputs, (state.hidden, state.cell))
+            out, (hidden, cell) = run_cells(self.rnn, inputs, (state.hidden, state.cell))
         else:
-            out, hidden = self.rnn(inputs, state.hidden)
+            out, hidden = run_cells(self.rnn, inputs, state.hidden)
             cell = None
         return out, RNNState(hidden, cell, state.input_feed, state.memory, state.keys, state.src_mask)
 

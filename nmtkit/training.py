@@ -43,7 +43,7 @@ from nmtkit.checkpoint import (
     save_checkpoint,
 )
 from nmtkit.config import Config, config_from_dict
-from nmtkit.cpu import bound_onednn_cache, keep_freed_memory
+from nmtkit.cpu import bound_onednn_cache, keep_freed_memory, native_bf16
 from nmtkit.data import PreparedData, TokenBatchSampler, collate, file_digests, prepare
 from nmtkit.ema import WeightAverage
 from nmtkit.errors import NMTKitError, TrainingInterrupted
@@ -75,8 +75,10 @@ RESUMABLE = {
     "log_every": "at once",
     "num_threads": "at once",
     "device": "at once (the optimizer state moves with the model)",
-    "precision": "from the next update",
+    "precision": "from the next update (auto: chosen again for the machine it resumes on)",
     "lr": "from the next update: the schedule goes on from the current update with this peak",
+    "warmup_steps": "from the next update: each update's learning rate is the new schedule's at "
+                    "that update (it jumps where the two warm-ups differ)",
     "min_lr": "from the next update",
     "clip_norm": "from the next update",
     "label_smoothing": "from the next update",
@@ -84,6 +86,36 @@ RESUMABLE = {
     "out_dir": "(it is where the run is)",
 }
 WARN_AFTER = 20  # updates measured before the time-budget check
+
+
+def time_left(seconds_per_update: float, step: int, max_steps: int, updates_left_in_epochs: float,
+              train_seconds: float, max_minutes: float) -> tuple[float, str]:
+    """Seconds until the first of max_steps, max_epochs and max_minutes ends the run, at the
+    speed measured so far, and which one (what the progress bar shows as the run's ETA)."""
+    ends = [(updates_left_in_epochs * seconds_per_update, "max_epochs")]
+    if max_steps:
+        ends.append((max(0, max_steps - step) * seconds_per_update, "max_steps"))
+    if max_minutes:
+        ends.append((max(0.0, max_minutes * 60 - train_seconds), "max_minutes"))
+    return min(ends)
+
+
+def busy_machine(threads: int) -> tuple[float, int, float] | None:
+    """(load average, cores, other work) when the other processes on this machine leave fewer
+    cores than torch's `threads`: then they oversubscribe the cores, and threads that wait for
+    each other spin (one thread trained 1.5-2x faster than two on 2 busy cores). None when the
+    machine is not that busy, or the OS does not say."""
+    try:
+        load = os.getloadavg()[0]
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    except OSError:
+        return None
+    if not cores:
+        return None
+    others = load - min(threads, cores)  # this process's busy threads are part of the load
+    if threads > 1 and others >= 0.75 and threads + others > cores + 0.5:
+        return load, cores, others
+    return None
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -95,6 +127,30 @@ def resolve_device(choice: str) -> torch.device:
     if choice == "cuda" and dist.is_available() and "LOCAL_RANK" in os.environ:
         return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return torch.device(choice)
+
+
+def resolve_precision(choice: str, device: torch.device) -> tuple[str, str]:
+    """The precision to train in for training.precision `choice` on `device`, and a line for the
+    log that says why. `auto` is bf16 where it is computed natively (a CPU with AVX512-BF16 or
+    AMX, a GPU that supports it) and fp32 elsewhere: emulated bf16 is slower than fp32. An
+    explicit bf16 is kept everywhere (it still saves memory), with a warning where it is
+    emulated."""
+    if device.type == "cuda":
+        native = torch.cuda.is_bf16_supported()
+        why = f"the GPU ({torch.cuda.get_device_name(device)}) " + \
+            ("supports bf16" if native else "has no native bf16")
+    elif device.type == "cpu":
+        native, why = native_bf16()
+    else:
+        native, why = False, f"bf16 autocast is not known to pay on {device.type}"
+    if choice == "auto":
+        chosen = "bf16" if native else "fp32"
+        return chosen, f"precision: {chosen} (training.precision auto: {why})"
+    if choice == "bf16" and not native:
+        return "bf16", (f"warning: precision bf16 is emulated here ({why}): probably slower than "
+                        "fp32 (an RNN's LSTM/GRU cells run in fp32 there); training.precision: auto or "
+                        "fp32 picks the faster one")
+    return choice, f"precision: {choice}"
 
 
 def seed_everything(seed: int) -> None:
@@ -192,6 +248,7 @@ class Trainer:
         self.rank = int(os.environ.get("RANK", "0"))
         self.distributed = self.world > 1
         self.device = resolve_device(self.tcfg.device)
+        self.precision, self._precision_note = resolve_precision(self.tcfg.precision, self.device)
         self.run_dir = Path(self.tcfg.out_dir)
         self.state = TrainState()
         self._jsonl = None
@@ -588,7 +645,7 @@ class Trainer:
         return bleu_score(hyps, refs, self.tcfg.bleu_tokenize)
 
     def _autocast(self):
-        enabled = self.tcfg.precision == "bf16"
+        enabled = self.precision == "bf16"
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     # ---- training ----
@@ -611,7 +668,9 @@ class Trainer:
         self.log(f"model: {self.cfg.model.type}, {n_params:,} parameters; device {self.device}"
                  f"{f', {self.world} processes' if self.distributed else ''}; "
                  f"{len(self.train_corpus):,} training pairs, {len(self.sampler)} batches/epoch")
+        self.log(self._precision_note)
         started = time.monotonic() - st.train_seconds
+        self._session_start = (st.step, st.train_seconds)
         self.model.train()
         with self._stop_on_signals():
             while not st.stopped:
@@ -712,16 +771,31 @@ class Trainer:
             ends.append((int(tcfg.max_minutes * updates_per_min),
                          f"training.max_minutes={tcfg.max_minutes:g}"))
         last, why = min(ends)
+        if tcfg.max_steps and tcfg.max_minutes and last < tcfg.max_steps and \
+                why.startswith("training.max_minutes"):
+            decay = " (the cosine schedule decays to min_lr only at max_steps)" \
+                if tcfg.schedule == "cosine" else ""
+            self.log(f"warning: at {updates_per_min:.1f} updates/min, {why} ends training after "
+                     f"about {last} of the {tcfg.max_steps} updates of training.max_steps{decay}; "
+                     f"they need about {tcfg.max_steps / updates_per_min:.0f} min: raise max_minutes "
+                     "or lower max_steps (both may change on --resume)")
         first_valid = tcfg.valid_every or per_epoch
         for milestone, name, fix in (
             (tcfg.warmup_steps, f"the warm-up (training.warmup_steps={tcfg.warmup_steps})",
-             "lower warmup_steps"),
+             "lower warmup_steps (it may change on --resume)"),
             (first_valid, f"the first validation (after {first_valid} updates)", "lower valid_every"),
             (per_epoch, f"one epoch ({per_epoch} updates)", "lower max_tokens or use more data"),
         ):
             if milestone and last < milestone:
                 self.log(f"warning: at {updates_per_min:.1f} updates/min, {why} ends training after "
                          f"about {last} updates, before {name}: {fix} or raise the limit")
+        busy = busy_machine(torch.get_num_threads())
+        if busy is not None:
+            load, cores, others = busy
+            self.log(f"warning: the machine is busy (load average {load:.1f} on {cores} cores, about "
+                     f"{others:.1f} of it other work): {torch.get_num_threads()} training threads "
+                     f"oversubscribe the cores and wait on each other; training.num_threads="
+                     f"{max(1, cores - round(others))} is likely faster (it may change on --resume)")
 
     def _train_epoch(self, started: float) -> None:
         tcfg, st = self.tcfg, self.state
@@ -760,7 +834,7 @@ class Trainer:
                     elapsed = time.monotonic() - window_start
                     tok_s = window_tokens * self.world / max(elapsed, 1e-9)
                     bar.set_postfix(loss=f"{loss_sum / n_tokens:.3f}", lr=f"{self.schedule(st.step):.2e}",
-                                    tok_s=f"{tok_s:,.0f}")
+                                    tok_s=f"{tok_s:,.0f}", run_eta=self._run_eta())
                     if st.step % tcfg.log_every == 0:
                         self.record("train", loss=window_loss / max(1, window_n),
                                     lr=self.schedule(st.step), tokens_per_s=tok_s,
@@ -783,6 +857,21 @@ class Trainer:
         self.sampler.set_epoch(st.epoch)
         if not tcfg.valid_every and self.last_saved_step != st.step:
             self._validate_and_save()
+
+    def _run_eta(self) -> str:
+        """The whole run's time left, at this session's speed so far (validation included), and
+        the limit that ends it: the epoch bar's own ETA covers the epoch only."""
+        tcfg, st = self.tcfg, self.state
+        done = st.step - self._session_start[0]
+        if done <= 0:
+            return "?"
+        seconds_per_update = (st.train_seconds - self._session_start[1]) / done
+        batches_left = tcfg.max_epochs * len(self.sampler) - (st.epoch * len(self.sampler)
+                                                              + st.batches_in_epoch)
+        seconds, limit = time_left(seconds_per_update, st.step, tcfg.max_steps,
+                                   math.ceil(batches_left / tcfg.update_freq), st.train_seconds,
+                                   tcfg.max_minutes)
+        return f"{tqdm.format_interval(seconds)} ({limit})"
 
     def _measure_speed(self, tokens: int, seconds: float) -> None:
         """Time WARN_AFTER updates (after this session's first, which pays one-off costs),

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nmtkit.config import TransformerBlocks
+from nmtkit.cpu import bf16_emulated
 from nmtkit.dropout import Dropout, dropout
 from nmtkit.vocabulary import PAD_ID
 
@@ -94,9 +95,11 @@ def unfused_trains_faster(q: Tensor, k: Tensor) -> bool:
     took a quarter of the Multi30k Transformer's bf16 update. SDPA's own unfused (math) kernel
     is in between (14 ms) and upcasts to fp32, keeping copies for the backward: a bf16 run's
     resident memory grew by 0.8 GB with it (`benchmarks/bench_attention.py`). In fp32 the fused
-    kernel trains fastest."""
+    kernel trains fastest, and so it does in bf16 on a CPU without native bf16 (AVX2), where
+    bf16 matrix products are emulated: there by hand took 1,095 ms against the fused kernel's
+    252 (292 x 14 tokens, ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2)."""
     return (q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.requires_grad  # training
-            and max(q.size(-2), k.size(-2)) <= UNFUSED_MAX_LEN)
+            and max(q.size(-2), k.size(-2)) <= UNFUSED_MAX_LEN and not bf16_emulated("cpu"))
 
 
 class _Storage:

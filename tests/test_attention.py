@@ -3,6 +3,9 @@ import torch
 
 from nmtkit.attention import RNNAttention
 
+# run again under the AVX2 settings by `make test` (pyproject.toml: markers)
+pytestmark = pytest.mark.avx2
+
 
 @pytest.mark.parametrize("kind", ["dot", "general", "concat"])
 @pytest.mark.parametrize("memory_size", [8, 16])

@@ -76,3 +76,49 @@ def test_bound_onednn_cache_keeps_memory_flat_over_new_shapes() -> None:
     out = subprocess.run([sys.executable, "-c", ONEDNN_SHAPES, "bound"], capture_output=True, text=True,
                          check=True, env={**env, "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "512"}).stdout.split()
     assert out[0] == "512"
+
+
+AVX2 = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+
+
+@pytest.fixture
+def cpu_like(monkeypatch):
+    """Make native_bf16 see a CPU with the given flags, PyTorch capability and oneDNN limit."""
+    import torch
+
+    from nmtkit import cpu
+
+    def like(flags: set[str], capability: str = "AVX512", isa: str | None = None) -> tuple[bool, str]:
+        monkeypatch.setattr(cpu, "cpu_flags", lambda: flags)
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+        if isa is None:
+            monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+        else:
+            monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
+        cpu.native_bf16.cache_clear()
+        return cpu.native_bf16()
+
+    yield like
+    cpu.native_bf16.cache_clear()
+
+
+@pytest.mark.avx2
+def test_native_bf16_needs_the_instructions_and_both_libraries_allowed_to_use_them(cpu_like) -> None:
+    assert cpu_like({"avx2", "avx512f", "avx512_bf16"}) == (
+        True, "the CPU has AVX512-BF16 (PyTorch's capability AVX512)")
+    assert cpu_like({"avx2", "amx_bf16"}, isa="AVX512_CORE_AMX")[0]
+    assert cpu_like({"avx512_bf16"}, isa="avx512_core_bf16")[0]
+    native, why = cpu_like({"avx2", "avx512f"})  # AVX512 without its bf16 extension
+    assert not native and "neither AVX512-BF16 nor AMX" in why
+    native, why = cpu_like({"avx512_bf16"}, capability="AVX2")
+    assert not native and "ATEN_CPU_CAPABILITY" in why
+    for isa in ("AVX2", "AVX512_CORE", "AVX512_CORE_VNNI"):
+        native, why = cpu_like({"avx512_bf16"}, isa=isa)
+        assert not native and f"held to {isa} (ONEDNN_MAX_CPU_ISA)" in why
+
+
+@pytest.mark.avx2
+def test_the_avx2_settings_count_as_a_cpu_without_native_bf16() -> None:
+    out = subprocess.run([sys.executable, "-c", "from nmtkit.cpu import native_bf16; print(native_bf16())"],
+                         capture_output=True, text=True, check=True, env={**os.environ, **AVX2})
+    assert out.stdout.startswith("(False, ")

@@ -63,6 +63,7 @@ def test_gradient_equals_autograd_of_the_formula(smoothing: float) -> None:
     assert label_smoothed_nll(log_probs.detach(), target, smoothing)[0].item() == pytest.approx(loss.item(), rel=1e-5)
 
 
+@pytest.mark.avx2
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 @pytest.mark.parametrize("bias", [True, False])
 def test_output_layer_loss_in_chunks_equals_the_whole_scores(monkeypatch, smoothing: float, bias: bool) -> None:

@@ -180,3 +180,37 @@ def test_input_feeding_needs_a_luong_attention() -> None:
     with pytest.raises(NMTKitError, match="model.input_feeding: .*Bahdanau attention feeds"):
         config_from_dict({"data": {"train_src": "a", "train_tgt": "b", "valid_src": "c", "valid_tgt": "d"},
                           "model": {"type": "rnn", "attention": "bahdanau", "input_feeding": True}})
+
+
+BF16_CELLS = """
+import torch
+from nmtkit.config import RNNConfig
+from nmtkit.model import build_model
+for cell in ("lstm", "gru"):
+    cfg = RNNConfig(cell=cell, embed_size=8, hidden_size=12, encoder_layers=2, decoder_layers=2,
+                    bidirectional=True, input_feeding=True)
+    model = build_model(cfg, 30, 30)
+    src = torch.randint(4, 30, (2, 6))
+    tgt = torch.randint(4, 30, (2, 5))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = model(src, torch.tensor([6, 4]), tgt, target=tgt)
+    loss.backward()
+    assert torch.isfinite(loss), loss
+    grads = [p.grad for n, p in model.named_parameters() if ".rnn." in n]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+print("ok")
+"""
+
+
+def test_bf16_autocast_trains_the_cells_on_a_cpu_without_native_bf16() -> None:
+    """oneDNN has no bf16 LSTM/GRU below AVX512-BF16: under the AVX2 settings autocast used to
+    stop at the first update ("could not create a primitive descriptor for the LSTM forward
+    propagation primitive"); the cells now run in fp32 there."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+    out = subprocess.run([sys.executable, "-c", BF16_CELLS], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-1500:]
+    assert out.stdout.strip() == "ok"

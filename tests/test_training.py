@@ -112,6 +112,7 @@ def test_non_finite_loss_stops_with_clear_message(tiny_config, tmp_path, monkeyp
     assert not list_checkpoints(tmp_path / "n")
 
 
+@pytest.mark.avx2
 @pytest.mark.parametrize("model_type", ["rnn", "transformer"])
 def test_bf16_training_keeps_fp32_checkpoints(tiny_config, tmp_path, model_type) -> None:
     from nmtkit.config import TransformerConfig
@@ -484,3 +485,108 @@ def test_moving_average_is_what_checkpoints_hold_and_leaves_training_alone(tiny_
     valid = [r["loss"] for r in load_log(smooth) if r["type"] == "valid"]
     plain_valid = [r["loss"] for r in load_log(plain) if r["type"] == "valid"]
     assert valid[-1] != plain_valid[-1]  # the average was validated, not the raw weights
+
+
+@pytest.mark.avx2
+@pytest.mark.parametrize("native", [True, False])
+def test_precision_auto_picks_bf16_only_where_it_is_native_and_says_why(tiny_config, tmp_path,
+                                                                       monkeypatch, native) -> None:
+    from nmtkit import training
+
+    why = "the CPU has AVX512-BF16" if native else "oneDNN is held to AVX2 (ONEDNN_MAX_CPU_ISA)"
+    monkeypatch.setattr(training, "native_bf16", lambda: (native, why))
+    seen = []
+    real_autocast = torch.autocast
+
+    def autocast(device_type, dtype=None, enabled=True, **kw):
+        if dtype == torch.bfloat16:  # the trainer's (the output layer's own says enabled=False)
+            seen.append(enabled)
+        return real_autocast(device_type, dtype=dtype, enabled=enabled, **kw)
+
+    monkeypatch.setattr(training.torch, "autocast", autocast)
+    logs = []
+    Trainer(_with(tiny_config, out_dir=tmp_path / "p", max_steps=2, precision="auto",
+                  valid_bleu=False), log=logs.append).train()
+    chosen = "bf16" if native else "fp32"
+    assert f"precision: {chosen} (training.precision auto: {why})" in logs
+    assert seen and set(seen) == {native}  # autocast on in bf16 only
+    assert not any("emulated" in line for line in logs)
+
+
+@pytest.mark.avx2
+def test_explicit_bf16_without_native_support_warns_once_and_trains(tiny_config, tmp_path,
+                                                                     monkeypatch) -> None:
+    from nmtkit import training
+
+    monkeypatch.setattr(training, "native_bf16", lambda: (False, "the CPU has neither AVX512-BF16 nor AMX"))
+    logs = []
+    Trainer(_with(tiny_config, out_dir=tmp_path / "e", max_steps=2, precision="bf16",
+                  valid_bleu=False), log=logs.append).train()
+    warnings = [line for line in logs if "emulated" in line]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("warning: precision bf16 is emulated here (the CPU has neither")
+    assert "training.precision: auto or fp32" in warnings[0]
+
+
+def test_budget_warns_when_max_minutes_ends_the_run_before_max_steps(tiny_config, tmp_path,
+                                                                    monkeypatch) -> None:
+    """The issue's case: 4.7 updates/min for 90 minutes is about 423 of 2,000 updates."""
+    from nmtkit import training
+
+    monkeypatch.setattr(training, "busy_machine", lambda threads: None)
+    logs: list[str] = []
+    trainer = Trainer(_with(tiny_config, out_dir=tmp_path / "m", max_steps=2000, max_minutes=90,
+                            max_epochs=1000, schedule="cosine"), log=logs.append)
+    trainer.setup()
+    trainer._check_budget(4.7, 100.0)
+    warning = [line for line in logs if "training.max_steps" in line]
+    assert warning == ["warning: at 4.7 updates/min, training.max_minutes=90 ends training after about "
+                       "423 of the 2000 updates of training.max_steps (the cosine schedule decays to "
+                       "min_lr only at max_steps); they need about 426 min: raise max_minutes or lower "
+                       "max_steps (both may change on --resume)"]
+    logs.clear()
+    trainer.tcfg = trainer.tcfg.model_copy(update={"max_minutes": 600})  # 2,820 updates: enough
+    trainer._check_budget(4.7, 100.0)
+    assert not any("training.max_steps" in line for line in logs)
+
+
+def test_a_busy_machine_gets_advice_on_num_threads(tiny_config, tmp_path, monkeypatch) -> None:
+    from nmtkit import training
+
+    monkeypatch.setattr(training.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(training.os, "getloadavg", lambda: (4.2, 4.0, 3.0))
+    assert training.busy_machine(2) == (4.2, 2, pytest.approx(2.2))
+    assert training.busy_machine(1) is None  # one thread does not wait on another
+    logs: list[str] = []
+    trainer = Trainer(_with(tiny_config, out_dir=tmp_path / "b", max_steps=100), log=logs.append)
+    trainer.setup()
+    monkeypatch.setattr(training.torch, "get_num_threads", lambda: 2)
+    trainer._check_budget(60.0, 100.0)
+    busy = [line for line in logs if "the machine is busy" in line]
+    assert len(busy) == 1 and "training.num_threads=1 is likely faster" in busy[0]
+    monkeypatch.setattr(training.os, "getloadavg", lambda: (2.1, 2.0, 2.0))  # itself alone
+    assert training.busy_machine(2) is None
+
+
+def test_the_run_eta_is_the_first_limit_to_end_it(tiny_config, tmp_path, capsys) -> None:
+    from nmtkit.training import time_left
+
+    # 2 s per update: 100 updates to max_steps (200 s), 50 left in the epochs (100 s), 10 min
+    assert time_left(2.0, 900, 1000, 50, 60.0, 10) == (100.0, "max_epochs")
+    assert time_left(2.0, 990, 1000, 50, 60.0, 10) == (20.0, "max_steps")
+    assert time_left(2.0, 900, 0, 5000, 500.0, 10) == (100.0, "max_minutes")
+    train(_with(tiny_config, out_dir=tmp_path / "e", max_steps=6, max_epochs=5, valid_bleu=False))
+    bar = capsys.readouterr().err
+    assert "run_eta=" in bar and "(max_steps)" in bar
+
+
+def test_a_lower_warmup_applies_on_resume(tiny_config, tmp_path) -> None:
+    """The budget warning's advice, 'lower warmup_steps', works on the run it came from."""
+    cfg = _with(tiny_config, out_dir=tmp_path / "w", max_steps=3, max_epochs=5, schedule="noam",
+                warmup_steps=400, valid_bleu=False)
+    train(cfg)
+    run = train(_with(cfg, max_steps=5, warmup_steps=4), resume=True)
+    lr = {r["step"]: r["lr"] for r in load_log(run) if r["type"] == "train"}
+    assert lr[3] == pytest.approx(0.005 * 3 / 400)  # the first session's warm-up
+    assert lr[4] == pytest.approx(0.005)  # the new one: its peak at update 4
+    assert lr[5] == pytest.approx(0.005 * (4 / 5) ** 0.5)

@@ -209,6 +209,7 @@ def test_heads_must_divide_d_model() -> None:
         config_from_dict({"data": data, "model": {"type": "transformer", "d_model": 30, "heads": 4}})
 
 
+@pytest.mark.avx2
 def test_cross_attention_is_a_distribution_over_real_tokens() -> None:
     model = make_model()
     src, src_lengths, tgt_in = random_batch()
@@ -360,6 +361,7 @@ def test_selecting_no_rows_gives_an_empty_state() -> None:
     assert all(cache.rows == 0 and cache.keys_values()[0].size(0) == 0 for cache in empty.self_kv)
 
 
+@pytest.mark.avx2
 def test_bf16_training_attends_unfused_with_the_fused_kernels_result(monkeypatch) -> None:
     """In bf16 training on the CPU, attention at sentence lengths is computed by hand (the fused
     kernel's backward is slow there); it must give what the fused kernel gives, masks included."""
@@ -368,6 +370,7 @@ def test_bf16_training_attends_unfused_with_the_fused_kernels_result(monkeypatch
     from nmtkit import transformer_layers
     from nmtkit.transformer_layers import UNFUSED_MAX_LEN, unfused_trains_faster
 
+    monkeypatch.setattr(transformer_layers, "bf16_emulated", lambda device: False)  # as with AVX512-BF16
     model = make_model().train()
     layer = model.encoder.layers[0].self_attn
     layer.dropout = 0.0  # the two kernels draw different dropout masks
@@ -398,3 +401,5 @@ def test_bf16_training_attends_unfused_with_the_fused_kernels_result(monkeypatch
     assert not unfused_trains_faster(q.bfloat16(), long)
     with torch.no_grad():
         assert not unfused_trains_faster(q.bfloat16(), q)
+    monkeypatch.setattr(transformer_layers, "bf16_emulated", lambda device: True)  # AVX2
+    assert not unfused_trains_faster(q.bfloat16(), q)  # emulated bf16: the fused kernel is faster

@@ -89,6 +89,7 @@ def test_ensembles(tiny_config) -> None:
     assert str(rnn) in str(err.value) and str(other_vocab) in str(err.value)
 
 
+@pytest.mark.avx2
 @pytest.mark.parametrize("family", ["rnn", "transformer"])
 def test_int8_quantized_translation(tiny_config, family) -> None:
     path = train_run(tiny_config, family, family)
@@ -100,6 +101,7 @@ def test_int8_quantized_translation(tiny_config, family) -> None:
     assert out[3] == "" and out[7] == ""
 
 
+@pytest.mark.avx2
 @pytest.mark.parametrize("family", ["rnn", "transformer"])
 def test_packed_linear_layers_translate_as_plain_ones(tiny_config, family) -> None:
     path = train_run(tiny_config, f"{family}-pack", family)
@@ -119,6 +121,7 @@ def test_packed_linear_layers_translate_as_plain_ones(tiny_config, family) -> No
         assert [t.score for t in got] == pytest.approx([t.score for t in expected], abs=1e-4)
 
 
+@pytest.mark.avx2
 def test_packed_linear_shares_its_parameters_and_follows_their_changes() -> None:
     if not can_pack():
         pytest.skip("this PyTorch build has no oneDNN")
@@ -146,6 +149,7 @@ def test_packed_linear_shares_its_parameters_and_follows_their_changes() -> None
         assert torch.equal(copied(x), copied[2].bias.expand(3, 5, 50))
 
 
+@pytest.mark.avx2
 def test_packed_layers_quantize_and_pack_in_inference_mode_and_under_autocast() -> None:
     if not can_pack():
         pytest.skip("this PyTorch build has no oneDNN")
