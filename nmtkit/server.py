@@ -1,8 +1,8 @@
 """`nmtkit serve`: translations over HTTP (FastAPI + uvicorn), and a page to see and steer them.
 
     POST /translate     {"text": ["..."], "beam": 5, "nbest": 1, "prefix": null,
-                         "attention": false, "alignment": false}
-    POST /alternatives  {"source": "...", "prefix": "...", "k": 5}
+                         "constraints": null, "attention": false, "alignment": false}
+    POST /alternatives  {"source": "...", "prefix": "...", "k": 5, "constraints": null}
     POST /score         {"source": ["..."], "target": ["..."]}
     GET  /health, /info, /metrics (Prometheus), /docs (OpenAPI), / (the page)
 
@@ -46,7 +46,9 @@ from prometheus_client import (
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from nmtkit.constraints import phrase_alternatives
 from nmtkit.errors import NMTKitError, NMTKitWarning
+from nmtkit.glossary import Glossary, merge
 from nmtkit.model import count_parameters
 from nmtkit.translator import Translation, Translator
 
@@ -75,6 +77,10 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+class AnyOf(_Body):
+    any: list[str] = Field(min_length=1, description="alternative phrases: one of them must appear")
+
+
 class TranslateRequest(_Body):
     text: list[str] = Field(min_length=1, description="sentences, translated one by one")
     beam: int | None = Field(None, ge=1, description="beam size; default: the model's config")
@@ -84,6 +90,9 @@ class TranslateRequest(_Body):
     attention: bool = Field(False, description="return the attention: every layer and head, and "
                             "the default view (the last layer, the mean of its heads)")
     alignment: bool = Field(False, description="return word alignments (source, target) from the attention")
+    constraints: list[list[str | AnyOf]] | None = Field(
+        None, description="per sentence, target phrases that must appear as whole words (a phrase, "
+        "or {\"any\": [phrases]}: one of them); the server's glossary adds its own")
 
 
 class TranslationOut(BaseModel):
@@ -114,6 +123,8 @@ class AlternativesRequest(_Body):
     prefix: str = ""
     k: int = Field(5, ge=1)
     beam: int | None = Field(None, ge=1, description="the beam for each alternative's translation")
+    constraints: list[str | AnyOf] | None = Field(None, description="the sentence's constraints, "
+                                                  "which the alternatives' translations meet")
 
 
 class AlternativeOut(BaseModel):
@@ -240,7 +251,7 @@ class Batcher:
         if first.kind == "alternatives":
             p = first.payload
             return [t.alternatives(p["source"], p["prefix"], p["k"], beam=p["beam"],
-                                   too_long=self.settings.too_long)]
+                                   too_long=self.settings.too_long, constraints=p.get("constraints"))]
         sizes = [len(j.payload["sources"]) for j in group]
         self.metrics.batch.observe(sum(sizes))
         sources = [s for j in group for s in j.payload["sources"]]
@@ -249,13 +260,37 @@ class Batcher:
             out: list[Any] = t.score(sources, targets, too_long=self.settings.too_long)
         else:
             prefixes = [p for j in group for p in j.payload["prefix"]]
+            constraints = [c for j in group for c in j.payload.get("constraints") or
+                           [[]] * len(j.payload["sources"])]
             out = t.translate(sources, return_details=True, prefix=prefixes,
-                              too_long=self.settings.too_long, **first.payload["options"])
+                              too_long=self.settings.too_long, **first.payload["options"],
+                              constraints=constraints if any(constraints) else None)
         parts, start = [], 0
         for n in sizes:
             parts.append(out[start : start + n])
             start += n
         return parts
+
+
+def _constraints(translator: Translator, glossary: Glossary | None, text: list[str],
+                 given: list[list] | None) -> list[list] | None:
+    """The request's constraints (as plain phrases and {"any": [...]}) with the glossary's, each
+    checked (422 naming the field) before it joins a batch."""
+    if given is not None and len(given) != len(text):
+        raise HTTPException(422, [{"field": "constraints", "message": f"{len(given)} constraint "
+                                   f"lists for {len(text)} sentences"}])
+    plain = [[c if isinstance(c, str) else {"any": c.any} for c in cs] for cs in given] \
+        if given is not None else None
+    merged = merge(glossary, text, plain)
+    for i, wanted in enumerate(merged or []):
+        for j, c in enumerate(wanted):
+            where = f"constraints[{i}][{j}]"
+            try:
+                for phrase in phrase_alternatives(c, where):
+                    translator.constraint_ids(phrase, where)
+            except NMTKitError as err:
+                raise HTTPException(422, [{"field": where, "message": str(err)}]) from None
+    return merged
 
 
 def _check_prefixes(translator: Translator, prefixes: list[str]) -> None:
@@ -285,8 +320,10 @@ class _Metrics:
 # ---- the app ----
 
 
-def create_app(translator: Translator, settings: ServeSettings | None = None) -> FastAPI:
-    """The FastAPI app for one Translator (tests call it through TestClient)."""
+def create_app(translator: Translator, settings: ServeSettings | None = None,
+               glossary: Glossary | None = None) -> FastAPI:
+    """The FastAPI app for one Translator (tests call it through TestClient); a glossary adds
+    its constraints to every translation."""
     settings = settings or ServeSettings()
     metrics = _Metrics()
     batcher = Batcher(translator, settings, metrics)
@@ -384,10 +421,11 @@ def create_app(translator: Translator, settings: ServeSettings | None = None) ->
             raise HTTPException(422, [{"field": "prefix", "message": f"{len(prefix)} prefixes for "
                                        f"{len(req.text)} sentences"}])
         _check_prefixes(translator, prefix)
+        constraints = _constraints(translator, glossary, req.text, req.constraints)
         options = {"beam": beam, "nbest": req.nbest, "all_attention": req.attention,
                    "attention": req.attention, "alignment": req.alignment}
         job = _Job("translate", ("translate", *sorted(options.items())),
-                   {"sources": req.text, "prefix": prefix, "options": options},
+                   {"sources": req.text, "prefix": prefix, "options": options, "constraints": constraints},
                    _tokens(translator, req.text))
         result = await run(job)
         return TranslateResponse(translations=[TranslationOut.of(t) for t in result])
@@ -399,8 +437,11 @@ def create_app(translator: Translator, settings: ServeSettings | None = None) ->
         beam = req.beam if req.beam is not None else translator.decoding.beam
         _limit("beam", beam, settings.max_beam)
         _check_prefixes(translator, [req.prefix])
+        constraints = _constraints(translator, glossary, [req.source],
+                                   [req.constraints] if req.constraints is not None else None)
         job = _Job("alternatives", ("alternatives", id(req)),
-                   {"source": req.source, "prefix": req.prefix, "k": req.k, "beam": beam}, 1)
+                   {"source": req.source, "prefix": req.prefix, "k": req.k, "beam": beam,
+                    "constraints": constraints[0] if constraints else None}, 1)
         result = await run(job)
         return AlternativesResponse(alternatives=[AlternativeOut(**a.__dict__) for a in result])
 
@@ -462,7 +503,8 @@ def _tokens(translator: Translator, sentences: list[str]) -> int:
     return len(lengths) * max(lengths)
 
 
-def serve(translator: Translator, settings: ServeSettings, host: str, port: int, threads: int) -> None:
+def serve(translator: Translator, settings: ServeSettings, host: str, port: int, threads: int,
+          glossary: Glossary | None = None) -> None:
     """Run the server until SIGINT/SIGTERM: then the requests in flight finish, new ones are
     refused, and the worker ends."""
     import uvicorn
@@ -477,6 +519,6 @@ def serve(translator: Translator, settings: ServeSettings, host: str, port: int,
         raise NMTKitError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
     print(f"nmtkit serve: http://{host}:{port}/ (API docs at /docs); the model runs in one worker "
           f"with {threads} thread{'s' * (threads > 1)}", flush=True)
-    config = uvicorn.Config(create_app(translator, settings), log_level="warning",
+    config = uvicorn.Config(create_app(translator, settings, glossary), log_level="warning",
                             timeout_graceful_shutdown=math.ceil(settings.timeout_s) + 5)
     uvicorn.Server(config).run(sockets=[listener])

@@ -114,3 +114,62 @@ def test_translator_constraints_nbest_and_errors(numbers_checkpoint) -> None:
         t.translate(NUMBERS[:1], constraints=[[], []])
     with pytest.raises(NMTKitError, match="not sampling"):
         t.translate(NUMBERS[:1], sample=True, constraints=[["two"]])
+
+
+def test_glossary_terms_whole_words_case_and_errors(tmp_path) -> None:
+    from nmtkit.glossary import merge, read_glossary
+
+    path = tmp_path / "g.tsv"
+    path.write_text("# a comment\nred ball\troter Ball\nball\tBall\ndog\tHund\ndog\tHunde\n\n", encoding="utf-8")
+    g = read_glossary(path)
+    assert g.constraints("A red ball and a dog.") == ["roter Ball", {"any": ["Hund", "Hunde"]}]
+    assert g.constraints("Balls, dogs, a Dog") == []  # whole words, case-sensitive
+    assert read_glossary(path, ignore_case=True).constraints("A Dog.") == [{"any": ["Hund", "Hunde"]}]
+    assert merge(g, ["a ball", "x"], [["Spiel"], []]) == [["Spiel", "Ball"], []]
+    for text, line in (("a\tb\nno tab here\n", 2), ("a\tb\tc\n", 1), ("\tb\n", 1)):
+        path.write_text(text, encoding="utf-8")
+        with pytest.raises(NMTKitError, match=f"line {line}: expected 'source term<TAB>target term'"):
+            read_glossary(path)
+    path.write_bytes(b"a\tb\n\xff\tc\n")
+    with pytest.raises(NMTKitError, match="line 2: not valid UTF-8"):
+        read_glossary(path)
+
+
+def test_cli_glossary_jsonl_constraints_and_the_service(numbers_checkpoint, tmp_path, capsys) -> None:
+    import json
+
+    from fastapi.testclient import TestClient
+
+    from nmtkit.cli import main
+    from nmtkit.glossary import read_glossary
+    from nmtkit.server import ServeSettings, create_app
+
+    glossary = tmp_path / "g.tsv"
+    glossary.write_text("사천칠십일\tfour thousand\n", encoding="utf-8")
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in [
+        {"source": NUMBERS[0], "constraints": [{"any": ["two", "nine"]}]}, {"source": NUMBERS[1]}]) + "\n",
+        encoding="utf-8")
+    ckpt = str(numbers_checkpoint)
+    assert main(["translate", "--checkpoint", ckpt, "--input", str(inputs), "--input-format", "jsonl",
+                 "--glossary", str(glossary), "--beam", "4"]) == 0
+    first, second = capsys.readouterr().out.splitlines()
+    assert {"two", "nine"} & set(first.split()) and second.startswith("four thousand")
+    glossary.write_text("a\tb\nbroken\n", encoding="utf-8")
+    assert main(["translate", "--checkpoint", ckpt, "--input", str(inputs), "--glossary", str(glossary)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "line 2: expected 'source term<TAB>target term'" in err
+    inputs.write_text(json.dumps({"source": NUMBERS[0], "constraints": ["Hund"]}) + "\n", encoding="utf-8")
+    assert main(["translate", "--checkpoint", ckpt, "--input", str(inputs), "--input-format", "jsonl"]) == 2
+    assert "line 1: constraint 1 'Hund': the target vocabulary cannot spell" in capsys.readouterr().err
+
+    glossary.write_text("사천칠십일\tfour thousand\n", encoding="utf-8")
+    t = Translator.load(numbers_checkpoint)
+    with TestClient(create_app(t, ServeSettings(), read_glossary(glossary))) as client:
+        r = client.post("/translate", json={"text": NUMBERS[:2], "constraints": [[{"any": ["two", "nine"]}], []]})
+        first, second = (x["text"] for x in r.json()["translations"])
+        assert {"two", "nine"} & set(first.split()) and second.startswith("four thousand")
+        r = client.post("/translate", json={"text": NUMBERS[:1], "constraints": [["Hund"]]})
+        assert r.status_code == 422 and r.json()["detail"][0]["field"] == "constraints[0][0]"
+        r = client.post("/translate", json={"text": NUMBERS[:1], "constraints": [[], []]})
+        assert r.status_code == 422 and r.json()["detail"][0]["field"] == "constraints"
