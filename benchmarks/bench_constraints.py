@@ -86,6 +86,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--hf", action="store_true", help="also Hugging Face force_words_ids (peers venv)")
+    p.add_argument("--work", type=Path, default=None,
+                   help="keep the random model here, reused by the next run (default: a temporary folder)")
     args = p.parse_args()
 
     import sacrebleu
@@ -99,8 +101,11 @@ def main() -> None:
     src = (args.data / "test2016.en").read_text(encoding="utf-8").splitlines()[: args.sentences]
     ref = (args.data / "test2016.de").read_text(encoding="utf-8").splitlines()[: args.sentences]
     with tempfile.TemporaryDirectory() as tmp:
-        path = resolve_checkpoint(args.checkpoint) if args.checkpoint else \
-            random_checkpoint(args.data, Path(tmp))
+        work = args.work or Path(tmp)
+        if args.checkpoint:
+            path = resolve_checkpoint(args.checkpoint)
+        else:
+            path = work / "ckpt" if (work / "ckpt").is_dir() else random_checkpoint(args.data, work)
         t = Translator.load(path)
     rng = random.Random(args.seed)
     spelled = lambda phrase: UNK_ID not in t.tgt_tok.encode(phrase)  # noqa: E731
