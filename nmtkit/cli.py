@@ -238,8 +238,9 @@ def cmd_translate(args: argparse.Namespace) -> None:
         for lines in _arriving_lines(stream, args.chunk_lines, name):
             prefixes, constraints = None, None
             if args.input_format == "jsonl":
-                constraints = _jsonl_constraints(lines, line, name)
-                lines, prefixes = _jsonl_inputs(lines, line, name)
+                records = lines
+                lines, prefixes = _jsonl_inputs(records, line, name)  # (checks the JSON first)
+                constraints = _jsonl_constraints(records, line, name)
             constraints = merge(glossary, lines, constraints)
             _check_constraints(translator, constraints, line, name)
             line += len(lines)
