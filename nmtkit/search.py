@@ -7,6 +7,9 @@
     Steering        what a user asks beyond the model's preferences: a target prefix (and a
                     partly typed next word), no repeated n-grams, a repetition penalty
 
+Beam search also takes lexical constraints (target phrases that must appear), whose dynamic beam
+allocation lives in nmtkit.constraints.
+
 Every search runs all sentences of a batch, and all their beams, in one tensor pass per step.
 A sentence that has finished leaves the active set (its rows are dropped from the state with
 `select`), so the work per step shrinks. The bookkeeping per step is tensor operations whose
