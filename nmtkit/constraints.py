@@ -174,7 +174,10 @@ class Constraints:
         goes_on = (partial > 0) & (partial < length) & unmet
         nexts = phrases.gather(2, partial.clamp(max=phrases.size(2) - 1).unsqueeze(2)).squeeze(2)
         pending = (self._pending(sentence, self.matched) & unmet).any(dim=1)  # (R,)
-        best_boundary = log_probs.masked_fill(~self.boundary, NEG_INF).argmax(dim=1)
+        best_boundary = torch.zeros_like(pending, dtype=torch.long)  # (R,): only where pending
+        waiting = pending.nonzero().squeeze(1)
+        if waiting.numel():  # a pass over the vocabulary for the few rows that need it
+            best_boundary[waiting] = log_probs[waiting].masked_fill(~self.boundary, NEG_INF).argmax(dim=1)
         extra = torch.cat([log_probs.argmax(dim=1, keepdim=True), starts.clamp(min=0),
                            nexts.clamp(min=0), best_boundary.unsqueeze(1)], dim=1)  # (R, 2P + 2)
         ok = torch.cat([torch.ones_like(pending).unsqueeze(1), unmet, goes_on, pending.unsqueeze(1)], 1)
