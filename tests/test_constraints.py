@@ -164,6 +164,17 @@ def test_cli_glossary_jsonl_constraints_and_the_service(numbers_checkpoint, tmp_
     assert "line 1: constraint 1 'Hund': the target vocabulary cannot spell" in capsys.readouterr().err
 
     glossary.write_text("사천칠십일\tfour thousand\n", encoding="utf-8")
+    src, ref, out = tmp_path / "src.txt", tmp_path / "ref.txt", tmp_path / "out.txt"
+    src.write_text(NUMBERS[1] + "\n", encoding="utf-8")
+    ref.write_text("four thousand seventy-one\n", encoding="utf-8")
+    assert main(["evaluate", "--checkpoint", ckpt, "--src", str(src), "--ref", str(ref), "--output", str(out),
+                 "--glossary", str(glossary)]) == 0
+    assert out.read_text(encoding="utf-8").startswith("four thousand")
+    glossary.write_text("사천칠십일\tvier Hund\n", encoding="utf-8")
+    assert main(["evaluate", "--checkpoint", ckpt, "--src", str(src), "--ref", str(ref),
+                 "--glossary", str(glossary)]) == 2
+    assert f"{src} line 1: constraint 1 'vier Hund': the target vocabulary cannot spell" in capsys.readouterr().err
+    glossary.write_text("사천칠십일\tfour thousand\n", encoding="utf-8")
     t = Translator.load(numbers_checkpoint)
     with TestClient(create_app(t, ServeSettings(), read_glossary(glossary))) as client:
         r = client.post("/translate", json={"text": NUMBERS[:2], "constraints": [[{"any": ["two", "nine"]}], []]})
