@@ -143,12 +143,13 @@ class _TooLong:
                   f"(first: {name} line {self.first})", file=sys.stderr)
 
 
-JSONL_KEYS = ("source", "prefix")  # --input-format jsonl: what a line may hold
+JSONL_KEYS = ("source", "prefix", "constraints")  # --input-format jsonl: what a line may hold
 
 
 def _jsonl_inputs(lines: list[str], first_line: int, name: str,
                   translator) -> tuple[list[str], list[str]]:
-    """--input-format jsonl: each line {"source": "...", "prefix": "..."} (prefix optional).
+    """--input-format jsonl: each line {"source": "...", "prefix": "..."} (prefix optional;
+    "constraints" are read by _jsonl_constraints).
     Every mistake names its line: bad JSON, an unknown key, a value that is not text, a prefix
     the model cannot produce."""
     import json
@@ -170,10 +171,11 @@ def _jsonl_inputs(lines: list[str], first_line: int, name: str,
                               "(and an optional \"prefix\" string)")
         unknown = [key for key in record if key not in JSONL_KEYS]
         if unknown:
-            raise NMTKitError(f"{where}: unknown key {unknown[0]!r} (a line holds \"source\" and "
-                              "an optional \"prefix\")")
-        for key, value in record.items():
-            check_text(value, f"{where}: {key!r}")
+            raise NMTKitError(f"{where}: unknown key {unknown[0]!r} (a line holds \"source\", "
+                              "an optional \"prefix\" and optional \"constraints\")")
+        for key in ("source", "prefix"):
+            if key in record:
+                check_text(record[key], f"{where}: {key!r}")
         prefix = record.get("prefix", "")
         try:
             translator.check_prefix(prefix)
@@ -184,6 +186,45 @@ def _jsonl_inputs(lines: list[str], first_line: int, name: str,
     return sources, prefixes
 
 
+def _jsonl_constraints(lines: list[str], first_line: int, name: str) -> list[list] | None:
+    """--input-format jsonl: each line's optional "constraints" (a list of phrases, each a
+    string or {"any": [...]}), checked, naming the line; None where no line has any."""
+    import json
+
+    from nmtkit.constraints import phrase_alternatives
+
+    out, seen = [], False
+    for n, line in enumerate(lines, first_line):
+        record = json.loads(line) if line.strip() else {}
+        wanted = record.get("constraints", []) if isinstance(record, dict) else []
+        if not isinstance(wanted, list):
+            raise NMTKitError(f"{name} line {n}: \"constraints\" must be a list of phrases")
+        for j, c in enumerate(wanted):
+            phrase_alternatives(c, f"{name} line {n}: constraint {j + 1}")
+        seen = seen or bool(wanted)
+        out.append(wanted)
+    return out if seen else None
+
+
+def _glossary(args: argparse.Namespace):
+    """--glossary FILE (None without it), read and checked before any model is loaded."""
+    from nmtkit.glossary import read_glossary
+
+    if not getattr(args, "glossary", None):
+        return None
+    return read_glossary(Path(args.glossary), args.glossary_ignore_case)
+
+
+def _check_constraints(translator, constraints: list[list] | None, first_line: int, name: str) -> None:
+    """Every constraint's phrases spelled by the target vocabulary, else an error naming the line."""
+    from nmtkit.constraints import phrase_alternatives
+
+    for n, wanted in enumerate(constraints or [], first_line):
+        for j, c in enumerate(wanted):
+            for phrase in phrase_alternatives(c, f"{name} line {n}: constraint {j + 1}"):
+                translator.constraint_ids(phrase, f"{name} line {n}: constraint {j + 1}")
+
+
 def cmd_translate(args: argparse.Namespace) -> None:
     import json
     import warnings
@@ -191,9 +232,11 @@ def cmd_translate(args: argparse.Namespace) -> None:
     import torch
 
     from nmtkit.files import check_input_file
+    from nmtkit.glossary import merge
 
     if args.input:
         check_input_file(Path(args.input), "--input", allow_stream=True)
+    glossary = _glossary(args)
     translator = _load_translator(args)
     options = _search_options(args)
     options.update(no_repeat_ngram_size=args.no_repeat_ngram_size,
@@ -224,15 +267,19 @@ def cmd_translate(args: argparse.Namespace) -> None:
     line = 1
     try:
         for lines in _arriving_lines(stream, args.chunk_lines, name):
-            prefixes = None
+            prefixes, constraints = None, None
             if args.input_format == "jsonl":
-                lines, prefixes = _jsonl_inputs(lines, line, name, translator)
+                records = lines
+                lines, prefixes = _jsonl_inputs(records, line, name, translator)  # (checks the JSON first)
+                constraints = _jsonl_constraints(records, line, name)
+            constraints = merge(glossary, lines, constraints)
+            _check_constraints(translator, constraints, line, name)
             line += len(lines)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NMTKitWarning)  # counted, reported once at the end
                 results = translator.translate(lines, args.batch_tokens, return_details=details,
                                                attention=False, nbest=args.nbest, prefix=prefixes,
-                                               **options, **extra)
+                                               constraints=constraints, **options, **extra)
             too_long.add(translator, len(lines))
             for result in results:
                 if args.output_format == "jsonl":  # one object per input line
@@ -274,6 +321,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     from nmtkit.data import read_parallel
     from nmtkit.files import check_output_file, write_output_text
+    from nmtkit.glossary import merge
     from nmtkit.metrics import score
 
     src, ref = read_parallel(Path(args.src), Path(args.ref))  # exist, UTF-8, same line count
@@ -286,11 +334,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         from nmtkit.metrics import moses_tokenized
 
         moses_tokenized([], _moses_lang(args))  # sacremoses is there, before the translating
+    glossary = _glossary(args)
     translator = _load_translator(args)
     policy = args.too_long or translator.decoding.too_long
+    constraints = merge(glossary, src, None)
+    _check_constraints(translator, constraints, 1, args.src)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NMTKitWarning)
-        hyps = translator.translate(src, batch_tokens=args.batch_tokens, **_search_options(args))
+        hyps = translator.translate(src, batch_tokens=args.batch_tokens, constraints=constraints,
+                                    **_search_options(args))
     too_long = _TooLong()
     too_long.add(translator, len(src))
     too_long.report(policy, args.src)
@@ -413,8 +465,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
         max_batch_tokens=args.max_batch_tokens, queue_limit=args.queue_limit, timeout_s=args.timeout,
         max_sentences=args.max_sentences, max_chars=args.max_chars, max_beam=args.max_beam,
         max_nbest=args.max_nbest, max_k=args.max_k, too_long=args.too_long or "truncate")
+    glossary = _glossary(args)
     translator = _load_translator(args)
-    serve(translator, settings, args.host, args.port, args.threads)
+    serve(translator, settings, args.host, args.port, args.threads, glossary=glossary)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -520,6 +573,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "config's decoding.too_long, truncate)")
         sp.add_argument("--quantize", choices=["int8"], default=None,
                         help="int8 dynamic quantization of the linear layers (CPU)")
+        with_glossary(sp)
+
+    def with_glossary(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--glossary", metavar="FILE", default=None,
+                        help="a TSV of 'source term<TAB>target term' lines: where a source term "
+                        "occurs as whole words, its target term must appear in the translation")
+        sp.add_argument("--glossary-ignore-case", action="store_true",
+                        help="match the glossary's source terms regardless of case")
 
     sp = sub.add_parser("translate", help="translate stdin (or --input) to stdout, line by line")
     sp.add_argument("--checkpoint", required=True, action="append",
@@ -540,8 +601,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--top-p", type=PROBABILITY, default=1.0, help="sample from the nucleus of mass p")
     sp.add_argument("--seed", type=int, default=None, help="seed for --sample")
     sp.add_argument("--input-format", choices=["text", "jsonl"], default="text",
-                    help='jsonl: {"source": ..., "prefix": ...} per line; the translation begins '
-                    "with the prefix (a last word typed in part is completed)")
+                    help='jsonl: {"source": ..., "prefix": ..., "constraints": [...]} per line; the '
+                    "translation begins with the prefix (a last word typed in part is completed) and "
+                    'contains each constraint (a phrase, or {"any": [phrases]})')
     sp.add_argument("--output-format", choices=["text", "jsonl"], default="text",
                     help="jsonl: {translation, score, tokens[, nbest][, alignment]} per input line")
     sp.add_argument("--alignment", action="store_true",
@@ -655,6 +717,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--max-k", type=POSITIVE, default=50, help="alternatives per request (else 422)")
     sp.add_argument("--too-long", choices=["truncate", "skip", "error"], default=None,
                     help="an input longer than the model's limit (default truncate; error: 422)")
+    with_glossary(sp)
     sp.set_defaults(fn=cmd_serve)
 
     sp = sub.add_parser("info", help="what a run folder or checkpoint holds: model, vocabulary, "

@@ -7,6 +7,9 @@
     Steering        what a user asks beyond the model's preferences: a target prefix (and a
                     partly typed next word), no repeated n-grams, a repetition penalty
 
+Beam search also takes lexical constraints (target phrases that must appear), whose dynamic beam
+allocation lives in nmtkit.constraints.
+
 Every search runs all sentences of a batch, and all their beams, in one tensor pass per step.
 A sentence that has finished leaves the active set (its rows are dropped from the state with
 `select`), so the work per step shrinks. The bookkeeping per step is tensor operations whose
@@ -35,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nmtkit.constraints import Constraints
 from nmtkit.errors import NMTKitError
 from nmtkit.seq2seq import DecoderState, EncoderOutput, Seq2Seq
 from nmtkit.vocabulary import BOS_ID, EOS_ID, PAD_ID, UNK_ID, WORD_START
@@ -492,6 +496,7 @@ def beam_search(
     nbest: int = 1,
     min_len: int = 0,
     steering: Steering | None = None,
+    constraints: Constraints | None = None,
 ) -> list[Hypothesis]:
     """Keep the beam_size most probable prefixes of every sentence at each step.
 
@@ -506,6 +511,11 @@ def beam_search(
     The best is returned, with the `nbest` best (distinct, best first) in its .nbest. With
     beam_size 1 this is greedy search. While a forced prefix lasts only one beam of a sentence
     is alive (the others score -inf).
+
+    With `constraints` (see nmtkit.constraints), a sentence that has some ends only once they
+    are all met (or at its length limit), and its beams are chosen by dynamic beam allocation;
+    finished hypotheses that meet them rank before those that do not. Sentences without
+    constraints decode exactly as they would without the argument.
     """
     if not 1 <= nbest <= beam_size:
         raise ValueError(f"nbest must be between 1 and the beam size ({beam_size}), got {nbest}")
@@ -520,10 +530,13 @@ def beam_search(
     beam_scores = torch.zeros(batch, 1, device=device)  # (sentences, beams) log-probs
     active = torch.arange(batch, device=device)  # the original index of each active sentence
     steering.start(active)
+    constrained = constraints is not None and constraints.any
+    if constrained:
+        constraints.start(active)
     prefixes = torch.empty(batch, 0, dtype=torch.long, device=device)  # (rows, t)
     kth_finished = torch.full((batch, k), NEG_INF, device=device)  # the k best finished scores
-    # per step: (sentence, log_prob, tokens (n, t))
-    finished: list[tuple[Tensor, Tensor, Tensor]] = []
+    # per step: (sentence, log_prob, tokens (n, t), whether it meets its constraints)
+    finished: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
     prev = torch.full((batch,), model.start_token, dtype=torch.long, device=device)
     for t in range(int(limits.max()) + 1):
         scores, state = model.step(prev, state)  # (n * beams, vocab)
@@ -533,16 +546,23 @@ def beam_search(
         log_probs = steering.scores_to_log_probs(scores, t, prefixes)
         steering.mask(log_probs, t, rows_sentence, prefixes, sentence_limits.repeat_interleave(beams),
                       min_len)
+        if constrained:
+            constraints.mask(log_probs, sentence_limits.repeat_interleave(beams), t)
         # the 2k best extensions per sentence: even if k of them end in EOS, k remain to continue
         top_scores, extension = top_extensions(log_probs, beam_scores, 2 * k)  # (n, 2k)
         top_tokens = extension % vocab
         parents = extension // vocab + torch.arange(n, device=device).unsqueeze(1) * beams  # rows
+        if constrained:  # dynamic beam allocation: the 2k in the order of their banks
+            top_scores, top_tokens, parents = constraints.select(log_probs, beam_scores, active,
+                                                                 top_scores, top_tokens, parents)
         is_eos = (top_tokens == EOS_ID) & top_scores.isfinite()
         # EOS among the k best finishes a hypothesis (one further down lost to k live beams)
         ends = is_eos[:, :k]
         if bool(ends.any()):
             s, j = ends.nonzero(as_tuple=True)
-            finished.append((active[s], top_scores[s, j], prefixes[parents[s, j]]))
+            meets = constraints.satisfied()[parents[s, j]] if constrained else \
+                torch.ones_like(s, dtype=torch.bool)
+            finished.append((active[s], top_scores[s, j], prefixes[parents[s, j]], meets))
             penalised = torch.where(ends, top_scores[:, :k] / length_penalty(t + 1, length_penalty_alpha),
                                     NEG_INF)
             best = torch.cat([kth_finished.index_select(0, active), penalised], dim=1).topk(k, dim=1)
@@ -567,6 +587,8 @@ def beam_search(
         # reorder (and shrink) everything per row to the surviving beams: one select per step
         state = state.select(rows)
         steering.advance(rows, prev, t, active.repeat_interleave(k))
+        if constrained:
+            constraints.advance(rows, prev, active.repeat_interleave(k))
         prefixes = torch.cat([prefixes.index_select(0, rows), prev.unsqueeze(1)], dim=1)
     return _rank_finished(finished, batch, length_penalty_alpha, nbest)
 
@@ -591,17 +613,19 @@ def _rows_kept(parent: Tensor) -> Tensor:
 
 
 def _rank_finished(
-    finished: list[tuple[Tensor, Tensor, Tensor]], batch: int, alpha: float, nbest: int
+    finished: list[tuple[Tensor, Tensor, Tensor, Tensor]], batch: int, alpha: float, nbest: int
 ) -> list[Hypothesis]:
-    """Finished hypotheses, collected step by step -> per sentence the best, with its n-best."""
-    per_sentence: list[list[Hypothesis]] = [[] for _ in range(batch)]
-    for sentences, log_probs, tokens in finished:
+    """Finished hypotheses, collected step by step -> per sentence the best, with its n-best
+    (those that meet their constraints first)."""
+    per_sentence: list[list[tuple[bool, Hypothesis]]] = [[] for _ in range(batch)]
+    for sentences, log_probs, tokens, meets in finished:
         lp = length_penalty(tokens.size(1) + 1, alpha)  # + 1: the EOS step
-        for s, log_prob, ids in zip(sentences.tolist(), log_probs.tolist(), tokens.tolist(), strict=True):
-            per_sentence[s].append(Hypothesis(ids, log_prob / lp, [], log_prob))
+        for s, log_prob, ids, ok in zip(sentences.tolist(), log_probs.tolist(), tokens.tolist(),
+                                        meets.tolist(), strict=True):
+            per_sentence[s].append((ok, Hypothesis(ids, log_prob / lp, [], log_prob)))
     results = []
     for hyps in per_sentence:
-        ranked = sorted(hyps, key=lambda h: h.score, reverse=True)[:nbest]
+        ranked = [h for _, h in sorted(hyps, key=lambda x: (x[0], x[1].score), reverse=True)[:nbest]]
         best = ranked[0]
         results.append(Hypothesis(best.tokens, best.score, ranked, best.log_prob))
     return results

@@ -1,8 +1,8 @@
 """`nmtkit serve`: translations over HTTP (FastAPI + uvicorn), and a page to see and steer them.
 
     POST /translate     {"text": ["..."], "beam": 5, "nbest": 1, "prefix": null,
-                         "attention": false, "alignment": false}
-    POST /alternatives  {"source": "...", "prefix": "...", "k": 5}
+                         "constraints": null, "attention": false, "alignment": false}
+    POST /alternatives  {"source": "...", "prefix": "...", "k": 5, "constraints": null}
     POST /score         {"source": ["..."], "target": ["..."]}
     GET  /health, /info, /metrics (Prometheus), /docs (OpenAPI, served offline), / (the page)
 
@@ -55,7 +55,9 @@ from prometheus_client import (
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from nmtkit.constraints import phrase_alternatives
 from nmtkit.errors import NMTKitError, NMTKitWarning
+from nmtkit.glossary import Glossary, merge
 from nmtkit.model import count_parameters
 from nmtkit.translator import Translation, Translator
 from nmtkit.vocabulary import check_text
@@ -94,6 +96,10 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+class AnyOf(_Body):
+    any: list[str] = Field(min_length=1, description="alternative phrases: one of them must appear")
+
+
 class TranslateRequest(_Body):
     text: list[str] = Field(min_length=1, description="sentences, translated one by one")
     beam: int | None = Field(None, ge=1, description="beam size; default: the model's config")
@@ -103,6 +109,9 @@ class TranslateRequest(_Body):
     attention: bool = Field(False, description="return the attention: every layer and head, and "
                             "the default view (the last layer, the mean of its heads)")
     alignment: bool = Field(False, description="return word alignments (source, target) from the attention")
+    constraints: list[list[str | AnyOf]] | None = Field(
+        None, description="per sentence, target phrases that must appear as whole words (a phrase, "
+        "or {\"any\": [phrases]}: one of them); the server's glossary adds its own")
 
 
 class TranslationOut(BaseModel):
@@ -136,6 +145,8 @@ class AlternativesRequest(_Body):
     prefix: str = ""
     k: int = Field(5, ge=1)
     beam: int | None = Field(None, ge=1, description="the beam for each alternative's translation")
+    constraints: list[str | AnyOf] | None = Field(None, description="the sentence's constraints, "
+                                                  "which the alternatives' translations meet")
 
 
 class AlternativeOut(BaseModel):
@@ -276,8 +287,11 @@ class Batcher:
             out: list[Any] = t.score(sources, targets, too_long=self.settings.too_long)
         else:
             prefixes = [p for j in group for p in j.payload["prefix"]]
+            constraints = [c for j in group for c in j.payload.get("constraints") or
+                           [[]] * len(j.payload["sources"])]
             out = t.translate(sources, return_details=True, prefix=prefixes,
-                              too_long=self.settings.too_long, **first.payload["options"])
+                              too_long=self.settings.too_long, **first.payload["options"],
+                              constraints=constraints if any(constraints) else None)
             cut = set(t.last_too_long) if self.settings.too_long == "truncate" else set()
             out = [(x, i in cut) for i, x in enumerate(out)]
         parts, start = [], 0
@@ -294,20 +308,45 @@ class Batcher:
         for j in group:  # a request's own mistake (too long with too_long: error) is its own answer
             try:
                 words.append(t.alternatives(j.payload["source"], j.payload["prefix"], j.payload["k"],
-                                            translations=False, too_long=self.settings.too_long))
+                                            translations=False, too_long=self.settings.too_long,
+                                            constraints=j.payload.get("constraints")))
             except NMTKitError as err:
                 words.append(err)
         found = [alts for alts in words if not isinstance(alts, Exception)]
         sources = [j.payload["source"] for j, alts in zip(group, words, strict=True)
                    if not isinstance(alts, Exception) for _ in alts]
         starts = [a.prefix for alts in found for a in alts]
+        wanted = [list(j.payload.get("constraints") or []) for j, alts in zip(group, words, strict=True)
+                  if not isinstance(alts, Exception) for _ in alts]  # each translation keeps them
         self.metrics.batch.observe(len(sources))
         texts = iter(t.translate(sources, prefix=starts, beam=group[0].payload["beam"],
-                                 too_long=self.settings.too_long) if sources else [])
+                                 too_long=self.settings.too_long,
+                                 constraints=wanted if any(wanted) else None) if sources else [])
         for alts in found:
             for a in alts:
                 a.translation = next(texts)
         return words
+
+
+def _constraints(translator: Translator, glossary: Glossary | None, text: list[str],
+                 given: list[list] | None) -> list[list] | None:
+    """The request's constraints (as plain phrases and {"any": [...]}) with the glossary's, each
+    checked (422 naming the field) before it joins a batch."""
+    if given is not None and len(given) != len(text):
+        raise HTTPException(422, [{"field": "constraints", "message": f"{len(given)} constraint "
+                                   f"lists for {len(text)} sentences"}])
+    plain = [[c if isinstance(c, str) else {"any": c.any} for c in cs] for cs in given] \
+        if given is not None else None
+    merged = merge(glossary, text, plain)
+    for i, wanted in enumerate(merged or []):
+        for j, c in enumerate(wanted):
+            where = f"constraints[{i}][{j}]"
+            try:
+                for phrase in phrase_alternatives(c, where):
+                    translator.constraint_ids(phrase, where)
+            except NMTKitError as err:
+                raise HTTPException(422, [{"field": where, "message": str(err)}]) from None
+    return merged
 
 
 def _check_prefixes(translator: Translator, prefixes: list[str]) -> None:
@@ -337,8 +376,10 @@ class _Metrics:
 # ---- the app ----
 
 
-def create_app(translator: Translator, settings: ServeSettings | None = None) -> FastAPI:
-    """The FastAPI app for one Translator (tests call it through TestClient)."""
+def create_app(translator: Translator, settings: ServeSettings | None = None,
+               glossary: Glossary | None = None) -> FastAPI:
+    """The FastAPI app for one Translator (tests call it through TestClient); a glossary adds
+    its constraints to every translation."""
     settings = settings or ServeSettings()
     metrics = _Metrics()
     batcher = Batcher(translator, settings, metrics)
@@ -481,10 +522,11 @@ def create_app(translator: Translator, settings: ServeSettings | None = None) ->
             raise HTTPException(422, [{"field": "prefix", "message": f"{len(prefix)} prefixes for "
                                        f"{len(req.text)} sentences"}])
         _check_prefixes(translator, prefix)
+        constraints = _constraints(translator, glossary, req.text, req.constraints)
         options = {"beam": beam, "nbest": req.nbest, "all_attention": req.attention,
                    "attention": req.attention, "alignment": req.alignment}
         job = _Job("translate", ("translate", *sorted(options.items())),
-                   {"sources": req.text, "prefix": prefix, "options": options},
+                   {"sources": req.text, "prefix": prefix, "options": options, "constraints": constraints},
                    _tokens(translator, req.text))
         result = await run(job)
         return TranslateResponse(translations=[TranslationOut.of(t, cut) for t, cut in result])
@@ -496,8 +538,11 @@ def create_app(translator: Translator, settings: ServeSettings | None = None) ->
         beam = req.beam if req.beam is not None else translator.decoding.beam
         _limit("beam", beam, settings.max_beam)
         _check_prefixes(translator, [req.prefix])
+        constraints = _constraints(translator, glossary, [req.source],
+                                   [req.constraints] if req.constraints is not None else None)
         job = _Job("alternatives", ("alternatives", beam),
-                   {"source": req.source, "prefix": req.prefix, "k": req.k, "beam": beam},
+                   {"source": req.source, "prefix": req.prefix, "k": req.k, "beam": beam,
+                    "constraints": constraints[0] if constraints else None},
                    req.k * _tokens(translator, [req.source]))
         result = await run(job)
         return AlternativesResponse(alternatives=[AlternativeOut(**a.__dict__) for a in result])
@@ -667,7 +712,8 @@ def _tokens(translator: Translator, sentences: list[str]) -> int:
     return len(lengths) * max(lengths)
 
 
-def serve(translator: Translator, settings: ServeSettings, host: str, port: int, threads: int) -> None:
+def serve(translator: Translator, settings: ServeSettings, host: str, port: int, threads: int,
+          glossary: Glossary | None = None) -> None:
     """Run the server until SIGINT/SIGTERM: then the requests in flight finish, new ones are
     refused, and the worker ends."""
     if threads:
@@ -685,7 +731,7 @@ def serve(translator: Translator, settings: ServeSettings, host: str, port: int,
         handler.setFormatter(logging.Formatter("%(asctime)s nmtkit serve: %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
-    app = create_app(translator, settings)
+    app = create_app(translator, settings, glossary)
     config = uvicorn.Config(app, log_level="warning",
                             timeout_graceful_shutdown=math.ceil(settings.timeout_s) + 5)
     _DrainingServer(config, app, settings.timeout_s + 5).run(sockets=[listener])

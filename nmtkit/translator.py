@@ -7,6 +7,8 @@
     t.translate(["..."], beam=5, nbest=3, return_details=True)[0].nbest   # 3 best, with scores
     t.translate(["..."], sample=True, top_p=0.9, seed=1)   # sampling
     t.translate(["A man"], prefix=["Ein Ma"])              # must begin so: "Ein Mann ..."
+    t.translate(["A dog"], constraints=[["Hund"]])         # must contain the word "Hund"
+    t.translate(["..."], constraints=[[{"any": ["Hund", "Hunde"]}]])   # one of them
     t.alternatives("A man sleeps.", prefix="Ein ", k=5)    # the 5 likeliest next words
     t.score(["A man."], ["Ein Mann."])                     # log-probabilities of given translations
     Translator.load(["runs/a/best", "runs/b/best"])        # an ensemble
@@ -37,6 +39,7 @@ from torch import Tensor
 
 from nmtkit.alignment import align, replace_unknown
 from nmtkit.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint
+from nmtkit.constraints import Constraints, boundary_pieces, phrase_alternatives
 from nmtkit.cpu import keep_freed_memory
 from nmtkit.data import TokenBatchSampler, collate, collate_source
 from nmtkit.errors import NMTKitError, NMTKitWarning
@@ -48,6 +51,7 @@ from nmtkit.search import (
     beam_search,
     greedy_search,
     left_to_spell,
+    length_limits,
     spelling_pieces,
 )
 from nmtkit.search import sample as sample_search  # `sample` is translate's flag
@@ -155,6 +159,7 @@ class Translator:
         self.src_tok = self.ckpt.src_tokenizer
         self.tgt_tok = self.ckpt.tgt_tokenizer
         self.tgt_pieces = tuple(self.tgt_tok.vocab())
+        self.boundary = boundary_pieces(self.tgt_pieces)  # what may follow a constraint's phrase
         self.decoding = self.ckpt.config.decoding  # defaults: the first checkpoint's config
         # the longest input: what the config says, else the longest the model was trained on,
         # never past the positions of any member (their source and their output)
@@ -234,6 +239,7 @@ class Translator:
         no_repeat_ngram_size: int = 0,
         repetition_penalty: float = 1.0,
         replace_unk: bool = False,
+        constraints: Sequence[Sequence[str | dict]] | None = None,
     ) -> list[str] | list[Translation]:
         """Translate in input order; an empty (or blank) sentence gives an empty translation.
 
@@ -253,6 +259,14 @@ class Translator:
         most (in the alignment layer).
 
         An output has at most `longest_output` pieces, whatever max_len_a/b allow.
+
+        constraints: per sentence, a list of target phrases that must each appear in the
+        translation as whole words ("Ball" is not met by "Balls"); a phrase may be
+        {"any": [phrase, ...]}: one of them must appear. Beam search (any beam, also 1) then
+        uses dynamic beam allocation (see nmtkit.constraints); sentences with an empty list
+        decode exactly as without constraints. A phrase the target vocabulary cannot spell,
+        or constraints longer than a sentence's output may be, raise NMTKitError.
+
         An input longer than `max_input_tokens` subword tokens is handled by `too_long`
         (default: the config's decoding.too_long): "truncate" it (a warning says how many and
         which), "skip" it (an empty translation, and a warning) or stop with an "error"; the
@@ -286,6 +300,7 @@ class Translator:
                                        top_p, seed, max_len_a, max_len_b)
         ids = self._encode(sentences, too_long or d.too_long)
         forced = [self._prefix(p) for p in prefixes]
+        wanted = self._constraints(constraints, ids, forced, max_len_a, max_len_b, sample)
         hyps: list[Hypothesis | None] = [None] * len(sentences)
         for indices in self._batches(ids, batch_tokens):
             src, lengths = collate_source([ids[i] for i in indices])
@@ -295,8 +310,10 @@ class Translator:
                 no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty,
                 allow_unk=replace_unk, new_word=[forced[i].new_word for i in indices],
                 longest=self.longest_output, device=self.device)
-            for i, hyp in zip(indices, search(src.to(self.device), lengths.to(self.device), steering),
-                              strict=True):
+            kept = Constraints([wanted[i] for i in indices], self.boundary, self.device) \
+                if wanted is not None else None
+            for i, hyp in zip(indices, search(src.to(self.device), lengths.to(self.device), steering,
+                                              kept), strict=True):
                 hyps[i] = hyp
         needs_attention = (return_details and (attention or all_attention)) or alignment or replace_unk
         maps = self._attention_maps(ids, hyps, nbest) if needs_attention else {}
@@ -353,8 +370,9 @@ class Translator:
     def _search_function(
         self, beam: int, nbest: int, alpha: float, do_sample: bool, temperature: float, top_k: int,
         top_p: float, seed: int | torch.Generator | None, max_len_a: float, max_len_b: int,
-    ) -> Callable[[Tensor, Tensor, Steering], list[Hypothesis]]:
-        """(src, src_lengths, steering) -> one hypothesis per sentence, every option bound."""
+    ) -> Callable[[Tensor, Tensor, Steering, Constraints | None], list[Hypothesis]]:
+        """(src, src_lengths, steering, constraints) -> one hypothesis per sentence, every option
+        bound. With constraints, beam 1 is beam search with one beam (not greedy search)."""
         model = self.model
         limits = {"max_len_a": max_len_a, "max_len_b": max_len_b}
         if do_sample:
@@ -366,14 +384,18 @@ class Translator:
                     generator.seed()  # a fresh random seed
                 else:
                     generator.manual_seed(seed)
-            return lambda src, lengths, steering: sample_search(
+            return lambda src, lengths, steering, constraints=None: sample_search(
                 model, src, lengths, temperature, top_k, top_p, generator, nbest, **limits,
                 steering=steering)
-        if beam == 1:
-            return lambda src, lengths, steering: greedy_search(model, src, lengths, **limits,
-                                                                steering=steering)
-        return lambda src, lengths, steering: beam_search(model, src, lengths, beam, alpha,
-                                                          nbest=nbest, **limits, steering=steering)
+
+        def search(src: Tensor, lengths: Tensor, steering: Steering,
+                   constraints: Constraints | None = None) -> list[Hypothesis]:
+            if beam == 1 and (constraints is None or not constraints.any):
+                return greedy_search(model, src, lengths, **limits, steering=steering)
+            return beam_search(model, src, lengths, beam, alpha, nbest=nbest, **limits,
+                               steering=steering, constraints=constraints)
+
+        return search
 
     def _render(self, sentence: str, src_ids: list[int], hyp: Hypothesis, weights: Tensor | None,
                 layer: int, replace_unk: bool) -> str:
@@ -471,6 +493,52 @@ class Translator:
             return Prefix(whole, "", False)  # nothing spells it: force its pieces
         return Prefix(forced, partial, False)
 
+    def _constraints(self, constraints: Sequence[Sequence[str | dict]] | None, ids: list[list[int]],
+                     forced: list[tuple[list[int], str]], max_len_a: float, max_len_b: int,
+                     sampling: bool) -> list[list[list[list[int]]]] | None:
+        """Each sentence's constraints as alternatives of target ids, checked: spelled by the
+        vocabulary, and short enough for the sentence's output (after its prefix)."""
+        if constraints is None:
+            return None
+        if isinstance(constraints, str | bytes | dict) or not isinstance(constraints, Sequence):
+            raise TypeError("constraints takes one list of phrases per sentence (a list of lists), or None")
+        if len(constraints) != len(ids):
+            raise NMTKitError(f"{len(constraints)} constraint lists for {len(ids)} sentences")
+        if sampling and any(constraints):
+            raise NMTKitError("constraints need beam search, not sampling (sample=False)")
+        out = []
+        for i, wanted in enumerate(constraints):
+            if isinstance(wanted, str | bytes | dict) or not isinstance(wanted, Sequence):
+                raise NMTKitError(f"constraints of sentence {i + 1}: a list of phrases, not {wanted!r}"[:120])
+            phrases = [[self.constraint_ids(p, f"constraint {j + 1} of sentence {i + 1}")
+                        for p in phrase_alternatives(c, f"constraint {j + 1} of sentence {i + 1}")]
+                       for j, c in enumerate(wanted)]
+            if phrases and ids[i]:
+                prefix, partial = forced[i]
+                limit = int(length_limits(self.model, torch.tensor([len(ids[i]) + 1]), max_len_a, max_len_b,
+                                          torch.tensor([len(prefix) + len(partial) + 1]))[0])
+                needed = len(prefix) + sum(min(len(p) for p in c) for c in phrases)
+                if needed > limit:
+                    raise NMTKitError(
+                        f"sentence {i + 1}: its constraints{' and prefix' if prefix else ''} need "
+                        f"{needed} target pieces, more than its output may have ({limit}: max_len_a * "
+                        "source length + max_len_b, within the model's positions); raise max_len_b "
+                        "or drop a constraint")
+            out.append(phrases if ids[i] else [])
+        return out
+
+    def constraint_ids(self, phrase: str, where: str = "constraint") -> list[int]:
+        """A constraint's phrase as target ids, or NMTKitError if the vocabulary cannot spell it
+        (a service checks each request's constraints before they join a batch)."""
+        ids = self.tgt_tok.encode(phrase)
+        if UNK_ID in ids:
+            word = next((w for w in phrase.split() if UNK_ID in self.tgt_tok.encode(w)), phrase)
+            raise NMTKitError(f"{where} {phrase[:60]!r}: the target vocabulary cannot spell {word[:40]!r} "
+                              "(its characters are not in it, and it has no byte fallback)")
+        if not ids or not self.tgt_pieces[ids[0]].startswith(WORD_START):
+            raise NMTKitError(f"{where} {phrase[:60]!r}: its pieces do not start a word")
+        return ids
+
     def check_prefix(self, text: str) -> None:
         """Raise NMTKitError for a prefix this model cannot produce (a service checks each
         request's prefixes before they join a batch with other requests)."""
@@ -491,6 +559,7 @@ class Translator:
     @torch.inference_mode()
     def alternatives(self, source: str, prefix: str = "", k: int = 5, *, candidates: int = 0,
                      max_word_pieces: int = 12, translations: bool = True,
+                     constraints: Sequence[str | dict] | None = None,
                      **options: object) -> list[Alternative]:
         """The k likeliest next words after `prefix` in the translation of `source`, each with
         its probability and the best translation that begins with prefix + that word
@@ -503,7 +572,9 @@ class Translator:
         translations come from one call of `translate(prefix=...)` with the rest of `options`,
         so choosing alternative j and translating with its `prefix` gives its `translation`. That
         prefix ends in a space, so the translation goes on with a new word after it.
-        translations=False leaves them empty (a service translates many requests' at once)."""
+        translations=False leaves them empty (a service translates many requests' at once).
+        constraints: the sentence's constraints (a list of phrases), which those translations
+        meet."""
         self._check_translates()
         if not isinstance(source, str) or not isinstance(prefix, str):
             raise TypeError("alternatives takes one source sentence and one prefix, as str")
@@ -538,7 +609,8 @@ class Translator:
         head = prefix.rstrip() if not partial else _split_last_word(prefix)[0]
         # each word is whole: the space after it makes the translation go on with a new word
         starts = [f"{head} {word} " if head.strip() else f"{word} " for word, _ in ranked]
-        texts = self.translate([source] * len(starts), prefix=starts, **options) \
+        wanted = [list(constraints)] * len(starts) if constraints else None
+        texts = self.translate([source] * len(starts), prefix=starts, constraints=wanted, **options) \
             if starts and translations else [""] * len(starts)
         return [Alternative(word, p, text, start)
                 for (word, p), text, start in zip(ranked, texts, starts, strict=True)]

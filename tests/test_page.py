@@ -354,3 +354,31 @@ def test_choosing_an_alternative_gives_exactly_that_word(page) -> None:
     choice.click()
     page.wait_for_function("document.getElementById('status').textContent === 'Translated.'")
     assert page.locator(".sentence .translation .word").nth(2).inner_text() == "eight"
+
+
+def test_glossary_and_must_include_constrain_and_highlight(page) -> None:
+    page.fill("#source", "사천칠십일")
+    page.click("#glossary-box summary")
+    page.fill("#glossary", "사천칠십일 = four thousand")
+    page.click("#translate")
+    page.wait_for_function("document.getElementById('status').textContent === '1 sentence translated.'")
+    words = page.locator(".sentence .translation .word").all_inner_texts()
+    assert words[:2] == ["four", "thousand"]  # the glossary's term (the model alone says "seven")
+    assert page.locator(".sentence .translation .word.constrained").all_inner_texts() == ["four", "thousand"]
+    # a phrase the sentence must include, with a prefix: both kept, the phrase highlighted
+    page.fill(".sentence .must-include", "two|nine")
+    page.fill(".sentence .prefix", "four thousand ")
+    page.click(".sentence .prefix-form button")
+    page.wait_for_function("document.getElementById('status').textContent === 'Translated.'")
+    words = page.locator(".sentence .translation .word").all_inner_texts()
+    marked = " ".join(page.locator(".sentence .translation .word.constrained").all_inner_texts())
+    assert words[:2] == ["four", "thousand"]
+    assert {"two", "nine"} & set(" ".join(words).replace("-", " ").split())  # "-" ends a word
+    assert {"two", "nine"} & set(marked.replace("-", " ").split()) and "four" in marked
+    # the alternatives' translations keep the constraints
+    page.click(".sentence .translation .word >> nth=1")
+    page.wait_for_selector(".alternatives .choice")
+    titles = [page.locator(".alternatives .choice").nth(i).get_attribute("title")
+              for i in range(page.locator(".alternatives .choice").count())]
+    assert titles and all({"two", "nine"} & set(t.replace("-", " ").split()) for t in titles)
+    page.fill("#glossary", "")

@@ -54,9 +54,10 @@ async function call(path, body) {
 export const info = () => call("/info");
 
 // sentences -> one translation each, with every layer's and head's attention and the n best
-export const translate = (text, { beam, nbest = 3, prefix = null }) =>
-  call("/translate", { text, beam, nbest: Math.min(nbest, beam), prefix, attention: true });
+// constraints: per sentence, phrases that must appear ("Hund" or {any: ["Hund", "Hunde"]})
+export const translate = (text, { beam, nbest = 3, prefix = null, constraints = null }) =>
+  call("/translate", { text, beam, nbest: Math.min(nbest, beam), prefix, constraints, attention: true });
 
 // the k likeliest next words after prefix, each with the translation that follows from it
-export const alternatives = (source, prefix, { beam, k = 6 }) =>
-  call("/alternatives", { source, prefix, k, beam });
+export const alternatives = (source, prefix, { beam, k = 6, constraints = null }) =>
+  call("/alternatives", { source, prefix, k, beam, constraints });

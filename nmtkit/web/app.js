@@ -11,6 +11,7 @@ const nbestBox = document.getElementById("nbest");
 const status = document.getElementById("status");
 const results = document.getElementById("results");
 const template = document.getElementById("sentence-template");
+const glossaryBox = document.getElementById("glossary");
 let model = { attention: { layers: 1, heads: 1 }, max_input_tokens: null };
 const view = { layer: null, head: "mean" };  // the heatmap's layer and head, kept across translations
 
@@ -53,8 +54,9 @@ form.addEventListener("submit", async (event) => {
   if (!sentences.length) return say("Type a sentence first.", true);
   try {
     const chosen = options();
+    const constraints = sentences.map((s) => constraintsOf(s, ""));
     say("Translating…");
-    const { translations } = await api.translate(sentences, chosen);
+    const { translations } = await api.translate(sentences, { ...chosen, constraints });
     results.replaceChildren(...sentences.map((s, i) => sentenceCard(s, translations[i])));
     say(`${sentences.length} sentence${sentences.length > 1 ? "s" : ""} translated.`);
   } catch (error) {
@@ -62,12 +64,54 @@ form.addEventListener("submit", async (event) => {
   }
 });
 
+// ---- constraints: the glossary's target terms and a sentence's "must include" phrases ----
+
+// "red ball = roter Ball" lines -> [[source, target]]
+function glossaryPairs() {
+  return glossaryBox.value.split("\n").map((line) => line.split("=").map((x) => x.trim()))
+    .filter((pair) => pair.length === 2 && pair[0] && pair[1]);
+}
+
+const escape = (text) => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+const wholeWords = (term) => new RegExp(`(?<![\\p{L}\\p{N}_])${escape(term)}(?![\\p{L}\\p{N}_])`, "u");
+
+// a sentence's constraints: its "must include" phrases (commas between phrases, "|" between
+// alternatives), then the target terms of the glossary's source terms found in it
+function constraintsOf(source, mustInclude) {
+  const own = mustInclude.split(",").map((p) => p.trim()).filter((p) => p).map((p) => {
+    const any = p.split("|").map((x) => x.trim()).filter((x) => x);
+    return any.length > 1 ? { any } : any[0];
+  });
+  const glossary = glossaryPairs().filter(([term]) => wholeWords(term).test(source)).map(([, target]) => target);
+  return [...own, ...glossary.filter((t) => !own.includes(t))];
+}
+
+// which words of the translation spell a constraint's phrase (punctuation around words aside)
+function constrainedWords(words, constraints) {
+  const bare = words.map((w) => w.replace(/^[^\p{L}\p{N}]+|[^\p{L}\p{N}]+$/gu, ""));
+  const marked = new Set();
+  for (const c of constraints) {
+    for (const phrase of typeof c === "string" ? [c] : c.any) {
+      const parts = phrase.split(/\s+/);
+      for (let i = 0; i + parts.length <= words.length; i++) {
+        // a word may go on after punctuation ("nine-one" spells "nine", as search counts it)
+        const spells = (p, w) => bare[w] === p || (words[w].startsWith(p) && /^[^\p{L}\p{N}]/u.test(words[w].slice(p.length)));
+        if (parts.every((p, j) => spells(p, i + j))) {
+          parts.forEach((_, j) => marked.add(i + j));
+        }
+      }
+    }
+  }
+  return marked;
+}
+
 // one sentence: its translation (clickable words), alternatives, prefix, n best, heatmap
 function sentenceCard(source, translation) {
   const card = template.content.firstElementChild.cloneNode(true);
   card.querySelector(".source").textContent = source;
   const prefixForm = card.querySelector(".prefix-form");
   const prefixBox = card.querySelector(".prefix");
+  card.constraints = () => constraintsOf(source, card.querySelector(".must-include").value);
   prefixForm.addEventListener("submit", (event) => {
     event.preventDefault();
     retranslate(card, source, prefixBox.value);
@@ -81,7 +125,8 @@ async function retranslate(card, source, prefix, focusWord = null) {
   try {
     const chosen = options();
     say(`Translating from “${prefix}”…`);
-    const { translations } = await api.translate([source], { ...chosen, prefix: [prefix] });
+    const { translations } = await api.translate([source], {
+      ...chosen, prefix: [prefix], constraints: [card.constraints()] });
     show(card, source, translations[0]);
     say("Translated.");
     if (focusWord !== null) card.querySelectorAll(".translation .word")[focusWord]?.focus();
@@ -94,10 +139,11 @@ function show(card, source, translation) {
   // the translation, a button per word: a click asks for the alternatives at that position
   const line = card.querySelector(".translation");
   const words = translation.text.split(" ").filter((w) => w);
+  const marked = constrainedWords(words, card.constraints());
   line.replaceChildren(...words.map((word, i) => {
     const button = document.createElement("button");
     button.type = "button";
-    button.className = "word";
+    button.className = marked.has(i) ? "word constrained" : "word";
     button.textContent = word;
     button.addEventListener("click", () => offerAlternatives(card, source, words, i));
     return button;
@@ -140,7 +186,8 @@ async function offerAlternatives(card, source, words, position) {
   say(`Alternatives for “${words[position]}”…`);
   try {
     const { beam } = options();
-    const { alternatives } = await api.alternatives(source, prefix, { beam });
+    const { alternatives } = await api.alternatives(source, prefix, {
+      beam, constraints: card.constraints() });
     choices.replaceChildren(...alternatives.map((alt) => {
       const item = document.createElement("li");
       const button = document.createElement("button");
