@@ -514,7 +514,7 @@ class Translator:
                         for p in phrase_alternatives(c, f"constraint {j + 1} of sentence {i + 1}")]
                        for j, c in enumerate(wanted)]
             if phrases and ids[i]:
-                prefix, partial = forced[i]
+                prefix, partial = forced[i].ids, forced[i].partial
                 limit = int(length_limits(self.model, torch.tensor([len(ids[i]) + 1]), max_len_a, max_len_b,
                                           torch.tensor([len(prefix) + len(partial) + 1]))[0])
                 needed = len(prefix) + sum(min(len(p) for p in c) for c in phrases)
