@@ -14,13 +14,16 @@ from pathlib import Path
 import pytest
 import sentencepiece as spm
 import torch
+from safetensors.torch import load_file
 
 transformers = pytest.importorskip("transformers")
 
 from nmtkit.checkpoint import load_checkpoint  # noqa: E402
+from nmtkit.config import Config, config_from_dict  # noqa: E402
 from nmtkit.democorpus import make_demo_corpus  # noqa: E402
 from nmtkit.errors import NMTKitError  # noqa: E402
 from nmtkit.marian import import_marian  # noqa: E402
+from nmtkit.training import train  # noqa: E402
 from nmtkit.translator import Translator  # noqa: E402
 
 N_SENTENCES = 50
@@ -211,3 +214,47 @@ def test_bad_inputs_are_one_line_errors(marian, tmp_path):
     torch.save({"x": torch.zeros(1), "f": Path("evil")}, changed / "pytorch_model.bin")
     fails(_cli("import", "marian", str(changed), str(tmp_path / "o4")), "torch refuses")
     assert not any((tmp_path / f"o{i}").exists() for i in range(1, 5))
+
+
+def _finetune_config(marian, out: Path, steps: int) -> Config:
+    """A fine-tuning config: the imported model section as it is, the numbers corpus."""
+    model = load_checkpoint(marian["ckpt"]).config.model.model_dump(mode="json")
+    corpus = marian["corpus"]
+    return config_from_dict({
+        "data": {"train_src": str(corpus["train"][1]), "train_tgt": str(corpus["train"][0]),
+                 "valid_src": str(corpus["valid"][1]), "valid_tgt": str(corpus["valid"][0]),
+                 "out_dir": str(out / "bin"), "max_len": 40},
+        "model": model,
+        "training": {"out_dir": str(out / "run"), "max_steps": steps, "max_epochs": 10,
+                     "max_tokens": 800, "lr": 0.002, "schedule": "constant", "warmup_steps": 0,
+                     "valid_bleu": False, "valid_every": 1000, "num_threads": 1, "seed": 4}})
+
+
+def _valid_loss(ckpt: Path, marian) -> float:
+    corpus = marian["corpus"]
+    src = corpus["valid"][1].read_text(encoding="utf-8").splitlines()
+    tgt = corpus["valid"][0].read_text(encoding="utf-8").splitlines()
+    scores = Translator.load(ckpt).score(src, tgt)
+    return -sum(s.log_prob for s in scores) / sum(len(s.tokens) for s in scores)
+
+
+def test_finetuning_an_imported_model_lowers_valid_loss_and_resumes_exactly(marian, tmp_path):
+    straight = train(_finetune_config(marian, tmp_path / "s", 8), init_from=marian["ckpt"])
+    before, after = _valid_loss(marian["ckpt"], marian), _valid_loss(straight / "last", marian)
+    assert after < before - 0.5, (before, after)
+    tuned = load_checkpoint(straight / "last")
+    imported = load_checkpoint(marian["ckpt"])
+    # it keeps the imported vocabulary and subword models
+    assert tuned.src_tokenizer.to_bytes() == imported.src_tokenizer.to_bytes()
+    assert tuned.tgt_tokenizer.to_bytes() == imported.tgt_tokenizer.to_bytes()
+    part = _finetune_config(marian, tmp_path / "r", 4)
+    run = subprocess.run([sys.executable, "-c", (
+        "import sys, json; from pathlib import Path; from nmtkit.config import config_from_dict; "
+        "from nmtkit.training import train; "
+        "train(config_from_dict(json.loads(sys.argv[1])), init_from=Path(sys.argv[2]))"),
+        json.dumps(part.to_json_dict()), str(marian["ckpt"])], capture_output=True, text=True,
+        timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    resumed = train(_finetune_config(marian, tmp_path / "r", 8), resume=True)
+    w1, w2 = (load_file(str(r / "last" / "model.safetensors")) for r in (straight, resumed))
+    assert w1.keys() == w2.keys() and all(torch.equal(w1[k], w2[k]) for k in w1)
