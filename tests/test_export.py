@@ -12,11 +12,12 @@ import torch
 
 ctranslate2 = pytest.importorskip("ctranslate2")
 
-from nmtkit.checkpoint import load_checkpoint  # noqa: E402
-from nmtkit.config import config_from_dict  # noqa: E402
+from nmtkit.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from nmtkit.config import RNNConfig, config_from_dict  # noqa: E402
 from nmtkit.democorpus import make_demo_corpus  # noqa: E402
 from nmtkit.errors import NMTKitError  # noqa: E402
 from nmtkit.export import NEVER_BIAS, export_ctranslate2  # noqa: E402
+from nmtkit.model import build_model  # noqa: E402
 from nmtkit.training import train  # noqa: E402
 from nmtkit.translator import Translator  # noqa: E402
 from nmtkit.vocabulary import BOS_ID, PAD_ID  # noqa: E402
@@ -90,9 +91,14 @@ def test_int8_export_loads_and_translates(demo_transformer, tmp_path):
     assert out[0].hypotheses[0]
 
 
-def test_export_errors(demo_transformer, numbers_checkpoint, tmp_path):
+def test_export_errors(demo_transformer, tmp_path):
+    # an untrained RNN checkpoint, with the Transformer's vocabularies
+    ckpt = load_checkpoint(demo_transformer["ckpt"])
+    cfg = ckpt.config.model_copy(update={"model": RNNConfig(embed_size=8, hidden_size=8)})
+    rnn = build_model(cfg.model, len(ckpt.src_tokenizer), len(ckpt.tgt_tokenizer))
+    save_checkpoint(tmp_path / "rnn-ckpt", rnn, cfg, ckpt.src_tokenizer, ckpt.tgt_tokenizer, {})
     with pytest.raises(NMTKitError, match="RNN has no CTranslate2"):
-        export_ctranslate2(numbers_checkpoint, tmp_path / "rnn")
+        export_ctranslate2(tmp_path / "rnn-ckpt", tmp_path / "rnn")
     (tmp_path / "taken").mkdir()
     run = subprocess.run([sys.executable, "-m", "nmtkit.cli", "export", str(demo_transformer["ckpt"]),
                           str(tmp_path / "taken"), "--format", "ctranslate2"],
