@@ -164,14 +164,13 @@ def nmtkit_ct2_model(cfg: TransformerConfig, vocab: int, folder: Path) -> None:
 
     import ctranslate2
 
-    from nmtkit.config import Config, DataConfig
     from nmtkit.export import build_spec
 
     torch.manual_seed(0)
     model = build_model(cfg, vocab, vocab).eval()
     tokens = ["<pad>", "<unk>", "<s>", "</s>"] + [f"t{i}" for i in range(4, vocab)]
     tokenizer = SimpleNamespace(vocab=lambda: tokens)
-    config = Config(data=DataConfig(train_src=Path("a"), train_tgt=Path("b")), model=cfg)
+    config = SimpleNamespace(model=cfg)  # all build_spec reads of the config
     spec = build_spec(SimpleNamespace(model=model, config=config, path="bench",
                                       src_tokenizer=tokenizer, tgt_tokenizer=tokenizer))
 

@@ -105,3 +105,27 @@ def test_export_errors(demo_transformer, tmp_path):
                          capture_output=True, text=True)
     assert run.returncode == 2 and run.stderr.startswith("nmtkit: error:") and "already exists" in run.stderr
     assert not (tmp_path / "rnn").exists() and not any((tmp_path / "taken").iterdir())
+
+
+def test_ctranslate2_target_prefix_matches_nmtkit_prefix(demo_transformer):
+    folder = export_ctranslate2(demo_transformer["ckpt"], demo_transformer["tmp"] / "ct2-prefix")
+    sources = demo_transformer["sources"][:20]
+    sp_src = spm.SentencePieceProcessor(model_file=str(folder / "source.spm"))
+    sp_tgt = spm.SentencePieceProcessor(model_file=str(folder / "target.spm"))
+    forced = sp_tgt.encode("seven hundred", out_type=str)  # whole words: "seven hundred "
+    same = load_checkpoint(demo_transformer["ckpt"])
+    with torch.no_grad():
+        same.model.generator.bias[[PAD_ID, BOS_ID]] = NEVER_BIAS
+    ours = Translator(same).translate(sources, beam=5, length_penalty=0.0, max_len_a=0.0,
+                                      max_len_b=30, prefix=["seven hundred "] * len(sources),
+                                      attention=False, return_details=True)
+    ct2 = ctranslate2.Translator(str(folder), device="cpu", intra_threads=1)
+    theirs = ct2.translate_batch([sp_src.encode(s, out_type=str) for s in sources], beam_size=5,
+                                 length_penalty=0.0, max_decoding_length=30, disable_unk=True,
+                                 target_prefix=[forced] * len(sources))
+    assert all(o.tokens[: len(forced)] == forced for o in ours)
+    # CTranslate2 never ends right after the prefix (as it never returns an empty translation)
+    pairs = [(o.tokens, t.hypotheses[0]) for o, t in zip(ours, theirs, strict=True)
+             if len(o.tokens) > len(forced)]
+    assert len(pairs) >= len(sources) // 2
+    assert [o for o, _ in pairs] == [t for _, t in pairs]
