@@ -8,6 +8,8 @@ random weights, on the same random source sentences, for the same number of deco
     transformers  a MarianMTModel built offline from a MarianConfig of that shape, generate()
                   (and int8: the same dynamic int8 linear layers as nmtkit's, quantize_int8)
     ctranslate2   that Marian model converted with CTranslate2's converter (float32 and int8)
+    nmtkit->ct2   nmtkit's own model exported with `nmtkit export --format ctranslate2`'s code
+                  (nmtkit.export.build_spec), decoded by CTranslate2 (float32)
 
 Output length is forced so that no system wins by stopping early: every sentence takes exactly
 --steps decoder steps (EOS suppressed before, and the last step forced). Translations are not
@@ -156,7 +158,32 @@ def ct2_models(vocab: int, folder: Path) -> None:
         converter.convert(str(ct2_path(folder, kind)), quantization=kind, force=True)
 
 
-def ct2_decoder(path: Path, compute_type: str, tokens: list[str], steps: int, threads: int) -> Decode:
+def nmtkit_ct2_model(cfg: TransformerConfig, vocab: int, folder: Path) -> None:
+    """The nmtkit model of `nmtkit_decoder` (same seed), exported as `nmtkit export` does."""
+    from types import SimpleNamespace
+
+    import ctranslate2
+
+    from nmtkit.export import build_spec
+
+    torch.manual_seed(0)
+    model = build_model(cfg, vocab, vocab).eval()
+    tokens = ["<pad>", "<unk>", "<s>", "</s>"] + [f"t{i}" for i in range(4, vocab)]
+    tokenizer = SimpleNamespace(vocab=lambda: tokens)
+    config = SimpleNamespace(model=cfg)  # all build_spec reads of the config
+    spec = build_spec(SimpleNamespace(model=model, config=config, path="bench",
+                                      src_tokenizer=tokenizer, tgt_tokenizer=tokenizer))
+
+    class Converter(ctranslate2.converters.Converter):
+        def _load(self):
+            return spec
+
+    Converter().convert(str(ct2_path(folder, "nmtkit")), force=True)
+    (folder / "nmtkit-tokens.json").write_text(json.dumps(tokens))
+
+
+def ct2_decoder(path: Path, compute_type: str, tokens: list[str], steps: int, threads: int,
+                add_eos: bool = True) -> Decode:
     import ctranslate2
 
     translator = ctranslate2.Translator(str(path), device="cpu", compute_type=compute_type,
@@ -164,7 +191,7 @@ def ct2_decoder(path: Path, compute_type: str, tokens: list[str], steps: int, th
 
     def decode(sentences: list[list[int]], beam: int) -> list[int]:
         # the converted config has add_source_eos=false: append </s> as Marian training did
-        source = [[tokens[i] for i in s] + ["</s>"] for s in sentences]
+        source = [[tokens[i] for i in s] + (["</s>"] if add_eos else []) for s in sentences]
         results = translator.translate_batch(
             source, beam_size=beam, max_batch_size=len(source), length_penalty=1.0,
             min_decoding_length=steps, max_decoding_length=steps,
@@ -185,7 +212,7 @@ def make_sentences(args: argparse.Namespace, vocab: int) -> list[list[int]]:
 
 def build_system(name: str, args: argparse.Namespace, cfg: TransformerConfig, vocab: int,
                  folder: Path) -> Decode:
-    if name.startswith("nmtkit"):
+    if name in ("nmtkit fp32", "nmtkit int8"):
         return nmtkit_decoder(cfg, vocab, args.steps, int8=name.endswith("int8"))
     if name.startswith("transformers"):
         from transformers import MarianMTModel
@@ -194,6 +221,10 @@ def build_system(name: str, args: argparse.Namespace, cfg: TransformerConfig, vo
         if name.endswith("int8"):  # PyTorch's dynamic int8 linear layers, as nmtkit's --quantize
             model = quantize_int8(model)
         return hf_decoder(model, args.steps)
+    if name.startswith("nmtkit->ct2"):  # its config appends </s> itself (add_source_eos)
+        tokens = json.loads((folder / "nmtkit-tokens.json").read_text())
+        return ct2_decoder(ct2_path(folder, "nmtkit"), "float32", tokens, args.steps, args.threads,
+                           add_eos=False)
     kind = "float32" if name.endswith("fp32") else "int8"
     tokens = json.loads((folder / "tokens.json").read_text())
     return ct2_decoder(ct2_path(folder, kind), kind, tokens, args.steps, args.threads)
@@ -205,7 +236,7 @@ def worker(name: str, args: argparse.Namespace) -> None:
     A CTranslate2 worker runs no PyTorch operation at all: CTranslate2 brings its own copy of
     GNU OpenMP, and once PyTorch's copy has started its thread pool in the same process,
     CTranslate2 with 2 threads decoded up to 6 times slower here."""
-    if not name.startswith("ctranslate2"):
+    if not name.startswith(("ctranslate2", "nmtkit->ct2")):
         torch.set_num_threads(args.threads)
     cfg, vocab = model_shape(args.config, args.vocab)
     decode = build_system(name, args, cfg, vocab, Path(args.folder))
@@ -236,7 +267,9 @@ def prepare_peers(cfg: TransformerConfig, vocab: int, folder: Path) -> list[str]
     except ImportError as err:
         print(f"skipping ctranslate2: {err}")
         return ["transformers fp32", "transformers int8"]
-    return ["transformers fp32", "transformers int8", "ctranslate2 fp32", "ctranslate2 int8"]
+    nmtkit_ct2_model(cfg, vocab, folder)
+    return ["transformers fp32", "transformers int8", "ctranslate2 fp32", "ctranslate2 int8",
+            "nmtkit->ct2 fp32"]
 
 
 def main() -> None:

@@ -420,6 +420,20 @@ def cmd_average(args: argparse.Namespace) -> None:
     print(f"averaged {len(args.checkpoints)} checkpoints into {out}")
 
 
+def cmd_import(args: argparse.Namespace) -> None:
+    from nmtkit.marian import import_marian
+
+    out = import_marian(Path(args.src), Path(args.out))
+    print(f"imported the Marian model {args.src} into {out}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from nmtkit.export import export_ctranslate2
+
+    out = export_ctranslate2(Path(args.checkpoint), Path(args.out), args.quantization)
+    print(f"exported {args.checkpoint} to CTranslate2 in {out}")
+
+
 def cmd_split(args: argparse.Namespace) -> None:
     from nmtkit.split import split_corpus
 
@@ -672,6 +686,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("checkpoints", nargs="+", help="checkpoint folders of one architecture")
     sp.add_argument("--out", required=True, help="folder of the averaged checkpoint")
     sp.set_defaults(fn=cmd_average)
+
+    sp = sub.add_parser("import", help="turn a pretrained model into an nmtkit checkpoint")
+    sp.add_argument("format", choices=["marian"], help="marian: a Hugging Face MarianMTModel "
+                    "folder (OPUS-MT)")
+    sp.add_argument("src", help="the folder (config.json, model.safetensors or "
+                    "pytorch_model.bin, source.spm, target.spm, vocab.json)")
+    sp.add_argument("out", help="the new checkpoint folder (must not exist)")
+    sp.set_defaults(fn=cmd_import)
+
+    sp = sub.add_parser("export", help="write a checkpoint in another engine's format (CTranslate2)")
+    sp.add_argument("checkpoint", help="a Transformer or decoder-only checkpoint (or run folder)")
+    sp.add_argument("out", help="the new model folder (must not exist)")
+    sp.add_argument("--format", required=True, choices=["ctranslate2"], help="the engine")
+    sp.add_argument("--quantization", default=None, choices=["int8", "int16", "float16"],
+                    help="store the weights quantized (default: float32)")
+    sp.set_defaults(fn=cmd_export)
 
     sp = sub.add_parser("generate", help="continue text with a language model (decoder_only)")
     sp.add_argument("--checkpoint", required=True, help="a language model's checkpoint or run folder")

@@ -164,6 +164,11 @@ class TransformerBlocks(Section):
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="on embeddings and every sublayer's output")
     attention_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="on attention weights")
     activation_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="inside the feed-forward network")
+    activation: Literal["relu", "gelu", "swish"] = Field("relu", description="the feed-forward "
+                                                         "network's nonlinearity (Marian: swish)")
+    sinusoids: Literal["interleaved", "halves"] = Field(
+        "interleaved", description="the sinusoidal table's layout: sin and cos alternating per "
+        "dimension pair (Vaswani et al.), or all sines then all cosines (Marian, OPUS-MT)")
 
     @model_validator(mode="after")
     def _heads_divide(self) -> TransformerBlocks:
@@ -182,6 +187,8 @@ class TransformerConfig(TransformerBlocks):
     share_embeddings: bool = Field(False, description="one embedding table for source and target "
                                    "(needs vocab.joint)")
     tie_output: bool = Field(True, description="the target embedding is also the output layer")
+    scale_embeddings: bool = Field(True, description="multiply token embeddings by sqrt(d_model) "
+                                   "before adding positions (off in some imported models)")
 
 
 class DecoderOnlyConfig(TransformerBlocks):

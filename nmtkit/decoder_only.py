@@ -72,7 +72,7 @@ class DecoderOnly(nn.Module):
         super().__init__()
         self.embedding = token_embedding(vocab_size, cfg.d_model)
         self.scale = math.sqrt(cfg.d_model)
-        self.positions = PositionalEncoding(cfg.positional, cfg.d_model, cfg.max_positions)
+        self.positions = PositionalEncoding(cfg.positional, cfg.d_model, cfg.max_positions, cfg.sinusoids)
         self.dropout = Dropout(cfg.dropout)
         self.layers = nn.ModuleList(DecoderLayer(cfg, cross_attention=False) for _ in range(cfg.layers))
         self.final_norm = nn.LayerNorm(cfg.d_model) if cfg.norm == "pre" else nn.Identity()

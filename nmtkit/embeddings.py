@@ -36,17 +36,20 @@ def check_sharing(share_embeddings: bool, tie_output: bool, src_vocab: int, tgt_
         )
 
 
-def sinusoids(length: int, d_model: int) -> Tensor:
+def sinusoids(length: int, d_model: int, layout: str = "interleaved") -> Tensor:
     """PE(p, 2i) = sin(p / 10000^(2i / d_model)), PE(p, 2i + 1) = cos(same): (length, d_model).
 
     Each pair of dimensions turns at its own frequency, so moving k positions is the same linear
-    map wherever it starts, which lets attention learn relative offsets."""
+    map wherever it starts, which lets attention learn relative offsets. The `halves` layout
+    (Marian's) holds the same values with all sines first, then all cosines."""
     position = torch.arange(length, dtype=torch.float32).unsqueeze(1)  # (length, 1)
     inv_freq = torch.exp(torch.arange(0, d_model, 2) * (-math.log(10000.0) / d_model))
     angles = position * inv_freq  # (length, ceil(d_model / 2))
     table = torch.empty(length, d_model)
     table[:, 0::2] = torch.sin(angles)
     table[:, 1::2] = torch.cos(angles[:, : d_model // 2])  # an odd d_model has one cosine fewer
+    if layout == "halves":
+        table = torch.cat([table[:, 0::2], table[:, 1::2]], dim=1)  # (length, d_model)
     return table
 
 
@@ -58,14 +61,15 @@ class PositionalEncoding(nn.Module):
         none        nothing: an encoder sees a bag of tokens, a decoder only its causal mask
     """
 
-    def __init__(self, kind: str, d_model: int, max_positions: int) -> None:
+    def __init__(self, kind: str, d_model: int, max_positions: int,
+                 layout: str = "interleaved") -> None:
         super().__init__()
         self.max_positions = max_positions
         if kind == "learned":
             # N(0, 1), the scale of the sinusoids and of the scaled token embeddings
             self.table = nn.Parameter(torch.randn(max_positions, d_model))
         else:
-            table = sinusoids(max_positions, d_model) if kind == "sinusoidal" else None
+            table = sinusoids(max_positions, d_model, layout) if kind == "sinusoidal" else None
             self.register_buffer("table", table, persistent=False)
 
     def forward(self, x: Tensor, start: int | Tensor = 0) -> Tensor:

@@ -39,8 +39,8 @@ class TransformerEncoder(nn.Module):
     def __init__(self, embedding: nn.Embedding, cfg: TransformerConfig) -> None:
         super().__init__()
         self.embedding = embedding  # shared with the decoder when model.share_embeddings
-        self.scale = math.sqrt(cfg.d_model)
-        self.positions = PositionalEncoding(cfg.positional, cfg.d_model, cfg.max_positions)
+        self.scale = math.sqrt(cfg.d_model) if cfg.scale_embeddings else 1.0
+        self.positions = PositionalEncoding(cfg.positional, cfg.d_model, cfg.max_positions, cfg.sinusoids)
         self.dropout = Dropout(cfg.dropout)
         self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
         self.final_norm = nn.LayerNorm(cfg.d_model) if cfg.norm == "pre" else nn.Identity()
@@ -66,8 +66,8 @@ class TransformerDecoder(Decoder):
     def __init__(self, embedding: nn.Embedding, cfg: TransformerConfig) -> None:
         super().__init__()
         self.embedding = embedding  # shared with the generator when model.tie_output
-        self.scale = math.sqrt(cfg.d_model)
-        self.positions = PositionalEncoding(cfg.positional, cfg.d_model, cfg.max_positions)
+        self.scale = math.sqrt(cfg.d_model) if cfg.scale_embeddings else 1.0
+        self.positions = PositionalEncoding(cfg.positional, cfg.d_model, cfg.max_positions, cfg.sinusoids)
         self.max_steps = cfg.max_positions if cfg.positional != "none" else None
         self.dropout = Dropout(cfg.dropout)
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))

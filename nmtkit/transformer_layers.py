@@ -3,7 +3,7 @@
     attention(q, k, v) = softmax(q k^T / sqrt(head_dim)) v      on `heads` slices side by side
     SelfAttention      a sequence attends to itself (with a key/value cache for search)
     CrossAttention     the decoder's positions attend to the encoder's memory
-    FeedForward        the same two-layer ReLU network at every position
+    FeedForward        the same two-layer network (ReLU, GELU or swish) at every position
     Residual           x + dropout(f(LN(x))) (pre-norm) or LN(x + dropout(f(x))) (post-norm)
     EncoderLayer       self-attention, feed-forward
     DecoderLayer       masked self-attention, [cross-attention,] feed-forward
@@ -279,17 +279,22 @@ class CrossAttention(MultiHeadAttention):
         return out, weights.reshape(batch, heads, tgt_len, src_len)
 
 
+ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "swish": F.silu}
+
+
 class FeedForward(nn.Module):
-    """Position-wise: the same two-layer ReLU network applied to every position on its own."""
+    """Position-wise: the same two-layer network applied to every position on its own, with
+    `activation` between the layers (ReLU as in Vaswani et al.; Marian uses swish)."""
 
     def __init__(self, cfg: TransformerBlocks) -> None:
         super().__init__()
+        self.activation = ACTIVATIONS[cfg.activation]
         self.up = nn.Linear(cfg.d_model, cfg.ff_size)
         self.down = nn.Linear(cfg.ff_size, cfg.d_model)
         self.dropout = Dropout(cfg.activation_dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        hidden = self.dropout(F.relu(self.up(x)))  # (batch, len, ff_size)
+        hidden = self.dropout(self.activation(self.up(x)))  # (batch, len, ff_size)
         return self.down(hidden)
 
 

@@ -1,0 +1,131 @@
+"""`nmtkit export --format ctranslate2`: CTranslate2 decodes the exported model as nmtkit does."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sentencepiece as spm
+import torch
+
+ctranslate2 = pytest.importorskip("ctranslate2")
+
+from nmtkit.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from nmtkit.config import RNNConfig, config_from_dict  # noqa: E402
+from nmtkit.democorpus import make_demo_corpus  # noqa: E402
+from nmtkit.errors import NMTKitError  # noqa: E402
+from nmtkit.export import NEVER_BIAS, export_ctranslate2  # noqa: E402
+from nmtkit.model import build_model  # noqa: E402
+from nmtkit.training import train  # noqa: E402
+from nmtkit.translator import Translator  # noqa: E402
+from nmtkit.vocabulary import BOS_ID, PAD_ID  # noqa: E402
+
+
+def check_ctranslate2_matches(ckpt: Path, sources: list[str], beam: int, out: Path,
+                              max_len: int) -> None:
+    """Export `ckpt`; CTranslate2's search (plain pieces in, no length penalty) equals nmtkit's
+    token for token, and its scores of nmtkit's outputs equal nmtkit's within 1e-3."""
+    folder = export_ctranslate2(ckpt, out)
+    assert {"model.bin", "config.json", "source.spm", "target.spm"} <= {p.name for p in folder.iterdir()}
+    sp = spm.SentencePieceProcessor(model_file=str(folder / "source.spm"))
+    pieces = [sp.encode(s, out_type=str) for s in sources]
+    ct2 = ctranslate2.Translator(str(folder), device="cpu", intra_threads=1)
+    theirs = ct2.translate_batch(pieces, beam_size=beam, length_penalty=0.0,
+                                 max_decoding_length=max_len, disable_unk=True)
+    # nmtkit's softmax counts <pad> and <s> (then search skips them); the export takes them out
+    # of CTranslate2's (bias -1e4, as it has no list of tokens never to produce). Compare with
+    # the checkpoint so changed; a trained model gives them almost no probability anyway.
+    same = load_checkpoint(ckpt)
+    with torch.no_grad():
+        same.model.generator.bias[[PAD_ID, BOS_ID]] = NEVER_BIAS
+    translator = Translator(same)
+    ours = translator.translate(sources, beam=beam, length_penalty=0.0, max_len_a=0.0,
+                                           max_len_b=max_len, attention=False, return_details=True)
+    # CTranslate2 never returns an empty translation; nmtkit (and Hugging Face) may
+    pairs = [(o.tokens, t.hypotheses[0]) for o, t in zip(ours, theirs, strict=True) if o.tokens]
+    assert len(pairs) >= len(sources) // 2
+    assert [o for o, _ in pairs] == [t for _, t in pairs]
+    kept = [i for i, o in enumerate(ours) if o.tokens]
+    nmtkit_scores = translator.score([sources[i] for i in kept], [ours[i].text for i in kept])
+    scored = ct2.score_batch([pieces[i] for i in kept], [a.tokens[:-1] for a in nmtkit_scores])
+    for a, b in zip(nmtkit_scores, scored, strict=True):
+        assert a.tokens == b.tokens
+        assert abs(a.log_prob - sum(b.log_probs)) < 1e-3, (a.log_prob, sum(b.log_probs))
+
+
+@pytest.fixture(scope="module")
+def demo_transformer(tmp_path_factory):
+    """A small Transformer trained briefly on the numbers corpus (pre-norm, the defaults)."""
+    tmp = tmp_path_factory.mktemp("export")
+    files = make_demo_corpus(tmp / "corpus", seed=3, n_train=1500, n_valid=50, n_test=10)
+    cfg = config_from_dict({
+        "data": {"train_src": str(files["train"][1]), "train_tgt": str(files["train"][0]),
+                 "valid_src": str(files["valid"][1]), "valid_tgt": str(files["valid"][0]),
+                 "out_dir": str(tmp / "bin"), "max_len": 40},
+        "vocab": {"size": 120, "joint": False, "byte_fallback": False},
+        "model": {"type": "transformer", "d_model": 32, "heads": 4, "ff_size": 64,
+                  "encoder_layers": 2, "decoder_layers": 2, "dropout": 0.0},
+        "training": {"out_dir": str(tmp / "run"), "max_steps": 60, "max_tokens": 2000, "lr": 0.003,
+                     "warmup_steps": 10, "valid_bleu": False, "valid_every": 10000,
+                     "max_epochs": 100}})
+    sources = files["valid"][1].read_text(encoding="utf-8").splitlines()[:50]
+    return {"ckpt": train(cfg) / "last", "sources": sources, "tmp": tmp, "cfg": cfg}
+
+
+@pytest.mark.parametrize("beam", [1, 5])
+def test_ctranslate2_export_decodes_as_nmtkit(demo_transformer, beam):
+    check_ctranslate2_matches(demo_transformer["ckpt"], demo_transformer["sources"], beam,
+                              demo_transformer["tmp"] / f"ct2-{beam}", max_len=30)
+
+
+def test_int8_export_loads_and_translates(demo_transformer, tmp_path):
+    run = subprocess.run([sys.executable, "-m", "nmtkit.cli", "export", str(demo_transformer["ckpt"]),
+                          str(tmp_path / "int8"), "--format", "ctranslate2", "--quantization", "int8"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    ct2 = ctranslate2.Translator(str(tmp_path / "int8"), device="cpu", compute_type="int8")
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "int8" / "source.spm"))
+    out = ct2.translate_batch([sp.encode(demo_transformer["sources"][0], out_type=str)])
+    assert out[0].hypotheses[0]
+
+
+def test_export_errors(demo_transformer, tmp_path):
+    # an untrained RNN checkpoint, with the Transformer's vocabularies
+    ckpt = load_checkpoint(demo_transformer["ckpt"])
+    cfg = ckpt.config.model_copy(update={"model": RNNConfig(embed_size=8, hidden_size=8)})
+    rnn = build_model(cfg.model, len(ckpt.src_tokenizer), len(ckpt.tgt_tokenizer))
+    save_checkpoint(tmp_path / "rnn-ckpt", rnn, cfg, ckpt.src_tokenizer, ckpt.tgt_tokenizer, {})
+    with pytest.raises(NMTKitError, match="RNN has no CTranslate2"):
+        export_ctranslate2(tmp_path / "rnn-ckpt", tmp_path / "rnn")
+    (tmp_path / "taken").mkdir()
+    run = subprocess.run([sys.executable, "-m", "nmtkit.cli", "export", str(demo_transformer["ckpt"]),
+                          str(tmp_path / "taken"), "--format", "ctranslate2"],
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and run.stderr.startswith("nmtkit: error:") and "already exists" in run.stderr
+    assert not (tmp_path / "rnn").exists() and not any((tmp_path / "taken").iterdir())
+
+
+def test_ctranslate2_target_prefix_matches_nmtkit_prefix(demo_transformer):
+    folder = export_ctranslate2(demo_transformer["ckpt"], demo_transformer["tmp"] / "ct2-prefix")
+    sources = demo_transformer["sources"][:20]
+    sp_src = spm.SentencePieceProcessor(model_file=str(folder / "source.spm"))
+    sp_tgt = spm.SentencePieceProcessor(model_file=str(folder / "target.spm"))
+    forced = sp_tgt.encode("seven hundred", out_type=str)  # whole words: "seven hundred "
+    same = load_checkpoint(demo_transformer["ckpt"])
+    with torch.no_grad():
+        same.model.generator.bias[[PAD_ID, BOS_ID]] = NEVER_BIAS
+    ours = Translator(same).translate(sources, beam=5, length_penalty=0.0, max_len_a=0.0,
+                                      max_len_b=30, prefix=["seven hundred "] * len(sources),
+                                      attention=False, return_details=True)
+    ct2 = ctranslate2.Translator(str(folder), device="cpu", intra_threads=1)
+    theirs = ct2.translate_batch([sp_src.encode(s, out_type=str) for s in sources], beam_size=5,
+                                 length_penalty=0.0, max_decoding_length=30, disable_unk=True,
+                                 target_prefix=[forced] * len(sources))
+    assert all(o.tokens[: len(forced)] == forced for o in ours)
+    # CTranslate2 never ends right after the prefix (as it never returns an empty translation)
+    pairs = [(o.tokens, t.hypotheses[0]) for o, t in zip(ours, theirs, strict=True)
+             if len(o.tokens) > len(forced)]
+    assert len(pairs) >= len(sources) // 2
+    assert [o for o, _ in pairs] == [t for _, t in pairs]
