@@ -158,4 +158,7 @@ def test_the_site_builds_strict_and_offline(tmp_path: Path) -> None:
     cli = (site / "reference" / "cli.html").read_text(encoding="utf-8")
     assert "nmtkit translate" in cli and "--beam" in cli  # generated from the parser
     assert "nmtkit.translator.Translator" in (site / "reference" / "api.html").read_text(encoding="utf-8")
+    tutorial = (site / "tutorials" / "04_transformer.html").read_text(encoding="utf-8")
+    assert "with sinusoidal positions, the same: False" in tutorial  # executed at the build
+    assert tutorial.count("data:image/png") >= 4  # its pictures come from that run
     assert external_resources(site) == []
