@@ -162,3 +162,10 @@ def test_the_site_builds_strict_and_offline(tmp_path: Path) -> None:
     assert "with sinusoidal positions, the same: False" in tutorial  # executed at the build
     assert tutorial.count("data:image/png") >= 4  # its pictures come from that run
     assert external_resources(site) == []
+
+
+def test_the_readme_links_to_files_that_exist() -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    links = [link for link in re.findall(r"\]\(([^)#\s]+)", text) if "://" not in link]
+    assert len(links) > 10
+    assert [link for link in links if not (ROOT / link).exists()] == []
