@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install demo test lint clean peers
+.PHONY: install demo test lint clean peers docs docs-serve
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -25,8 +25,14 @@ test: install
 	# tests of precision, packed and int8 linears and attention (marker avx2, pyproject.toml)
 	ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 $(PY) -m pytest -q -n 2 -m avx2
 
+docs: install  # the site, strict and offline, into site/
+	$(VENV)/bin/mkdocs build --strict --site-dir site
+
+docs-serve: install  # a preview that rebuilds on change; the tutorials at their small budget
+	NMTKIT_TUTORIAL_BUDGET=small $(VENV)/bin/mkdocs serve
+
 clean:  # what the demo and the tests made; never your own runs or prepared data
-	rm -rf demo-data runs/demo-rnn-* runs/demo-transformer-* runs/demo-vit .pytest_cache .ruff_cache
+	rm -rf demo-data runs/demo-rnn-* runs/demo-transformer-* runs/demo-vit .pytest_cache .ruff_cache site
 
 # The peers of the side-by-side benchmarks (benchmarks/README.md), each in a virtual environment
 # of its own under .venv-peers/, never nmtkit's dependencies; torch==2.13.0 (CPU) first in each.
