@@ -355,7 +355,9 @@ def start_server(checkpoint: Path, *extra: str) -> tuple[subprocess.Popen, str]:
 
 
 def test_sigterm_lets_requests_in_flight_finish_and_refuses_new_ones(numbers_checkpoint) -> None:
-    proc, url = start_server(numbers_checkpoint)
+    # the batcher holds a request 2 s for company (it is far from the token limit) before the model
+    # call: it is in flight when the signal comes, on any machine
+    proc, url = start_server(numbers_checkpoint, "--batch-wait-ms", "2000", "--max-batch-tokens", "100000")
     try:
         long = [" ".join(NUMBERS * 3)] * 64  # a request that takes a while (beam 16, 64 sentences)
         answer: dict = {}
