@@ -162,6 +162,9 @@ def _renumbered_spm(path: Path, pieces: list[str]) -> Tokenizer:
     except Exception as err:  # protobuf's DecodeError
         raise NMTKitError(f"{path}: not a sentencepiece model ({err})") from None
     own = {p.piece: p for p in proto.pieces}
+    if not any(p in own for p in pieces[4:]):  # e.g. a few stray bytes parse as an empty model
+        raise NMTKitError(f"{path}: not a sentencepiece model of this vocab.json (none of its "
+                          "pieces is in vocab.json)")
     kind = spm_pb2.ModelProto.SentencePiece
     new = []
     for i, piece in enumerate(pieces):
