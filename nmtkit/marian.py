@@ -99,8 +99,10 @@ def transformer_config(cfg: dict[str, Any], path: Path) -> TransformerConfig:
         )
     except KeyError as err:
         raise NMTKitError(f"{path}: {err.args[0]} is missing") from None
-    except ValueError as err:
-        raise NMTKitError(f"{path}: not a model nmtkit can build ({err})") from None
+    except ValueError as err:  # pydantic's ValidationError spans lines: one line per field
+        why = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()) \
+            if hasattr(err, "errors") else str(err)
+        raise NMTKitError(f"{path}: not a model nmtkit can build ({why})") from None
 
 
 def _read_weights(src: Path) -> dict[str, torch.Tensor]:
