@@ -44,7 +44,7 @@ class Glossary:
 def read_glossary(path: Path, ignore_case: bool = False) -> Glossary:
     """A TSV glossary file, checked: every line names its two terms; errors name the line."""
     try:
-        text = path.read_bytes()
+        text = path.read_bytes().removeprefix(b"\xef\xbb\xbf")  # an editor's UTF-8 BOM
     except FileNotFoundError:
         raise NMTKitError(f"--glossary {path}: no such file") from None
     except IsADirectoryError:

@@ -99,8 +99,10 @@ def transformer_config(cfg: dict[str, Any], path: Path) -> TransformerConfig:
         )
     except KeyError as err:
         raise NMTKitError(f"{path}: {err.args[0]} is missing") from None
-    except ValueError as err:
-        raise NMTKitError(f"{path}: not a model nmtkit can build ({err})") from None
+    except ValueError as err:  # pydantic's ValidationError spans lines: one line per field
+        why = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()) \
+            if hasattr(err, "errors") else str(err)
+        raise NMTKitError(f"{path}: not a model nmtkit can build ({why})") from None
 
 
 def _read_weights(src: Path) -> dict[str, torch.Tensor]:
@@ -162,6 +164,9 @@ def _renumbered_spm(path: Path, pieces: list[str]) -> Tokenizer:
     except Exception as err:  # protobuf's DecodeError
         raise NMTKitError(f"{path}: not a sentencepiece model ({err})") from None
     own = {p.piece: p for p in proto.pieces}
+    if not any(p in own for p in pieces[4:]):  # e.g. a few stray bytes parse as an empty model
+        raise NMTKitError(f"{path}: not a sentencepiece model of this vocab.json (none of its "
+                          "pieces is in vocab.json)")
     kind = spm_pb2.ModelProto.SentencePiece
     new = []
     for i, piece in enumerate(pieces):

@@ -184,3 +184,11 @@ def test_cli_glossary_jsonl_constraints_and_the_service(numbers_checkpoint, tmp_
         assert r.status_code == 422 and r.json()["detail"][0]["field"] == "constraints[0][0]"
         r = client.post("/translate", json={"text": NUMBERS[:1], "constraints": [[], []]})
         assert r.status_code == 422 and r.json()["detail"][0]["field"] == "constraints"
+
+
+def test_glossary_with_a_utf8_bom_matches_its_first_term(tmp_path):
+    """Windows editors save a BOM: it must not become part of line 1's source term."""
+    from nmtkit.glossary import read_glossary
+    path = tmp_path / "g.tsv"
+    path.write_bytes("\ufeffball\tBall\r\nred\trot\r\n".encode("utf-8"))
+    assert read_glossary(path).constraints("a red ball") == ["rot", "Ball"]

@@ -267,3 +267,26 @@ def test_ctranslate2_export_of_an_imported_model_decodes_as_nmtkit(marian, beam)
 
     check_ctranslate2_matches(marian["ckpt"], marian["sources"], beam, marian["tmp"] / f"ct2-{beam}",
                               max_len=MAX_NEW)
+
+
+def test_import_refuses_a_source_spm_that_is_no_model(marian, tmp_path):
+    """A few stray bytes parse as an empty protobuf: the import must not write a checkpoint
+    whose tokenizer knows none of vocab.json's pieces."""
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    for f in marian["folder"].iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    (folder / "source.spm").write_bytes(b"x\n")
+    with pytest.raises(NMTKitError, match="source.spm: not a sentencepiece model"):
+        import_marian(folder, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_config_value_of_the_wrong_type_is_one_line(tmp_path):
+    from nmtkit.marian import transformer_config
+    cfg = {"d_model": "x", "encoder_attention_heads": 4, "decoder_attention_heads": 4,
+           "encoder_ffn_dim": 64, "decoder_ffn_dim": 64, "encoder_layers": 2,
+           "decoder_layers": 2, "activation_function": "swish"}
+    with pytest.raises(NMTKitError) as err:
+        transformer_config(cfg, tmp_path / "config.json")
+    assert "\n" not in str(err.value) and "d_model" in str(err.value)
