@@ -35,24 +35,32 @@ def tiny_config(tmp_path):
     return config_from_dict(raw)
 
 
+def train_on_numbers(tmp, model: dict, *, seed: int = 3, n_train: int = 3000, n_valid: int = 50,
+                     n_test: int = 50, vocab_size: int = 200, **training):
+    """Train `model` on a numbers corpus made in `tmp` (Korean -> English, no validation BLEU):
+    the last checkpoint, the corpus files and the config, for the fixtures that need a model
+    with sensible outputs."""
+    from nmtkit.config import config_from_dict
+    from nmtkit.democorpus import make_demo_corpus
+    from nmtkit.training import train
+
+    files = make_demo_corpus(tmp / "corpus", seed=seed, n_train=n_train, n_valid=n_valid, n_test=n_test)
+    cfg = config_from_dict({
+        "data": {"train_src": str(files["train"][1]), "train_tgt": str(files["train"][0]),
+                 "valid_src": str(files["valid"][1]), "valid_tgt": str(files["valid"][0]),
+                 "out_dir": str(tmp / "bin"), "max_len": 40},
+        "vocab": {"size": vocab_size, "joint": False, "byte_fallback": False},
+        "model": model,
+        "training": {"out_dir": str(tmp / "run"), "max_tokens": 2000, "valid_bleu": False,
+                     "valid_every": 10000, "max_epochs": 100, **training}})
+    return train(cfg) / "last", files, cfg
+
+
 @pytest.fixture(scope="session")
 def numbers_checkpoint(tmp_path_factory):
     """An attentional LSTM that has learnt the numbers (Korean words -> English words) well
     enough to translate them (300 updates, about 15 s): for tests that need sensible outputs,
     probabilities and attention."""
-    from nmtkit.config import config_from_dict
-    from nmtkit.democorpus import make_demo_corpus
-    from nmtkit.training import train
-
-    tmp = tmp_path_factory.mktemp("numbers")
-    files = make_demo_corpus(tmp / "corpus", seed=3, n_train=3000, n_valid=50, n_test=50)
-    cfg = config_from_dict({
-        "data": {"train_src": str(files["train"][1]), "train_tgt": str(files["train"][0]),
-                 "valid_src": str(files["valid"][1]), "valid_tgt": str(files["valid"][0]),
-                 "out_dir": str(tmp / "bin"), "max_len": 40},
-        "vocab": {"size": 200, "joint": False, "byte_fallback": False},
-        "model": {"type": "rnn", "embed_size": 64, "hidden_size": 64, "encoder_layers": 1,
-                  "decoder_layers": 1, "dropout": 0.0},
-        "training": {"out_dir": str(tmp / "run"), "max_steps": 300, "max_tokens": 2000, "lr": 0.005,
-                     "valid_bleu": False, "valid_every": 10000, "max_epochs": 100}})
-    return train(cfg) / "last"
+    model = {"type": "rnn", "embed_size": 64, "hidden_size": 64, "encoder_layers": 1,
+             "decoder_layers": 1, "dropout": 0.0}
+    return train_on_numbers(tmp_path_factory.mktemp("numbers"), model, max_steps=300, lr=0.005)[0]

@@ -13,14 +13,13 @@ import torch
 ctranslate2 = pytest.importorskip("ctranslate2")
 
 from nmtkit.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from nmtkit.config import RNNConfig, config_from_dict  # noqa: E402
-from nmtkit.democorpus import make_demo_corpus  # noqa: E402
+from nmtkit.config import RNNConfig  # noqa: E402
 from nmtkit.errors import NMTKitError  # noqa: E402
 from nmtkit.export import NEVER_BIAS, export_ctranslate2  # noqa: E402
 from nmtkit.model import build_model  # noqa: E402
-from nmtkit.training import train  # noqa: E402
 from nmtkit.translator import Translator  # noqa: E402
 from nmtkit.vocabulary import BOS_ID, PAD_ID  # noqa: E402
+from tests.conftest import train_on_numbers  # noqa: E402
 
 
 def check_ctranslate2_matches(ckpt: Path, sources: list[str], beam: int, out: Path,
@@ -59,19 +58,12 @@ def check_ctranslate2_matches(ckpt: Path, sources: list[str], beam: int, out: Pa
 def demo_transformer(tmp_path_factory):
     """A small Transformer trained briefly on the numbers corpus (pre-norm, the defaults)."""
     tmp = tmp_path_factory.mktemp("export")
-    files = make_demo_corpus(tmp / "corpus", seed=3, n_train=1500, n_valid=50, n_test=10)
-    cfg = config_from_dict({
-        "data": {"train_src": str(files["train"][1]), "train_tgt": str(files["train"][0]),
-                 "valid_src": str(files["valid"][1]), "valid_tgt": str(files["valid"][0]),
-                 "out_dir": str(tmp / "bin"), "max_len": 40},
-        "vocab": {"size": 120, "joint": False, "byte_fallback": False},
-        "model": {"type": "transformer", "d_model": 32, "heads": 4, "ff_size": 64,
-                  "encoder_layers": 2, "decoder_layers": 2, "dropout": 0.0},
-        "training": {"out_dir": str(tmp / "run"), "max_steps": 60, "max_tokens": 2000, "lr": 0.003,
-                     "warmup_steps": 10, "valid_bleu": False, "valid_every": 10000,
-                     "max_epochs": 100}})
+    model = {"type": "transformer", "d_model": 32, "heads": 4, "ff_size": 64,
+             "encoder_layers": 2, "decoder_layers": 2, "dropout": 0.0}
+    ckpt, files, cfg = train_on_numbers(tmp, model, n_train=1500, n_test=10, vocab_size=120,
+                                        max_steps=60, lr=0.003, warmup_steps=10)
     sources = files["valid"][1].read_text(encoding="utf-8").splitlines()[:50]
-    return {"ckpt": train(cfg) / "last", "sources": sources, "tmp": tmp, "cfg": cfg}
+    return {"ckpt": ckpt, "sources": sources, "tmp": tmp, "cfg": cfg}
 
 
 @pytest.mark.parametrize("beam", [1, 5])

@@ -19,6 +19,7 @@ from nmtkit.errors import NMTKitError, NMTKitWarning
 from nmtkit.quantize import PackedLinear, can_pack, pack_linears, quantize_int8
 from nmtkit.training import train
 from nmtkit.translator import Translator
+from tests.conftest import train_on_numbers
 
 REPO = Path(__file__).resolve().parents[1]
 TRANSFORMER = TransformerConfig(d_model=32, heads=2, ff_size=64, encoder_layers=1, decoder_layers=1)
@@ -451,20 +452,10 @@ def test_replace_unk_puts_the_attended_source_word_in_place_of_unk(numbers_check
 @pytest.fixture(scope="module")
 def both_families(tmp_path_factory, numbers_checkpoint) -> dict[str, Path]:
     """The numbers RNN, and a Transformer trained for one short epoch on the same kind of data."""
-    from nmtkit.config import config_from_dict
-    from nmtkit.democorpus import make_demo_corpus
-
-    tmp = tmp_path_factory.mktemp("numbers_transformer")
-    files = make_demo_corpus(tmp / "corpus", seed=5, n_train=600, n_valid=20, n_test=20)
-    cfg = config_from_dict({
-        "data": {"train_src": str(files["train"][1]), "train_tgt": str(files["train"][0]),
-                 "valid_src": str(files["valid"][1]), "valid_tgt": str(files["valid"][0]),
-                 "out_dir": str(tmp / "bin"), "max_len": 40},
-        "vocab": {"size": 120, "joint": False, "byte_fallback": False},
-        "model": TRANSFORMER.model_dump(),
-        "training": {"out_dir": str(tmp / "run"), "max_steps": 40, "max_tokens": 1500, "lr": 0.003,
-                     "valid_bleu": False, "valid_every": 10000, "max_epochs": 100}})
-    return {"rnn": numbers_checkpoint, "transformer": train(cfg) / "last"}
+    ckpt, _, _ = train_on_numbers(tmp_path_factory.mktemp("numbers_transformer"), TRANSFORMER.model_dump(),
+                                  seed=5, n_train=600, n_valid=20, n_test=20, vocab_size=120,
+                                  max_steps=40, max_tokens=1500, lr=0.003)
+    return {"rnn": numbers_checkpoint, "transformer": ckpt}
 
 
 def prefixes_of(sentences: list[str]) -> list[tuple[str, str]]:
