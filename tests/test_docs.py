@@ -145,6 +145,15 @@ def test_external_resources_are_found(tmp_path: Path) -> None:
     assert sorted(p.split(":")[0] for p in external_resources(tmp_path)) == ["b.html", "c.css"]
 
 
+# per built tutorial: what only its executed output holds (its source, shown too, has the
+# f-string's braces where these have numbers), and how many pictures it draws
+TUTORIALS = [
+    ("03_decoding.html", r"beam search found a higher-scoring translation for [1-9]\d* of \d+ numbers", 2),
+    ("04_transformer.html", r"with sinusoidal positions, the same: False", 4),
+    ("05_beyond.html", r"\d+% of 40 samples are well-formed numbers", 3),
+]
+
+
 def test_the_site_builds_strict_and_offline(tmp_path: Path) -> None:
     pytest.importorskip("mkdocs")
     pytest.importorskip("material")
@@ -158,9 +167,10 @@ def test_the_site_builds_strict_and_offline(tmp_path: Path) -> None:
     cli = (site / "reference" / "cli.html").read_text(encoding="utf-8")
     assert "nmtkit translate" in cli and "--beam" in cli  # generated from the parser
     assert "nmtkit.translator.Translator" in (site / "reference" / "api.html").read_text(encoding="utf-8")
-    tutorial = (site / "tutorials" / "04_transformer.html").read_text(encoding="utf-8")
-    assert "with sinusoidal positions, the same: False" in tutorial  # executed at the build
-    assert tutorial.count("data:image/png") >= 4  # its pictures come from that run
+    for page, executed, pictures in TUTORIALS:
+        tutorial = (site / "tutorials" / page).read_text(encoding="utf-8")
+        assert re.search(executed, tutorial), page  # executed at the build
+        assert tutorial.count("data:image/png") >= pictures, page  # its pictures come from that run
     assert external_resources(site) == []
 
 

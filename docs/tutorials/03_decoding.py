@@ -48,7 +48,8 @@ torch.set_num_threads(1)  # tiny model: one thread is as fast, and leaves the ot
 UPDATES = 120 if SMALL else 300
 TEST = 200 if SMALL else 1000
 
-workdir = Path(tempfile.mkdtemp(prefix="nmtkit-tutorial-3-"))  # everything is written here
+scratch = tempfile.TemporaryDirectory(prefix="nmtkit-tutorial-3-")  # removed when the run ends
+workdir = Path(scratch.name)  # everything is written here
 files = make_demo_corpus(workdir / "corpus", seed=3, n_train=3000, n_valid=50, n_test=TEST)
 config = config_from_dict({
     "data": {"train_src": str(files["train"][1]), "train_tgt": str(files["train"][0]),  # ko -> en

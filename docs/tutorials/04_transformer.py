@@ -107,7 +107,8 @@ assert torch.all(w_causal[0, 0].triu(1) == 0) and torch.all(w_padding[0, 0, :, 4
 # English words.)
 
 # %%
-workdir = Path(tempfile.mkdtemp(prefix="nmtkit-tutorial-4-"))
+scratch = tempfile.TemporaryDirectory(prefix="nmtkit-tutorial-4-")  # removed when the run ends
+workdir = Path(scratch.name)
 files = make_demo_corpus(workdir / "corpus", seed=3, n_train=3000, n_valid=50, n_test=10)
 config = config_from_dict({
     "data": {"train_src": str(files["train"][0]), "train_tgt": str(files["train"][1]),  # en -> ko
