@@ -3,8 +3,10 @@
 #
 # A trained model gives, at each step, a probability for every next token. *Decoding* (search)
 # turns that into a sentence. The model scores a whole translation as the sum of the
-# log-probabilities of its tokens (and of the final `</s>`); we would like the translation with
-# the highest score, but there are far too many to try them all. The ways of searching, and where
+# log-probabilities of its tokens and of the final `</s>` (the end of the sentence): logarithms,
+# so that the product of the probabilities becomes a sum; a score is at most 0, and closer to 0
+# is more probable (-0.69 is a probability of 1/2). We would like the translation with the
+# highest score, but there are far too many to try them all. The ways of searching, and where
 # they live in nmtkit:
 #
 # | idea | where |
@@ -29,6 +31,7 @@
 # %%
 import contextlib
 import io
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -51,7 +54,7 @@ TEST = 200 if SMALL else 1000
 scratch = tempfile.TemporaryDirectory(prefix="nmtkit-tutorial-3-")  # removed when the run ends
 workdir = Path(scratch.name)  # everything is written here
 files = make_demo_corpus(workdir / "corpus", seed=3, n_train=3000, n_valid=50, n_test=TEST)
-config = config_from_dict({
+config = config_from_dict({  # the keys of a YAML config (configs/demo-transformer.yaml), as a dict
     "data": {"train_src": str(files["train"][1]), "train_tgt": str(files["train"][0]),  # ko -> en
              "valid_src": str(files["valid"][1]), "valid_tgt": str(files["valid"][0]),
              "out_dir": str(workdir / "bin"), "max_len": 40},
@@ -67,7 +70,7 @@ with contextlib.redirect_stdout(log), contextlib.redirect_stderr(io.StringIO()):
     run = train(config)
 print(next(line for line in log.getvalue().splitlines() if line.startswith("stopped:")))
 
-t = Translator.load(run / "last")
+t = Translator.load(run / "last")  # the run's last checkpoint
 sources = files["test"][1].read_text(encoding="utf-8").splitlines()
 references = files["test"][0].read_text(encoding="utf-8").splitlines()
 print(f"{len(sources)} test numbers that training never saw, e.g. {sources[0]} -> {references[0]}")
@@ -78,13 +81,15 @@ print(f"{len(sources)} test numbers that training never saw, e.g. {sources[0]} -
 # **Greedy search** takes the most probable token at each step and never looks back (`beam=1`).
 # It is fast, but a token that looks best now can lead to a poor sentence: once chosen, it stays.
 #
-# **Beam search** keeps the `k` most probable *prefixes* at each step (the beam). Each step
+# **Beam search** keeps the `k` most probable *prefixes* at each step (the beam; `beam=5` is
+# k = 5). Each step
 # extends every prefix by every token, and keeps the `k` best of all these extensions; a prefix
 # that ends with `</s>` is a finished hypothesis. It still does not try every sentence, but it
 # can keep a prefix that starts less probably and ends better.
 #
 # To compare them fairly we need the same measure for both: the model's log-probability of the
-# output, which `Translator.score` computes for any given translation (one teacher-forced pass).
+# output, which `Translator.score` computes for any given translation (the model reads the given
+# translation and scores each of its tokens: no search).
 # Beam search here runs without a length penalty (`length_penalty=0`, below), so it ranks by
 # exactly this score.
 
@@ -118,8 +123,8 @@ assert better >= 1 and worse <= better
 i = max(range(len(sources)), key=lambda j: gain[j])
 print("source:   ", sources[i])
 print("reference:", references[i])
-print(f"greedy:    {greedy[i]}   (score {greedy_scores[i]:.3f})")
-print(f"beam 5:    {beam[i]}   (score {beam_scores[i]:.3f})")
+for name, text, score in (("greedy", greedy[i], greedy_scores[i]), ("beam 5", beam[i], beam_scores[i])):
+    print(f"{name + ':':10} {text}   (score {score:.3f}, probability {math.exp(score):.1%})")
 fig, ax = plt.subplots(figsize=(7, 3.2))
 for name, text in (("greedy", greedy[i]), ("beam 5", beam[i])):
     s = t.score([sources[i]], [text])[0]
@@ -218,17 +223,34 @@ assert sum(sample_scores) < sum(greedy_scores)
 # each with its probability and the best translation that continues with it: what the page
 # shows when you click a word. The [steering guide](../guide/steering.md) has the details.
 
+# %% [markdown]
+# A post-editor at work: take a number beam search got wrong, type the right translation up to the
+# first wrong word, leaving that word unfinished, and let the model complete the rest. Then ask
+# what else could go where it went wrong.
+
 # %%
-words = references[i].split()
-typed = " ".join(words[:2])[:-1]  # the first two words, the last one missing its last letter
-(forced,) = t.translate([sources[i]], prefix=[typed], beam=5)
-print(f"prefix {typed!r:30} -> {forced}")
+wrong = [j for j in range(len(sources)) if beam[j] != references[j]] or [i]
+j = wrong[0]
+model_words, right_words = beam[j].split(), references[j].split()
+k = next((n for n, (a, b) in enumerate(zip(model_words, right_words)) if a != b),
+         min(len(model_words), len(right_words)) - 1)  # the first wrong word
+typed = " ".join(right_words[:k + 1])[:-1]  # up to it, its last letter not typed yet
+(forced,) = t.translate([sources[j]], prefix=[typed], beam=5)
+print("source:   ", sources[j])
+print("reference:", references[j])
+print("beam 5:   ", beam[j])
+print(f"prefix {typed!r} -> {forced}")
 assert forced.startswith(typed)
-start = words[0] + " "
-alternatives = t.alternatives(sources[i], prefix=start, k=3, beam=5)
+start = " ".join(right_words[:k]) + " " if k else ""
+alternatives = t.alternatives(sources[j], prefix=start, k=3, beam=5)
 for alt in alternatives:
-    print(f"after {start!r}: {alt.word:14} p={alt.probability:.3f}  -> {alt.translation}")
+    print(f"after {start!r}: {alt.word:14} probability {alt.probability:6.1%} -> {alt.translation}")
 assert alternatives and all(a.translation.startswith(start) for a in alternatives)
+
+# %% [markdown]
+# The prefix fixes what it covers; the rest is the model's own again, and may hold its next
+# mistake, which the editor would then type over the same way. The alternatives show how sure
+# the model was where it went wrong, and whether the right word was among its next choices.
 
 # %% [markdown]
 # What to take away:

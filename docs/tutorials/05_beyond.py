@@ -219,8 +219,7 @@ assert all(bool((m >= 0).all() and (m.sum((1, 2)) <= 1 + 1e-5).all()) for m in m
 # scale). In the guide's full-size run the last layer's `[CLS]` gathered on one or two patches,
 # often a blank corner (the "register" behaviour of large ViTs), while the rollout spread over
 # the strokes; compare this run's. Without positions (`model.positional: none`) the patches
-# would be a bag: shuffle them and the output
-# stays the same, as tutorial 4 showed for words.
+# would be a bag: shuffle them and the output stays the same, as tutorial 4 showed for words.
 #
 # What to take away: one set of layers, three arrangements. Masked self-attention alone is a
 # language model that generates; self-attention over patches with a `[CLS]` vector is an image
