@@ -98,7 +98,7 @@ greedy = t.translate(sources, beam=1)
 beam = t.translate(sources, beam=5, length_penalty=0.0)
 greedy_scores = [s.log_prob for s in t.score(sources, greedy)]
 beam_scores = [s.log_prob for s in t.score(sources, beam)]
-gain = [b - g for b, g in zip(beam_scores, greedy_scores)]
+gain = [b - g for b, g in zip(beam_scores, greedy_scores, strict=True)]
 better = sum(d > 1e-4 for d in gain)
 worse = sum(d < -1e-4 for d in gain)
 print(f"BLEU: greedy {bleu_score(greedy, references):.1f}, beam 5 {bleu_score(beam, references):.1f}")
@@ -130,7 +130,7 @@ for name, text in (("greedy", greedy[i]), ("beam 5", beam[i])):
     s = t.score([sources[i]], [text])[0]
     running = torch.tensor(s.token_scores).cumsum(0)
     ax.plot(range(1, len(running) + 1), running, marker="o", label=f"{name}: {text}")
-    for x, (piece, y) in enumerate(zip(s.tokens, running.tolist()), start=1):
+    for x, (piece, y) in enumerate(zip(s.tokens, running.tolist(), strict=True), start=1):
         ax.annotate(piece.replace("\u2581", "_"), (x, y), fontsize=7, xytext=(2, 4),
                     textcoords="offset points")
 ax.set_xlabel("tokens so far")
@@ -232,8 +232,8 @@ assert sum(sample_scores) < sum(greedy_scores)
 wrong = [j for j in range(len(sources)) if beam[j] != references[j]] or [i]
 j = wrong[0]
 model_words, right_words = beam[j].split(), references[j].split()
-k = next((n for n, (a, b) in enumerate(zip(model_words, right_words)) if a != b),
-         min(len(model_words), len(right_words)) - 1)  # the first wrong word
+k = next((n for n, (a, b) in enumerate(zip(model_words, right_words, strict=False)) if a != b),
+         min(len(model_words), len(right_words) - 1))  # the first wrong (or missing) word
 typed = " ".join(right_words[:k + 1])[:-1]  # up to it, its last letter not typed yet
 (forced,) = t.translate([sources[j]], prefix=[typed], beam=5)
 print("source:   ", sources[j])

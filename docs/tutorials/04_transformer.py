@@ -30,10 +30,11 @@ import torch
 
 from nmtkit.checkpoint import load_checkpoint
 from nmtkit.config import TransformerConfig, config_from_dict
-from nmtkit.democorpus import make_demo_corpus, number_to_english
+from nmtkit.democorpus import make_demo_corpus
 from nmtkit.embeddings import PositionalEncoding, sinusoids
 from nmtkit.training import train
 from nmtkit.transformer_layers import EncoderLayer, attention_by_hand
+from nmtkit.translator import Translator
 from nmtkit.vocabulary import EOS_ID, PAD_ID
 
 SMALL = os.environ.get("NMTKIT_TUTORIAL_BUDGET") == "small"
@@ -126,7 +127,11 @@ with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.St
 trained = load_checkpoint(run / "last")
 model = trained.model.eval()
 
-number = number_to_english(345_678)
+test_en = files["test"][0].read_text(encoding="utf-8").splitlines()
+test_ko = files["test"][1].read_text(encoding="utf-8").splitlines()
+n = max(range(len(test_en)), key=lambda j: len(test_en[j].split()))  # the longest test number
+number = test_en[n]
+print(f"{number} -> {Translator(trained).translate([number])[0]} (reference: {test_ko[n]})")
 src = torch.tensor([trained.src_tokenizer.encode(number) + [EOS_ID]])
 pieces = trained.src_tokenizer.pieces(src[0, :-1].tolist()) + ["</s>"]
 encoder = model.encoder  # nmtkit/transformer.py: TransformerEncoder
@@ -137,7 +142,7 @@ with torch.no_grad():  # the encoder's forward, step by step, keeping each layer
     for enc_layer in encoder.layers:
         h, w = enc_layer(h, key_mask, need_weights=True)  # w: (1, heads, src_len, src_len)
         trained_weights.append(w[0])
-print(number, "->", pieces)
+print("the encoder's input pieces:", pieces)
 fig, axes = plt.subplots(len(trained_weights), heads, figsize=(3 * heads, 3.2 * len(trained_weights)))
 for n, w in enumerate(trained_weights):
     for hd in range(heads):

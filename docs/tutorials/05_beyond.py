@@ -10,7 +10,7 @@
 # | encoder-decoder (tutorial 4) | encoder layers, decoder layers with cross-attention | `nmtkit/transformer.py` |
 # | decoder-only language model | one stack of masked self-attention layers, no encoder | `nmtkit/decoder_only.py`: `DecoderOnly` |
 # | Vision Transformer | encoder layers over image patches, a `[CLS]` vector, a classifier | `nmtkit/vit.py`: `VisionTransformer` |
-# | the layers all three share | `EncoderLayer`, `DecoderLayer`, `MultiHeadAttention` | `nmtkit/transformer_layers.py` |
+# | the layers they share | `EncoderLayer` (encoder, ViT), `DecoderLayer` (decoder, decoder-only), `MultiHeadAttention` | `nmtkit/transformer_layers.py` |
 #
 # Both models are trained here, briefly: a couple of minutes on a CPU, or seconds with
 # `NMTKIT_TUTORIAL_BUDGET=small` (the site build of `make test`), where they are weaker and the
@@ -49,15 +49,17 @@ workdir = Path(scratch.name)  # everything is written here
 # token at a time, exactly as the translation decoder does, so greedy search, beam search and
 # sampling (tutorial 3) run it unchanged.
 #
-# The mask is the only thing that makes it a language model. With `model.prefix_lm: true` a
-# prompt (or, in translation, the source) is read both ways while what follows stays causal:
+# The mask is what lets it learn from every position of a sentence at once without seeing the
+# word it must predict. With `model.prefix_lm: true` a prompt (or, in translation, the source)
+# is read both ways while what follows stays causal. The masks the model builds
+# (`DecoderOnly._mask`; `True`, dark: may attend):
 
 # %%
 toy = DecoderOnly(DecoderOnlyConfig(d_model=16, heads=2, ff_size=32, layers=1, prefix_lm=True), 30)
 masks = {"causal (GPT)": torch.ones(8, 8, dtype=torch.bool).tril(),
          "prefix LM, a prefix of 3": toy._mask(8, torch.tensor([3]))[0, 0]}
 fig, axes = plt.subplots(1, 2, figsize=(6, 3))
-for ax, (title, mask) in zip(axes, masks.items()):
+for ax, (title, mask) in zip(axes, masks.items(), strict=True):
     ax.imshow(mask, cmap="Blues", vmin=0, vmax=1)
     ax.set_title(title, fontsize=9)
     ax.set_xlabel("key (attended to)")
@@ -92,13 +94,15 @@ print(next(line for line in log.getvalue().splitlines() if line.startswith("[val
 lm = Translator.load(run / "last")
 
 # %% [markdown]
-# The validation perplexity cannot come near 1 however long it trains: the corpus's numbers are
-# random, so which digit comes next is a guess even for a perfect model; what it can learn is
-# which *words* may come next.
+# The validation perplexity is the exponential of the mean loss per token: the model is as
+# unsure as a uniform choice among that many tokens. It cannot come near 1 however long it
+# trains: the corpus's numbers are random, so which digit comes next is a guess even for a
+# perfect model; what it can learn is which *words* may come next.
 #
 # `Translator.generate` continues prompts: greedily by default (the most probable word each
 # time, so always the same continuation), or by sampling (`sample=True`, with a temperature,
-# top-k or top-p; tutorial 3). An empty prompt starts a text from nothing.
+# top-k or top-p; tutorial 3). An empty prompt starts a text from nothing (an empty sample is
+# the model ending the text at once).
 
 # %%
 for prompt in ("three hundred", "ninety-nine thousand", "seven"):
