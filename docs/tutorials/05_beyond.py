@@ -83,7 +83,7 @@ config = config_from_dict({
     "model": {"type": "decoder_only", "d_model": 48, "heads": 4, "ff_size": 128, "layers": 2,
               "dropout": 0.0, "max_positions": 128},
     "training": {"out_dir": str(workdir / "lm"), "seed": 1, "num_threads": 1, "max_tokens": 2500,
-                 "max_steps": 150 if SMALL else 400, "max_epochs": 100, "lr": 0.004,
+                 "max_steps": 100 if SMALL else 400, "max_epochs": 100, "lr": 0.004,
                  "schedule": "noam", "warmup_steps": 50, "valid_every": 10000},
 })
 log = io.StringIO()
@@ -175,7 +175,7 @@ assert torch.equal(vit.from_patches(patches, 2, 1), image)
 
 # %%
 if SMALL:  # seconds: a smaller model, a few passes
-    model_cfg, epochs = vit.ViTConfig(layers=2), 6
+    model_cfg, epochs = vit.ViTConfig(layers=2), 5
 else:  # `nmtkit demo --model vit`: 4 layers, d_model 64, 4 heads, 100 epochs
     model_cfg, epochs = vit.ViTConfig(), 100
 model = vit.train_vit(model_cfg, split, vit.ViTTraining(epochs=epochs))
