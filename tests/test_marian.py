@@ -429,7 +429,10 @@ def test_the_release_writer_matches_transformers_converter(marian, release, tmp_
     shutil.copytree(release["folder"], folder)  # the converter writes vocab.json into it
     state = convert.OpusState(folder).load_marian_model().state_dict()
     theirs = release["hf"].state_dict()
+    assert state.keys() == theirs.keys()
     for name, value in theirs.items():
+        if "embed_positions" in name:  # sinusoids, not stored; the converter sizes them d_model
+            value = value[:len(state[name])]
         assert torch.allclose(state[name].float(), value.float(), atol=1e-6), name
 
 
