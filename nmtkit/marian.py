@@ -264,7 +264,6 @@ _MARIAN_REQUIRED: dict[str, Any] = {
     "type": "transformer",  # not the RNN models (s2s, amun, nematus) nor transformer-lm
     "transformer-preprocess": "",  # pre-norm
     "transformer-postprocess": "dan",  # post-norm: dropout, add, normalize
-    "transformer-postprocess-emb": "d",  # a layer norm on the embeddings ("n")
     "transformer-postprocess-top": "",  # a final layer norm per stack
     "transformer-ffn-depth": 2,
     "transformer-decoder-autoreg": "self-attention",  # average-attention, rnn
@@ -397,6 +396,10 @@ def marian_transformer_config(opt: dict[str, Any], where: str, untied_output: bo
         if key in opt and opt[key] != value and not (value == [] and opt[key] is None):
             raise NMTKitError(f"{where}: {key}: {opt[key]!r} is not supported (nmtkit imports "
                               f"Marian models with {key}: {json.dumps(value)})")
+    if opt.get("transformer-postprocess-emb", "d") not in ("d", ""):  # "n": a layer norm
+        raise NMTKitError(f"{where}: transformer-postprocess-emb: "
+                          f"{opt['transformer-postprocess-emb']!r} is not supported (nmtkit "
+                          "imports Marian models with transformer-postprocess-emb: d)")
     if not (opt.get("tied-embeddings-all") or opt.get("tied-embeddings-src")):
         raise NMTKitError(f"{where}: tied-embeddings-all and tied-embeddings-src are false: "
                           "separate source and target embeddings are not supported")

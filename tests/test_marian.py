@@ -487,7 +487,8 @@ def test_npz_release_bad_inputs_are_one_line_errors(varied, release, tmp_path):
     for n, (key, value) in enumerate((("transformer-preprocess", "n"),
                                       ("transformer-ffn-activation", "gelu"),
                                       ("transformer-decoder-autoreg", "average-attention"),
-                                      ("right-left", True), ("tied-embeddings-all", False))):
+                                      ("right-left", True), ("tied-embeddings-all", False),
+                                      ("transformer-postprocess-emb", "dn"))):
         changed = tmp_path / f"opt{n}"
         write_marian_release(release["hf"], varied["folder"], changed, {**opts, key: value})
         _fails(_cli("import", "marian", str(changed), str(tmp_path / "o2")), key, "not supported")
