@@ -378,10 +378,10 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
 def _marian_options(arrays: dict[str, np.ndarray], path: Path) -> dict[str, Any]:
     """The model options Marian stored in the npz: yaml text as bytes, a trailing NUL."""
     entry = arrays.get(_CONFIG_ENTRY)
-    if entry is None or entry.dtype not in (np.int8, np.uint8):
+    if entry is None or entry.dtype.itemsize != 1:  # Marian writes int8
         raise NMTKitError(f"{path}: no {_CONFIG_ENTRY} entry: not a Marian model file")
     try:
-        options = yaml.safe_load(entry.view(np.uint8).tobytes().rstrip(b"\0").decode("utf-8"))
+        options = yaml.safe_load(entry.tobytes().rstrip(b"\0").decode("utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise NMTKitError(f"{path}: {_CONFIG_ENTRY} is not YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(options, dict):
@@ -434,16 +434,21 @@ def marian_transformer_config(opt: dict[str, Any], where: str, untied_output: bo
 def _read_vocab_yml(path: Path) -> list[str]:
     """The vocabulary yml (piece: id) as a list of pieces in Marian's id order, <pad> appended
     as Hugging Face's converter does. BaseLoader keeps every key a string ("yes", "1", "null")."""
+    loader = getattr(yaml, "CBaseLoader", yaml.BaseLoader)  # libyaml's, where built: 32k lines
     try:
-        mapping = yaml.load(path.read_text(encoding="utf-8"), Loader=yaml.BaseLoader)
+        mapping = yaml.load(path.read_text(encoding="utf-8"), Loader=loader)
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise NMTKitError(f"{path}: not YAML ({str(err).splitlines()[0]})") from None
     try:
         ids = {piece: int(i) for piece, i in mapping.items()}
     except (AttributeError, TypeError, ValueError):
         ids = None
-    if not ids or sorted(ids.values()) != list(range(len(ids))):
+    if not ids:
         raise NMTKitError(f"{path}: not a Marian vocabulary (a mapping of pieces to ids 0 .. n-1)")
+    if sorted(ids.values()) != list(range(len(ids))):
+        gap = min(set(range(len(ids) + 1)) - set(ids.values()))
+        raise NMTKitError(f"{path}: not a Marian vocabulary of ids 0 .. n-1 ({len(ids)} pieces, "
+                          f"no piece has id {gap})")
     pieces = [""] * len(ids)
     for piece, i in ids.items():
         pieces[i] = piece

@@ -473,6 +473,14 @@ def _fails(result: subprocess.CompletedProcess, *words: str) -> None:
         assert word in result.stderr, result.stderr
 
 
+def _refused(folder: Path, out: Path, *words: str) -> None:
+    with pytest.raises(NMTKitError) as err:
+        import_marian(folder, out)
+    assert "\n" not in str(err.value)
+    for word in words:
+        assert word in str(err.value), str(err.value)
+
+
 def test_npz_release_bad_inputs_are_one_line_errors(varied, release, tmp_path):
     # an npz holding a pickled object: np.load(allow_pickle=False) refuses it, nothing is run
     pickled = _copy(release["folder"], tmp_path / "pickled")
@@ -482,6 +490,7 @@ def test_npz_release_bad_inputs_are_one_line_errors(varied, release, tmp_path):
     np.savez(pickled / NPZ_NAME, **arrays)
     _fails(_cli("import", "marian", str(pickled), str(tmp_path / "o1")), "evil", "pickled",
            "allow_pickle=False")
+    # the rest in-process: the CLI turns each NMTKitError into that one line (the pickle above)
     # unsupported options, named by Marian's name
     opts = _marian_options(release["hf"].config)
     for n, (key, value) in enumerate((("transformer-preprocess", "n"),
@@ -491,25 +500,29 @@ def test_npz_release_bad_inputs_are_one_line_errors(varied, release, tmp_path):
                                       ("transformer-postprocess-emb", "dn"))):
         changed = tmp_path / f"opt{n}"
         write_marian_release(release["hf"], varied["folder"], changed, {**opts, key: value})
-        _fails(_cli("import", "marian", str(changed), str(tmp_path / "o2")), key, "not supported")
+        _refused(changed, tmp_path / "o2", key, "not supported")
     # the vocabulary yml missing, or named by decoder.yml but absent
     no_vocab = _copy(release["folder"], tmp_path / "novocab")
     (no_vocab / VOCAB_YML).unlink()
-    _fails(_cli("import", "marian", str(no_vocab), str(tmp_path / "o3")), VOCAB_YML, "missing")
+    _refused(no_vocab, tmp_path / "o3", VOCAB_YML, "missing")
     (no_vocab / "decoder.yml").unlink()
-    _fails(_cli("import", "marian", str(no_vocab), str(tmp_path / "o3")), "vocab.yml")
+    _refused(no_vocab, tmp_path / "o3", "vocab.yml")
+    # a vocabulary yml with a line lost: named, with the first id no piece has
+    lines = (release["folder"] / VOCAB_YML).read_text(encoding="utf-8").splitlines(keepends=True)
+    (no_vocab / VOCAB_YML).write_text("".join(lines[:7] + lines[8:]), encoding="utf-8")
+    _refused(no_vocab, tmp_path / "o3", VOCAB_YML, "no piece has id 7")
     # a weight nmtkit does not map (learned positions) and a missing one
     extra = _copy(release["folder"], tmp_path / "extra")
     arrays["Wpos"] = np.zeros((4, 32), dtype=np.float32)
     del arrays["evil"], arrays["decoder_l2_ffn_W2"]
     np.savez(extra / NPZ_NAME, **arrays)
-    _fails(_cli("import", "marian", str(extra), str(tmp_path / "o4")), "Wpos")
+    _refused(extra, tmp_path / "o4", "Wpos")
     del arrays["Wpos"]
     np.savez(extra / NPZ_NAME, **arrays)
-    _fails(_cli("import", "marian", str(extra), str(tmp_path / "o4")), "decoder_l2_ffn_W2")
+    _refused(extra, tmp_path / "o4", "decoder_l2_ffn_W2")
     # not an npz at all
     (extra / NPZ_NAME).write_bytes(b"not a zip")
-    _fails(_cli("import", "marian", str(extra), str(tmp_path / "o5")), "not an npz")
+    _refused(extra, tmp_path / "o5", "not an npz")
     assert not any((tmp_path / f"o{i}").exists() for i in range(1, 6))
 
 
