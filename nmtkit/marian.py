@@ -455,7 +455,10 @@ def _read_vocab_yml(path: Path) -> list[str]:
     for special in (EOS, UNK):
         if special not in ids:
             raise NMTKitError(f"{path}: has no {special}")
-    return pieces if PAD in ids else pieces + [PAD]
+    if PAD in ids:  # its row would not be the zero embedding Marian starts the decoder from
+        raise NMTKitError(f"{path}: has a {PAD} entry (id {ids[PAD]}); Marian's vocabularies "
+                          "have none: not supported")
+    return pieces + [PAD]
 
 
 def _hf_weights_from_npz(arrays: dict[str, np.ndarray], cfg: TransformerConfig, vocab_size: int,

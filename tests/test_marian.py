@@ -511,6 +511,8 @@ def test_npz_release_bad_inputs_are_one_line_errors(varied, release, tmp_path):
     lines = (release["folder"] / VOCAB_YML).read_text(encoding="utf-8").splitlines(keepends=True)
     (no_vocab / VOCAB_YML).write_text("".join(lines[:7] + lines[8:]), encoding="utf-8")
     _refused(no_vocab, tmp_path / "o3", VOCAB_YML, "no piece has id 7")
+    (no_vocab / VOCAB_YML).write_text("".join(lines) + f'"<pad>": {len(lines)}\n', encoding="utf-8")
+    _refused(no_vocab, tmp_path / "o3", VOCAB_YML, "<pad>")
     # a weight nmtkit does not map (learned positions) and a missing one
     extra = _copy(release["folder"], tmp_path / "extra")
     arrays["Wpos"] = np.zeros((4, 32), dtype=np.float32)
