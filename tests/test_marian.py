@@ -2,7 +2,8 @@
 
 The tests build a small random MarianMTModel themselves (no download), with its own two
 sentencepiece models trained on the numbers corpus, and compare nmtkit's logits, greedy and
-beam outputs with Hugging Face's."""
+beam outputs with Hugging Face's. The same model written in the original Marian release layout
+(npz, decoder.yml, vocabulary yml) must import to the same computation."""
 
 from __future__ import annotations
 
