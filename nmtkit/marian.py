@@ -65,6 +65,8 @@ _ACTIVATIONS = {"swish": "swish", "silu": "swish", "gelu": "gelu", "relu": "relu
 
 def _read_config(src: Path) -> dict[str, Any]:
     path = src / "config.json"
+    if path.is_dir():
+        _check_file(path)  # says it is a folder
     if not path.is_file():
         raise NMTKitError(f"{src}: not a Hugging Face Marian folder (no config.json) nor a "
                           "Marian release (no *.npz)")

@@ -539,4 +539,7 @@ def test_out_below_a_file_and_a_spm_that_is_a_folder_name_the_cause(marian, tmp_
     (spm_dir / "source.spm").unlink()
     (spm_dir / "source.spm").mkdir()
     _fails(_cli("import", "marian", str(spm_dir), str(tmp_path / "o")), "source.spm is a folder")
+    (spm_dir / "config.json").unlink()
+    (spm_dir / "config.json").mkdir()
+    _refused(spm_dir, tmp_path / "o", "config.json is a folder")
     assert (tmp_path / "afile").read_text() == "x" and not (tmp_path / "o").exists()
