@@ -543,3 +543,19 @@ def test_out_below_a_file_and_a_spm_that_is_a_folder_name_the_cause(marian, tmp_
     (spm_dir / "config.json").mkdir()
     _refused(spm_dir, tmp_path / "o", "config.json is a folder")
     assert (tmp_path / "afile").read_text() == "x" and not (tmp_path / "o").exists()
+
+
+def test_npz_release_with_an_untied_output_layer(release, tmp_path):
+    """decoder_ff_logit_out_W, Marian's untied output layer stored (d_model, vocab), becomes the
+    output weight; here it holds the embedding's values, so the model computes as before."""
+    folder = _copy(release["folder"], tmp_path / "untied")
+    with np.load(folder / NPZ_NAME) as npz:
+        arrays = dict(npz)
+    arrays["decoder_ff_logit_out_W"] = arrays["Wemb"].T.copy() * 2.0
+    np.savez(folder / NPZ_NAME, **arrays)
+    ckpt = load_checkpoint(import_marian(folder, tmp_path / "ckpt"))
+    tied = load_checkpoint(release["ckpt"])
+    assert ckpt.config.model.tie_output is False and tied.config.model.tie_output is True
+    ours, theirs = ckpt.model.generator.weight, tied.model.generator.weight
+    assert torch.equal(ours, 2.0 * theirs)  # <pad> and <s>: zero rows in both
+    assert torch.equal(ckpt.model.encoder.embedding.weight, tied.model.encoder.embedding.weight)
