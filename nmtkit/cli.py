@@ -688,10 +688,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_average)
 
     sp = sub.add_parser("import", help="turn a pretrained model into an nmtkit checkpoint")
-    sp.add_argument("format", choices=["marian"], help="marian: a Hugging Face MarianMTModel "
-                    "folder (OPUS-MT)")
-    sp.add_argument("src", help="the folder (config.json, model.safetensors or "
-                    "pytorch_model.bin, source.spm, target.spm, vocab.json)")
+    sp.add_argument("format", choices=["marian"], help="marian: an OPUS-MT model, as a Hugging "
+                    "Face MarianMTModel folder or as the original Marian release")
+    sp.add_argument("src", help="the folder: Hugging Face's (config.json, model.safetensors or "
+                    "pytorch_model.bin, source.spm, target.spm, vocab.json) or Marian's release "
+                    "(*.npz, decoder.yml, *.vocab.yml, source.spm, target.spm)")
     sp.add_argument("out", help="the new checkpoint folder (must not exist)")
     sp.set_defaults(fn=cmd_import)
 

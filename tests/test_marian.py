@@ -2,18 +2,23 @@
 
 The tests build a small random MarianMTModel themselves (no download), with its own two
 sentencepiece models trained on the numbers corpus, and compare nmtkit's logits, greedy and
-beam outputs with Hugging Face's."""
+beam outputs with Hugging Face's. The same model written in the original Marian release layout
+(npz, decoder.yml, vocabulary yml) must import to the same computation."""
 
 from __future__ import annotations
 
+import copy
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import sentencepiece as spm
 import torch
+import yaml
 from safetensors.torch import load_file
 
 transformers = pytest.importorskip("transformers")
@@ -37,14 +42,17 @@ def _train_spm(text: Path, prefix: Path, size: int) -> Path:
     return Path(f"{prefix}.model")
 
 
-def _marian_folder(tmp: Path, corpus: dict[str, tuple[Path, Path]], weights: str) -> Path:
+def _marian_folder(tmp: Path, corpus: dict[str, tuple[Path, Path]], weights: str,
+                   varied: bool = False) -> Path:
     """A random MarianMTModel (swish, scaled embeddings, sines|cosines, a final logits bias and
-    a non-zero <pad> row: every option the import maps) saved with save_pretrained."""
-    folder = tmp / f"marian-{weights}"
+    a non-zero <pad> row: every option the import maps) saved with save_pretrained. `varied`:
+    weights large enough that outputs depend on the source and often end with </s>."""
+    name = f"{weights}{'-varied' if varied else ''}"
+    folder = tmp / f"marian-{name}"
     folder.mkdir()
     en, ko = corpus["train"]
-    src_spm = _train_spm(ko, tmp / f"src-{weights}", 60)
-    tgt_spm = _train_spm(en, tmp / f"tgt-{weights}", 50)
+    src_spm = _train_spm(ko, tmp / f"src-{name}", 60)
+    tgt_spm = _train_spm(en, tmp / f"tgt-{name}", 50)
     vocab = ["</s>", "<unk>"]
     for model in (src_spm, tgt_spm):
         sp = spm.SentencePieceProcessor(model_file=str(model))
@@ -68,6 +76,12 @@ def _marian_folder(tmp: Path, corpus: dict[str, tuple[Path, Path]], weights: str
         model.model.shared.weight.normal_(0, 0.5)  # <pad> too: the decoder's start
         model.final_logits_bias.normal_(0, 1.0)
         model.final_logits_bias[0, 0] = 1.0  # </s> often enough for outputs of varied length
+        if varied:  # the default linears (std 0.02) give all 50 sentences the same output
+            for module in model.modules():
+                if isinstance(module, torch.nn.Linear) and module is not model.lm_head:
+                    module.weight.normal_(0, 2.0 / module.in_features ** 0.5)
+                    module.bias.normal_(0, 0.1)
+            model.final_logits_bias[0, 0] = 5.0
     model.save_pretrained(folder)
     if weights == "bin":  # the older hub folders' pickle (transformers 5 no longer writes one)
         (folder / "model.safetensors").unlink()
@@ -109,11 +123,15 @@ def _hf_batch(folder: Path, sentences: list[str]) -> tuple[torch.Tensor, torch.T
 
 
 def test_logits_equal_hugging_face_on_a_padded_batch(marian):
-    folder, hf = marian["folder"], marian["hf"]
-    sources = marian["sources"][:8]
+    _check_logits(marian["folder"], marian["hf"], marian["ckpt"], marian["sources"][:8])
+
+
+def _check_logits(folder: Path, hf, imported: Path, sources: list[str]) -> None:
+    """nmtkit's logits on `imported` equal those of the MarianMTModel `hf` (whose vocab.json and
+    source.spm are in `folder`), teacher-forced over hf's greedy outputs."""
     ids, mask = _hf_batch(folder, sources)
     assert not mask.all()  # padding in the batch
-    ckpt = load_checkpoint(marian["ckpt"])
+    ckpt = load_checkpoint(imported)
     tr = Translator(ckpt, pack=False)
     vocab = json.loads((folder / "vocab.json").read_text())
     ours_of = {p: i for i, p in enumerate(tr.tgt_pieces)}
@@ -150,21 +168,55 @@ def _hf_pieces_all(folder: Path, ids: list[int]) -> list[str]:
     return [pieces[i] for i in ids]
 
 
+@pytest.fixture(scope="module")
+def varied(marian):
+    """A MarianMTModel whose outputs vary with the source, imported."""
+    folder = _marian_folder(marian["tmp"], marian["corpus"], "safetensors", varied=True)
+    hf = transformers.MarianMTModel.from_pretrained(folder).eval()
+    return {"folder": folder, "hf": hf, "ckpt": import_marian(folder, marian["tmp"] / "varied")}
+
+
+def test_logits_of_a_varied_model_equal_hugging_face(marian, varied):
+    _check_logits(varied["folder"], varied["hf"], varied["ckpt"], marian["sources"][:8])
+
+
 @pytest.mark.parametrize("beam", [1, 5])
-def test_search_equals_generate(marian, beam):
-    folder, hf, sources = marian["folder"], marian["hf"], marian["sources"]
+def test_search_equals_generate(marian, varied, beam):
+    _check_search(varied["folder"], varied["hf"], varied["ckpt"], marian["sources"], beam)
+
+
+def _check_search(folder: Path, hf, imported: Path, sources: list[str], beam: int) -> None:
+    """Greedy or beam search on `imported` equals hf's generate, token for token."""
     ids, mask = _hf_batch(folder, sources)
     vocab = json.loads((folder / "vocab.json").read_text())
     out = hf.generate(input_ids=ids, attention_mask=mask, num_beams=beam, do_sample=False,
-                      max_new_tokens=MAX_NEW, length_penalty=0.0, early_stopping=False,
+                      max_new_tokens=MAX_NEW + 1, length_penalty=0.0, early_stopping=False,
                       bad_words_ids=[[vocab["<pad>"]], [vocab["<unk>"]]],
-                      forced_eos_token_id=None, num_return_sequences=1)
+                      forced_eos_token_id=None, num_return_sequences=1,
+                      logits_processor=transformers.LogitsProcessorList([_EosAtLimit(MAX_NEW)]))
     theirs = [_hf_pieces(folder, row) for row in out.tolist()]
-    tr = Translator.load(marian["ckpt"])
+    tr = Translator.load(imported)
     ours = tr.translate(sources, beam=beam, length_penalty=0.0, max_len_a=0.0, max_len_b=MAX_NEW,
                         attention=False, return_details=True)
     assert max(len(t) for t in theirs) > 2  # not all empty
+    assert len({tuple(t) for t in theirs}) > len(sources) // 5  # the outputs depend on the source
     assert [t.tokens for t in ours] == theirs
+
+
+class _EosAtLimit(transformers.LogitsProcessor):
+    """nmtkit's rule at the length limit: only </s>, with its own log-probability. (generate
+    stops a hypothesis there without </s>, and forced_eos_token_id gives </s> a log-probability
+    of 0: either scores a beam that reaches the limit differently.)"""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if input_ids.size(1) - 1 < self.limit:  # tokens generated so far, after the start
+            return scores
+        only_eos = torch.full_like(scores, float("-inf"))
+        only_eos[:, 0] = scores[:, 0]
+        return only_eos
 
 
 def test_pytorch_model_bin_imports_the_same(marian, tmp_path):
@@ -194,7 +246,8 @@ def test_bad_inputs_are_one_line_errors(marian, tmp_path):
         for word in words:
             assert word in errors[0]
 
-    fails(_cli("import", "marian", str(tmp_path), str(tmp_path / "o1")), "not a Hugging Face Marian")
+    fails(_cli("import", "marian", str(tmp_path), str(tmp_path / "o1")), "not a Hugging Face Marian",
+          "no *.npz")
     for bad_out, word in ((marian["ckpt"], "already exists"),):
         with pytest.raises(NMTKitError, match=word):
             import_marian(folder, bad_out)
@@ -290,3 +343,219 @@ def test_a_config_value_of_the_wrong_type_is_one_line(tmp_path):
     with pytest.raises(NMTKitError) as err:
         transformer_config(cfg, tmp_path / "config.json")
     assert "\n" not in str(err.value) and "d_model" in str(err.value)
+
+
+# --- the original Marian release (*.npz, decoder.yml, vocabulary yml, spm models) ---
+
+NPZ_NAME = "opus.spm60-spm50.transformer-align.model1.npz.best-perplexity.npz"
+VOCAB_YML = "opus.spm60-spm50.vocab.yml"
+
+
+def _marian_options(cfg) -> dict:
+    """special:model.yml as Marian writes it for an OPUS-MT transformer-align model."""
+    return {
+        "type": "transformer", "dim-vocabs": [cfg.vocab_size - 1, cfg.vocab_size - 1],
+        "dim-emb": cfg.d_model, "enc-depth": cfg.encoder_layers, "dec-depth": cfg.decoder_layers,
+        "tied-embeddings-all": True, "tied-embeddings-src": False, "tied-embeddings": False,
+        "transformer-heads": cfg.encoder_attention_heads, "transformer-dim-ffn": cfg.encoder_ffn_dim,
+        "transformer-ffn-activation": cfg.activation_function, "transformer-ffn-depth": 2,
+        "transformer-preprocess": "", "transformer-postprocess": "dan",
+        "transformer-postprocess-emb": "d", "transformer-train-position-embeddings": False,
+        "transformer-decoder-autoreg": "self-attention", "transformer-no-projection": False,
+        "transformer-aan-depth": 2, "transformer-aan-nogate": False, "transformer-dim-aan": 2048,
+        "transformer-tied-layers": [], "transformer-guided-alignment-layer": "last",
+        "transformer-dropout": 0.1, "right-left": False, "layer-normalization": False,
+        "ulr-dim-emb": 0, "dec-cell-base-depth": 2, "dec-cell-high-depth": 1, "version": "v1.7.6",
+    }
+
+
+def write_marian_release(model, hf_folder: Path, out: Path, options: dict | None = None) -> Path:
+    """`model` (a MarianMTModel whose <pad> is last, with a zero row: Marian's decoder starts
+    from a zero embedding) in the layout OPUS-MT releases: Marian's names, matrices (in, out),
+    biases and norms (1, n), no <pad> row, the options as yaml bytes in special:model.yml."""
+    state = {k.removeprefix("model."): v.detach().numpy() for k, v in model.state_dict().items()}
+    vocab = json.loads((hf_folder / "vocab.json").read_text())
+    assert vocab["<pad>"] == len(vocab) - 1
+    arrays = {"Wemb": state["shared.weight"][:-1],
+              "decoder_ff_logit_out_b": state["final_logits_bias"][:, :-1]}
+    ours = {"self_attn": "self", "encoder_attn": "context"}
+    norms = {"self_attn_layer_norm": "self_Wo", "encoder_attn_layer_norm": "context_Wo",
+             "final_layer_norm": "ffn_ffn"}
+    for name, value in state.items():
+        parts = name.split(".")
+        if parts[0] not in ("encoder", "decoder") or parts[1] != "layers":
+            continue
+        layer, module, kind = f"{parts[0]}_l{int(parts[2]) + 1}", parts[3], parts[-1]
+        if module in ours:  # self_attn.q_proj.weight -> encoder_l1_self_Wq
+            x = parts[4][0]  # q k v o(ut_proj)
+            key = f"{layer}_{ours[module]}_{'W' if kind == 'weight' else 'b'}{x}"
+        elif module in norms:
+            key = f"{layer}_{norms[module]}_ln_{'scale' if kind == 'weight' else 'bias'}"
+        else:  # fc1 / fc2
+            key = f"{layer}_ffn_{'W' if kind == 'weight' else 'b'}{module[-1]}"
+        arrays[key] = value.T if kind == "weight" and module not in norms else value.reshape(1, -1)
+    text = yaml.safe_dump(options or _marian_options(model.config), sort_keys=False) + "\0"
+    arrays["special:model.yml"] = np.frombuffer(text.encode("utf-8"), dtype=np.int8)
+    out.mkdir()
+    np.savez(out / NPZ_NAME, **arrays)
+    pieces = sorted((p for p in vocab if p != "<pad>"), key=vocab.get)
+    (out / VOCAB_YML).write_text("".join(f"{json.dumps(p, ensure_ascii=False)}: {vocab[p]}\n"
+                                         for p in pieces), encoding="utf-8")
+    (out / "decoder.yml").write_text(
+        f"models:\n  - {NPZ_NAME}\nvocabs:\n  - {VOCAB_YML}\n  - {VOCAB_YML}\nbeam-size: 6\n"
+        "normalize: 0.6\nword-penalty: 0\nmini-batch: 1\nmaxi-batch: 1\nmaxi-batch-sort: src\n"
+        "relative-paths: true\n")
+    for name in ("source.spm", "target.spm"):
+        (out / name).write_bytes((hf_folder / name).read_bytes())
+    return out
+
+
+@pytest.fixture(scope="module")
+def release(marian, varied):
+    """The varied model with a zero <pad> row and bias, as a Marian release, imported."""
+    hf = copy.deepcopy(varied["hf"])
+    with torch.no_grad():
+        hf.model.shared.weight[-1] = 0.0
+        hf.final_logits_bias[0, -1] = 0.0
+    folder = write_marian_release(hf, varied["folder"], marian["tmp"] / "release")
+    ckpt = import_marian(folder, marian["tmp"] / "imported-npz")
+    return {"folder": folder, "hf": hf, "ckpt": ckpt}
+
+
+def test_the_release_writer_matches_transformers_converter(marian, release, tmp_path):
+    """transformers' own converter (shipped up to transformers 4) reads the written release back
+    into the same weights: the layout is Marian's, not merely the inverse of nmtkit's import."""
+    convert = pytest.importorskip("transformers.models.marian.convert_marian_to_pytorch")
+    folder = tmp_path / "release"
+    shutil.copytree(release["folder"], folder)  # the converter writes vocab.json into it
+    state = convert.OpusState(folder).load_marian_model().state_dict()
+    theirs = release["hf"].state_dict()
+    assert state.keys() == theirs.keys()
+    for name, value in theirs.items():
+        if "embed_positions" in name:  # sinusoids, not stored; the converter sizes them d_model
+            value = value[:len(state[name])]
+        assert torch.allclose(state[name].float(), value.float(), atol=1e-6), name
+
+
+def test_npz_release_logits_equal_hugging_face_on_a_padded_batch(marian, varied, release):
+    _check_logits(varied["folder"], release["hf"], release["ckpt"], marian["sources"][:8])
+
+
+@pytest.mark.parametrize("beam", [1, 5])
+def test_npz_release_search_equals_generate(marian, varied, release, beam):
+    _check_search(varied["folder"], release["hf"], release["ckpt"], marian["sources"], beam)
+
+
+def test_npz_release_with_one_spm_and_no_decoder_yml(marian, release, tmp_path):
+    """A release without decoder.yml (the only .npz and *vocab.yml are used) and with one
+    sentencepiece model for both sides imports the same model."""
+    folder = tmp_path / "bare"
+    shutil.copytree(release["folder"], folder)
+    (folder / "decoder.yml").unlink()
+    (folder / "target.spm").unlink()
+    (folder / "source.spm").rename(folder / "opus.spm60.spm")
+    result = _cli("import", "marian", str(folder), str(tmp_path / "ckpt"))
+    assert result.returncode == 0, result.stderr
+    a, b = (load_file(str(Path(c) / "model.safetensors")) for c in (release["ckpt"], tmp_path / "ckpt"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    info = json.loads((tmp_path / "ckpt" / "checkpoint.json").read_text())
+    assert info["imported_from"]["format"] == "marian-npz"
+
+
+def _copy(folder: Path, to: Path) -> Path:
+    shutil.copytree(folder, to)
+    return to
+
+
+def _fails(result: subprocess.CompletedProcess, *words: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("nmtkit: error:") and result.stderr.count("\n") == 1, result.stderr
+    for word in words:
+        assert word in result.stderr, result.stderr
+
+
+def _refused(folder: Path, out: Path, *words: str) -> None:
+    with pytest.raises(NMTKitError) as err:
+        import_marian(folder, out)
+    assert "\n" not in str(err.value)
+    for word in words:
+        assert word in str(err.value), str(err.value)
+
+
+def test_npz_release_bad_inputs_are_one_line_errors(varied, release, tmp_path):
+    # an npz holding a pickled object: np.load(allow_pickle=False) refuses it, nothing is run
+    pickled = _copy(release["folder"], tmp_path / "pickled")
+    with np.load(pickled / NPZ_NAME) as npz:
+        arrays = dict(npz)
+    arrays["evil"] = np.array([Path("x")], dtype=object)
+    np.savez(pickled / NPZ_NAME, **arrays)
+    _fails(_cli("import", "marian", str(pickled), str(tmp_path / "o1")), "evil", "pickled",
+           "allow_pickle=False")
+    # the rest in-process: the CLI turns each NMTKitError into that one line (the pickle above)
+    # unsupported options, named by Marian's name
+    opts = _marian_options(release["hf"].config)
+    for n, (key, value) in enumerate((("transformer-preprocess", "n"),
+                                      ("transformer-ffn-activation", "gelu"),
+                                      ("transformer-decoder-autoreg", "average-attention"),
+                                      ("right-left", True), ("tied-embeddings-all", False),
+                                      ("transformer-postprocess-emb", "dn"))):
+        changed = tmp_path / f"opt{n}"
+        write_marian_release(release["hf"], varied["folder"], changed, {**opts, key: value})
+        _refused(changed, tmp_path / "o2", key, "not supported")
+    # the vocabulary yml missing, or named by decoder.yml but absent
+    no_vocab = _copy(release["folder"], tmp_path / "novocab")
+    (no_vocab / VOCAB_YML).unlink()
+    _refused(no_vocab, tmp_path / "o3", VOCAB_YML, "missing")
+    (no_vocab / "decoder.yml").unlink()
+    _refused(no_vocab, tmp_path / "o3", "vocab.yml")
+    # a vocabulary yml with a line lost: named, with the first id no piece has
+    lines = (release["folder"] / VOCAB_YML).read_text(encoding="utf-8").splitlines(keepends=True)
+    (no_vocab / VOCAB_YML).write_text("".join(lines[:7] + lines[8:]), encoding="utf-8")
+    _refused(no_vocab, tmp_path / "o3", VOCAB_YML, "no piece has id 7")
+    (no_vocab / VOCAB_YML).write_text("".join(lines) + f'"<pad>": {len(lines)}\n', encoding="utf-8")
+    _refused(no_vocab, tmp_path / "o3", VOCAB_YML, "<pad>")
+    # a weight nmtkit does not map (learned positions) and a missing one
+    extra = _copy(release["folder"], tmp_path / "extra")
+    arrays["Wpos"] = np.zeros((4, 32), dtype=np.float32)
+    del arrays["evil"], arrays["decoder_l2_ffn_W2"]
+    np.savez(extra / NPZ_NAME, **arrays)
+    _refused(extra, tmp_path / "o4", "Wpos")
+    del arrays["Wpos"]
+    np.savez(extra / NPZ_NAME, **arrays)
+    _refused(extra, tmp_path / "o4", "decoder_l2_ffn_W2")
+    # not an npz at all
+    (extra / NPZ_NAME).write_bytes(b"not a zip")
+    _refused(extra, tmp_path / "o5", "not an npz")
+    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 6))
+
+
+def test_out_below_a_file_and_a_spm_that_is_a_folder_name_the_cause(marian, tmp_path):
+    """Found by a hostile review: OUT below a file said "already exists", and a source.spm
+    that is a folder was reported as missing."""
+    (tmp_path / "afile").write_text("x")
+    _fails(_cli("import", "marian", str(marian["folder"]), str(tmp_path / "afile" / "sub" / "out")),
+           "afile is a file, not a folder")
+    spm_dir = _copy(marian["folder"], tmp_path / "spmdir")
+    (spm_dir / "source.spm").unlink()
+    (spm_dir / "source.spm").mkdir()
+    _fails(_cli("import", "marian", str(spm_dir), str(tmp_path / "o")), "source.spm is a folder")
+    (spm_dir / "config.json").unlink()
+    (spm_dir / "config.json").mkdir()
+    _refused(spm_dir, tmp_path / "o", "config.json is a folder")
+    assert (tmp_path / "afile").read_text() == "x" and not (tmp_path / "o").exists()
+
+
+def test_npz_release_with_an_untied_output_layer(release, tmp_path):
+    """decoder_ff_logit_out_W, Marian's untied output layer stored (d_model, vocab), becomes the
+    output weight; here it holds the embedding's values, so the model computes as before."""
+    folder = _copy(release["folder"], tmp_path / "untied")
+    with np.load(folder / NPZ_NAME) as npz:
+        arrays = dict(npz)
+    arrays["decoder_ff_logit_out_W"] = arrays["Wemb"].T.copy() * 2.0
+    np.savez(folder / NPZ_NAME, **arrays)
+    ckpt = load_checkpoint(import_marian(folder, tmp_path / "ckpt"))
+    tied = load_checkpoint(release["ckpt"])
+    assert ckpt.config.model.tie_output is False and tied.config.model.tie_output is True
+    ours, theirs = ckpt.model.generator.weight, tied.model.generator.weight
+    assert torch.equal(ours, 2.0 * theirs)  # <pad> and <s>: zero rows in both
+    assert torch.equal(ckpt.model.encoder.embedding.weight, tied.model.encoder.embedding.weight)
