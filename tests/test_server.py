@@ -189,24 +189,44 @@ def test_the_queue_gauge_returns_to_zero_after_traffic(translator, batching) -> 
         assert _gauge(c) == 0.0
 
 
-def test_alternatives_of_different_requests_share_a_model_call(translator) -> None:
-    prefixes = ["", "three ", "three hundred ", "four "]
-    expected = [[a.__dict__ for a in translator.alternatives(NUMBERS[0], p, 3, beam=2)] for p in prefixes]
+def _same_alternatives(got: list[list[dict]], expected: list[list[dict]]) -> None:
+    """The same words, translations and prefixes; the probabilities to float32 rounding (a
+    batch's matrix products may round the last bit differently from one request's)."""
+    def plain(x):
+        return [[{k: v for k, v in a.items() if k != "probability"} for a in alts] for alts in x]
+
+    assert plain(got) == plain(expected)
+    assert [[a["probability"] for a in alts] for alts in got] == \
+        [[pytest.approx(a["probability"], rel=1e-5, abs=1e-9) for a in alts] for alts in expected]
+
+
+def test_alternatives_of_different_requests_share_a_model_call(translator, monkeypatch) -> None:
+    asks = [(NUMBERS[0], ""), (NUMBERS[0], "three "), (NUMBERS[1], "four thousand "),
+            (NUMBERS[0], "three hundred fo"), (NUMBERS[2], "nine")]
+    expected = [[a.__dict__ for a in translator.alternatives(s, p, 3, beam=2)] for s, p in asks]
+    encoded: list[int] = []  # the sentences of each encoder call
+    encode = translator.model.encode
+    monkeypatch.setattr(translator.model, "encode",
+                        lambda src, lengths: (encoded.append(src.size(0)), encode(src, lengths))[1])
     with TestClient(create_app(translator, ServeSettings(batch_wait_ms=300))) as c:
         answers: dict[int, list] = {}
 
         def ask(i: int) -> None:
-            r = c.post("/alternatives", json={"source": NUMBERS[0], "prefix": prefixes[i], "k": 3, "beam": 2})
+            r = c.post("/alternatives", json={"source": asks[i][0], "prefix": asks[i][1], "k": 3, "beam": 2})
             answers[i] = r.json()["alternatives"]
 
-        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prefixes))]
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(asks))]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         calls = c.app.state.batcher.model_calls
-    assert [answers[i] for i in range(len(prefixes))] == expected  # each its own, as alone
-    assert calls < len(prefixes)
+    _same_alternatives([answers[i] for i in range(len(asks))], expected)  # each its own, as alone
+    assert calls < len(asks)
+    # per model call, one encoder call for all the requests' candidate words (their decoder
+    # steps shared), one for all their translations; not one per request
+    assert len(encoded) == 2 * calls, encoded
+    assert sum(encoded[::2]) == len(asks)
     # one request's mistake in a batch is its own: an over-long source under too_long: error
     settings = ServeSettings(batch_wait_ms=300, too_long="error", max_chars=10_000)
     with TestClient(create_app(translator, settings)) as c:
