@@ -697,20 +697,17 @@ def _tokens(translator: Translator, sentences: list[str]) -> int:
     return len(lengths) * max(lengths)
 
 
-def serve(translator: Translator, settings: ServeSettings, host: str, port: int, threads: int,
-          glossary: Glossary | None = None) -> None:
-    """Run the server until SIGINT/SIGTERM: then the requests in flight finish, new ones are
-    refused, and the worker ends."""
+def serve(translator: Translator, settings: ServeSettings, listener: socket.socket, threads: int,
+          glossary: Glossary | None = None, started: str = "") -> None:
+    """Run the server on a bound, listening socket (nmtkit.loading.listen) until SIGINT/SIGTERM:
+    then the requests in flight finish, new ones are refused, and the worker ends. `started`:
+    the startup's timings, for the first line."""
     if threads:
         torch.set_num_threads(threads)
     threads = torch.get_num_threads()
-    try:  # bind first, so that a port in use or an unknown host is one clear error
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        listener = socket.create_server((host, port), family=family)
-    except OSError as err:
-        raise NMTKitError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+    host, port = listener.getsockname()[:2]
     print(f"nmtkit serve: http://{host}:{port}/ (API docs at /docs); the model runs in one worker "
-          f"with {threads} thread{'s' * (threads > 1)}", flush=True)
+          f"with {threads} thread{'s' * (threads > 1)}{'; ' + started if started else ''}", flush=True)
     if not log.handlers:  # the drain and the 500s' details, on stderr beside uvicorn's warnings
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s nmtkit serve: %(message)s"))

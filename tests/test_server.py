@@ -437,3 +437,57 @@ def test_a_port_in_use_or_out_of_range_is_one_line(numbers_checkpoint) -> None:
             assert result.returncode == 2 and len(lines) == 1, result.stderr[-1000:]
             assert lines[0].startswith("nmtkit: error: ") and message in lines[0], lines
             assert "http://" not in result.stdout  # it never said it was listening
+
+
+_SLOW_LOAD = """
+import pathlib, sys, time
+import nmtkit.cli as cli
+load, gate = cli._load_translator, pathlib.Path(sys.argv[1])
+def slow(args):  # the model loads once the test says so
+    while not gate.exists():
+        time.sleep(0.05)
+    return load(args)
+cli._load_translator = slow
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+def test_health_says_loading_until_the_model_is_ready(numbers_checkpoint, tmp_path) -> None:
+    """The port answers from the start: while the model loads (held here until the test lets
+    it), /health is 503 {"status": "loading"} and any other request 503 with a clear message,
+    not a refused connection, a hang or a 500; then "ok", and translations."""
+    port, gate = free_port(), tmp_path / "go"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_LOAD, str(gate), "serve", "--checkpoint",
+                             str(numbers_checkpoint), "--port", str(port), "--threads", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        health = None
+        for _ in range(600):  # Python's start and nmtkit.cli's imports, not torch's
+            try:
+                health = httpx.get(f"{url}/health", timeout=5)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stderr.read()[-2000:]
+                time.sleep(0.1)
+        assert health is not None and health.status_code == 503, health
+        assert health.json() == {"status": "loading"} and health.headers["Retry-After"]
+        for r in (httpx.post(f"{url}/translate", json={"text": NUMBERS[:1]}, timeout=5),
+                  httpx.post(f"{url}/alternatives", json={"source": NUMBERS[0]}, timeout=5),
+                  httpx.get(f"{url}/", timeout=5)):
+            assert r.status_code == 503 and "the model is loading" in r.json()["detail"], r.text
+        gate.touch()
+        for _ in range(1200):
+            health = httpx.get(f"{url}/health", timeout=5)
+            if health.status_code != 503:
+                break
+            assert health.json() == {"status": "loading"}
+            time.sleep(0.1)
+        assert health.status_code == 200 and health.json()["status"] == "ok", health.text
+        r = httpx.post(f"{url}/translate", json={"text": NUMBERS[:1]}, timeout=30)
+        assert r.status_code == 200 and r.json()["translations"][0]["text"]
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    assert "loading the model" in out and "ready" in out, out
