@@ -635,10 +635,9 @@ class Translator:
         starts = [s for _, _, ss in found for s in ss]
         wanted = [list((constraints[i] if constraints is not None else None) or [])
                   for i, _, ss in found for _ in ss]  # each translation keeps its sentence's
-        if too_long != self.decoding.too_long:
-            options["too_long"] = too_long
         texts = iter(self.translate(sources, prefix=starts, constraints=wanted if any(wanted) else None,
-                                    **options) if starts and translations else [""] * len(starts))
+                                    too_long=too_long, **options)
+                     if starts and translations else [""] * len(starts))
         for i, ranked, ss in found:
             results[i] = [Alternative(word, p, next(texts), start)
                           for (word, p), start in zip(ranked, ss, strict=True)]
