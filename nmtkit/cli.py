@@ -468,20 +468,34 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    try:
-        from nmtkit.server import ServeSettings, serve
-    except ImportError as err:
-        raise NMTKitError(f"nmtkit serve needs FastAPI, uvicorn and prometheus-client ({err.name} "
-                          "is missing): pip install 'nmtkit[serve]'") from None
+    from time import perf_counter
 
-    settings = ServeSettings(
-        batching=not args.no_batching, batch_wait_ms=args.batch_wait_ms,
-        max_batch_tokens=args.max_batch_tokens, queue_limit=args.queue_limit, timeout_s=args.timeout,
-        max_sentences=args.max_sentences, max_chars=args.max_chars, max_beam=args.max_beam,
-        max_nbest=args.max_nbest, max_k=args.max_k, too_long=args.too_long or "truncate")
-    glossary = _glossary(args)
-    translator = _load_translator(args)
-    serve(translator, settings, args.host, args.port, args.threads, glossary=glossary)
+    from nmtkit.loading import answering_loading, listen
+
+    start = perf_counter()
+    listener = listen(args.host, args.port)  # a port in use is one clear error, at once
+    print(f"nmtkit serve: listening on {args.host}:{args.port}; loading the model (503 until it is "
+          "ready)", flush=True)
+    # until the model is loaded (seconds: torch, the web stack, the checkpoint), every request
+    # gets 503, /health {"status": "loading"}: a load balancer waits instead of seeing a refusal
+    with answering_loading(listener):
+        try:
+            from nmtkit.server import ServeSettings, serve
+        except ImportError as err:
+            raise NMTKitError(f"nmtkit serve needs FastAPI, uvicorn and prometheus-client ({err.name} "
+                              "is missing): pip install 'nmtkit[serve]'") from None
+        imported = perf_counter()
+        settings = ServeSettings(
+            batching=not args.no_batching, batch_wait_ms=args.batch_wait_ms,
+            max_batch_tokens=args.max_batch_tokens, queue_limit=args.queue_limit, timeout_s=args.timeout,
+            max_sentences=args.max_sentences, max_chars=args.max_chars, max_beam=args.max_beam,
+            max_nbest=args.max_nbest, max_k=args.max_k, too_long=args.too_long or "truncate")
+        glossary = _glossary(args)
+        translator = _load_translator(args)
+        loaded = perf_counter()
+    serve(translator, settings, listener, args.threads, glossary=glossary,
+          started=f"ready {loaded - start:.1f} s after start (imports {imported - start:.1f} s, "
+                  f"model {loaded - imported:.1f} s)")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:

@@ -301,31 +301,16 @@ class Batcher:
         return parts
 
     def _alternatives(self, group: list[_Job]) -> list[Any]:
-        """Each request's next words, then the translations that follow from all of them in one
-        search, so that alternatives asked for together share its decoder steps."""
-        t = self.translator
-        words: list[Any] = []
-        for j in group:  # a request's own mistake (too long with too_long: error) is its own answer
-            try:
-                words.append(t.alternatives(j.payload["source"], j.payload["prefix"], j.payload["k"],
-                                            translations=False, too_long=self.settings.too_long,
-                                            constraints=j.payload.get("constraints")))
-            except NMTKitError as err:
-                words.append(err)
-        found = [alts for alts in words if not isinstance(alts, Exception)]
-        sources = [j.payload["source"] for j, alts in zip(group, words, strict=True)
-                   if not isinstance(alts, Exception) for _ in alts]
-        starts = [a.prefix for alts in found for a in alts]
-        wanted = [list(j.payload.get("constraints") or []) for j, alts in zip(group, words, strict=True)
-                  if not isinstance(alts, Exception) for _ in alts]  # each translation keeps them
-        self.metrics.batch.observe(len(sources))
-        texts = iter(t.translate(sources, prefix=starts, beam=group[0].payload["beam"],
-                                 too_long=self.settings.too_long,
-                                 constraints=wanted if any(wanted) else None) if sources else [])
-        for alts in found:
-            for a in alts:
-                a.translation = next(texts)
-        return words
+        """The requests' next words in shared decoder steps, then the translations that follow
+        from all of them in one search (Translator.alternatives_batch); a request's own mistake
+        (too long with too_long: error) is its own answer."""
+        results = self.translator.alternatives_batch(
+            [(j.payload["source"], j.payload["prefix"], j.payload["k"]) for j in group],
+            constraints=[j.payload.get("constraints") for j in group], errors="return",
+            beam=group[0].payload["beam"], too_long=self.settings.too_long)
+        self.metrics.batch.observe(len(group))  # the candidate words' call
+        self.metrics.batch.observe(sum(len(r) for r in results if not isinstance(r, Exception)))
+        return results
 
 
 def _constraints(translator: Translator, glossary: Glossary | None, text: list[str],
@@ -712,20 +697,17 @@ def _tokens(translator: Translator, sentences: list[str]) -> int:
     return len(lengths) * max(lengths)
 
 
-def serve(translator: Translator, settings: ServeSettings, host: str, port: int, threads: int,
-          glossary: Glossary | None = None) -> None:
-    """Run the server until SIGINT/SIGTERM: then the requests in flight finish, new ones are
-    refused, and the worker ends."""
+def serve(translator: Translator, settings: ServeSettings, listener: socket.socket, threads: int,
+          glossary: Glossary | None = None, started: str = "") -> None:
+    """Run the server on a bound, listening socket (nmtkit.loading.listen) until SIGINT/SIGTERM:
+    then the requests in flight finish, new ones are refused, and the worker ends. `started`:
+    the startup's timings, for the first line."""
     if threads:
         torch.set_num_threads(threads)
     threads = torch.get_num_threads()
-    try:  # bind first, so that a port in use or an unknown host is one clear error
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        listener = socket.create_server((host, port), family=family)
-    except OSError as err:
-        raise NMTKitError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+    host, port = listener.getsockname()[:2]
     print(f"nmtkit serve: http://{host}:{port}/ (API docs at /docs); the model runs in one worker "
-          f"with {threads} thread{'s' * (threads > 1)}", flush=True)
+          f"with {threads} thread{'s' * (threads > 1)}{'; ' + started if started else ''}", flush=True)
     if not log.handlers:  # the drain and the 500s' details, on stderr beside uvicorn's warnings
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s nmtkit serve: %(message)s"))

@@ -556,7 +556,6 @@ class Translator:
                               f"most {self.longest_output} pieces")
         return ids
 
-    @torch.inference_mode()
     def alternatives(self, source: str, prefix: str = "", k: int = 5, *, candidates: int = 0,
                      max_word_pieces: int = 12, translations: bool = True,
                      constraints: Sequence[str | dict] | None = None,
@@ -572,48 +571,152 @@ class Translator:
         translations come from one call of `translate(prefix=...)` with the rest of `options`,
         so choosing alternative j and translating with its `prefix` gives its `translation`. That
         prefix ends in a space, so the translation goes on with a new word after it.
-        translations=False leaves them empty (a service translates many requests' at once).
-        constraints: the sentence's constraints (a list of phrases), which those translations
-        meet."""
+        translations=False leaves them empty. constraints: the sentence's constraints (a list of
+        phrases), which those translations meet. Many requests at once: alternatives_batch."""
+        (out,) = self.alternatives_batch([(source, prefix, k)], candidates=candidates,
+                                         max_word_pieces=max_word_pieces, translations=translations,
+                                         constraints=[constraints] if constraints else None, **options)
+        assert not isinstance(out, Exception)  # errors="raise"
+        return out
+
+    @torch.inference_mode()
+    def alternatives_batch(self, requests: Sequence[tuple[str, str, int]], *, candidates: int = 0,
+                           max_word_pieces: int = 12, translations: bool = True,
+                           constraints: Sequence[Sequence[str | dict] | None] | None = None,
+                           errors: str = "raise",
+                           **options: object) -> list[list[Alternative] | NMTKitError]:
+        """`alternatives` for many (source, prefix, k) requests, as a service gets them from
+        different users: the candidate words of all of them come from one encoder call and
+        shared decoder steps, and their translations from one `translate` call, so each gets
+        what it would get alone. errors="return": a request's own mistake (its source too
+        long under too_long: error, a prefix the model cannot produce) is its answer, in its
+        place, and the others go on."""
         self._check_translates()
-        if not isinstance(source, str) or not isinstance(prefix, str):
-            raise TypeError("alternatives takes one source sentence and one prefix, as str")
-        check_text(source, "source")
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_BEAM:
-            raise NMTKitError(f"k must be a whole number from 1 to {MAX_BEAM}, not {k!r}")
-        if not source.strip():
-            return []
-        (src_ids,) = self._encode([source], str(options.pop("too_long", None) or self.decoding.too_long))
-        forced, partial, _ = self._prefix(prefix)  # a word comes next either way
-        model = self.model
-        src, lengths = collate_source([src_ids])
-        enc = model.encode(src.to(self.device), lengths.to(self.device))
-        max_len = len(forced) + max_word_pieces + 2
-        state = model.init_state(enc, max_len)
-        prev = torch.tensor([model.start_token], device=self.device)
-        for token in forced:  # the prefix, teacher-forced
-            _, state = model.step(prev, state)
-            prev = torch.tensor([token], device=self.device)
-        scores, state = model.step(prev, state)
-        log_probs = F.log_softmax(scores, dim=-1)[0]  # (vocab,)
-        allowed = self._word_starts(partial)
-        m = min(candidates or max(4 * k, 20), allowed.numel())
-        first_lp, pick = log_probs[allowed].topk(m)
-        first = allowed[pick]  # (m,)
-        words = self._complete_words(state, first, first_lp, partial, max_word_pieces)
-        merged: dict[str, float] = {}
-        for word, p in words:
-            if word:
-                merged[word] = merged.get(word, 0.0) + p
-        ranked = sorted(merged.items(), key=lambda item: -item[1])[:k]
-        head = prefix.rstrip() if not partial else _split_last_word(prefix)[0]
-        # each word is whole: the space after it makes the translation go on with a new word
-        starts = [f"{head} {word} " if head.strip() else f"{word} " for word, _ in ranked]
-        wanted = [list(constraints)] * len(starts) if constraints else None
-        texts = self.translate([source] * len(starts), prefix=starts, constraints=wanted, **options) \
-            if starts and translations else [""] * len(starts)
-        return [Alternative(word, p, text, start)
-                for (word, p), text, start in zip(ranked, texts, starts, strict=True)]
+        if errors not in ("raise", "return"):
+            raise ValueError(f"errors must be 'raise' or 'return', not {errors!r}")
+        if constraints is not None and len(constraints) != len(requests):
+            raise NMTKitError(f"{len(constraints)} constraint lists for {len(requests)} requests")
+        too_long = str(options.pop("too_long", None) or self.decoding.too_long)
+        results: list[list[Alternative] | NMTKitError] = [[] for _ in requests]
+        asked: list[tuple[int, list[int], Prefix, int]] = []  # (request, source ids, prefix, k)
+        for i, (source, prefix, k) in enumerate(requests):
+            if not isinstance(source, str) or not isinstance(prefix, str):
+                raise TypeError("alternatives takes one source sentence and one prefix, as str")
+            try:
+                check_text(source, "source")
+                if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_BEAM:
+                    raise NMTKitError(f"k must be a whole number from 1 to {MAX_BEAM}, not {k!r}")
+                if not source.strip():
+                    continue
+                (src_ids,) = self._encode([source], too_long)
+                forced = self._prefix(prefix)
+            except NMTKitError as err:
+                if errors == "raise":
+                    raise
+                results[i] = err
+                continue
+            if src_ids:
+                asked.append((i, src_ids, forced, k))
+        words = self._next_words([(ids, forced, candidates or max(4 * k, 20)) for _, ids, forced, k in asked],
+                                 max_word_pieces) if asked else []
+        found: list[tuple[int, list[tuple[str, float]], list[str]]] = []
+        for (i, _, forced, k), candidates_of in zip(asked, words, strict=True):
+            merged: dict[str, float] = {}
+            for word, p in candidates_of:
+                if word:
+                    merged[word] = merged.get(word, 0.0) + p
+            ranked = sorted(merged.items(), key=lambda item: -item[1])[:k]
+            prefix = requests[i][1]
+            head = prefix.rstrip() if not forced.partial else _split_last_word(prefix)[0]
+            # each word is whole: the space after it makes the translation go on with a new word
+            starts = [f"{head} {word} " if head.strip() else f"{word} " for word, _ in ranked]
+            found.append((i, ranked, starts))
+        sources = [requests[i][0] for i, _, starts in found for _ in starts]
+        starts = [s for _, _, ss in found for s in ss]
+        wanted = [list((constraints[i] if constraints is not None else None) or [])
+                  for i, _, ss in found for _ in ss]  # each translation keeps its sentence's
+        texts = iter(self.translate(sources, prefix=starts, constraints=wanted if any(wanted) else None,
+                                    too_long=too_long, **options)
+                     if starts and translations else [""] * len(starts))
+        for i, ranked, ss in found:
+            results[i] = [Alternative(word, p, next(texts), start)
+                          for (word, p), start in zip(ranked, ss, strict=True)]
+        return results
+
+    def _next_words(self, asked: list[tuple[list[int], Prefix, int]],
+                    max_pieces: int) -> list[list[tuple[str, float]]]:
+        """Each request's candidate words: (source ids, prefix, how many first pieces), in
+        decoder steps that all requests share. A request has one row while its prefix is
+        teacher-forced; at the position after it, the row branches into its likeliest first
+        pieces (those that start a word, or go on spelling a word typed in part), and each is
+        continued greedily until the next piece would start a new word (or be </s>), when it
+        leaves the batch. The words, with the product of their pieces' probabilities."""
+        model, device = self.model, self.device
+        src, lengths = collate_source([ids for ids, _, _ in asked])
+        enc = model.encode(src.to(device), lengths.to(device))
+        state = model.init_state(enc, max(len(p.ids) for _, p, _ in asked) + max_pieces + 2)
+        pieces: list[list[list[str]]] = [[] for _ in asked]  # per request, per candidate
+        rest: list[list[str]] = [[] for _ in asked]  # what each must still spell of a typed word
+        log_prob: list[Tensor] = [torch.zeros(0) for _ in asked]
+        steps = [0] * len(asked)  # completion steps taken, per request
+        rows = [(r, -1) for r in range(len(asked))]  # (request, candidate; -1 while forcing)
+        prev = torch.full((len(asked),), model.start_token, dtype=torch.long, device=device)
+        t = 0  # the target position that the next step predicts
+        while rows:
+            scores, state = model.step(prev, state)
+            log_probs = F.log_softmax(scores, dim=-1)  # (rows, vocab)
+            if any(j >= 0 for _, j in rows):
+                greedy = log_probs.clone()
+                greedy[:, [PAD_ID, UNK_ID]] = float("-inf")
+                nxt = greedy.argmax(dim=-1).tolist()
+            keep: list[int] = []
+            tokens: list[int] = []
+            new_rows: list[tuple[int, int]] = []
+            for row, (r, j) in enumerate(rows):
+                forced = asked[r][1]
+                if j < 0 and t < len(forced.ids):  # the prefix, teacher-forced
+                    keep.append(row), tokens.append(forced.ids[t]), new_rows.append((r, -1))
+                    continue
+                if j < 0:  # the position after the prefix: branch into the candidates
+                    allowed = self._word_starts(forced.partial)
+                    first_lp, pick = log_probs[row, allowed].topk(min(asked[r][2], allowed.numel()))
+                    first = allowed[pick].tolist()
+                    pieces[r] = [[self.tgt_pieces[i]] for i in first]
+                    rest[r] = [left_to_spell(forced.partial, p[0]) for p in pieces[r]]
+                    log_prob[r] = first_lp.clone()
+                    if max_pieces > 1:
+                        for c, token in enumerate(first):
+                            keep.append(row), tokens.append(token), new_rows.append((r, c))
+                    continue
+                token = nxt[row]
+                if rest[r][j]:  # must go on spelling the typed word
+                    allowed = spelling_pieces(rest[r][j], self.tgt_pieces).to(device)
+                    if not allowed.numel():
+                        continue
+                    token = int(allowed[greedy[row, allowed].argmax()])
+                piece = self.tgt_pieces[token]
+                if not rest[r][j] and (token == EOS_ID or piece.startswith(WORD_START)):
+                    continue  # the next piece starts another word: this one is whole
+                pieces[r][j].append(piece)
+                rest[r][j] = left_to_spell(rest[r][j], piece)
+                log_prob[r][j] += log_probs[row, token]
+                keep.append(row), tokens.append(token), new_rows.append((r, j))
+            branched = {r for r, j in rows if j >= 0}
+            for r in branched:  # a completion step taken
+                steps[r] += 1
+            done = {r for r in branched if steps[r] >= max_pieces - 1}
+            kept = [(row, token, owner) for row, token, owner in zip(keep, tokens, new_rows, strict=True)
+                    if owner[0] not in done]
+            rows = [owner for _, _, owner in kept]
+            if not rows:
+                break
+            index = torch.tensor([row for row, _, _ in kept], dtype=torch.long, device=device)
+            if not torch.equal(index, torch.arange(len(scores), device=device)):
+                state = state.select(index)
+            prev = torch.tensor([token for _, token, _ in kept], dtype=torch.long, device=device)
+            t += 1
+        return [[("".join(p).replace(WORD_START, " ").strip(), math.exp(lp))
+                 for p, lp in zip(pieces[r], log_prob[r].tolist(), strict=True)] for r in range(len(asked))]
 
     def _word_starts(self, partial: str) -> Tensor:
         """The ids of the pieces that may come next: the start of a new word, or, after a word
@@ -622,47 +725,6 @@ class Translator:
             return spelling_pieces(partial, self.tgt_pieces).to(self.device)
         ok = [i for i, p in enumerate(self.tgt_pieces) if p.startswith(WORD_START)]
         return torch.tensor(ok, dtype=torch.long, device=self.device)
-
-    def _complete_words(self, state, first: Tensor, first_lp: Tensor, partial: str,
-                        max_pieces: int) -> list[tuple[str, float]]:
-        """Greedily continue each candidate first piece (m,) until the next piece would start a
-        new word (or be </s>); a row still spelling a word typed in part takes the likeliest
-        piece that goes on spelling it. The words, with the product of their pieces'
-        probabilities."""
-        model = self.model
-        m = first.size(0)
-        state = state.select(torch.zeros(m, dtype=torch.long, device=self.device))
-        pieces = [[self.tgt_pieces[i]] for i in first.tolist()]
-        rest = [left_to_spell(partial, p[0]) for p in pieces]
-        log_prob = first_lp.clone()
-        growing = [True] * m
-        prev = first
-        for _ in range(max_pieces - 1):
-            scores, state = model.step(prev, state)
-            log_probs = F.log_softmax(scores, dim=-1)
-            log_probs[:, [PAD_ID, UNK_ID]] = float("-inf")
-            nxt = log_probs.argmax(dim=-1).tolist()
-            for row in range(m):
-                if not growing[row]:
-                    continue
-                if rest[row]:  # must go on spelling the typed word
-                    allowed = spelling_pieces(rest[row], self.tgt_pieces).to(self.device)
-                    if not allowed.numel():
-                        growing[row] = False
-                        continue
-                    nxt[row] = int(allowed[log_probs[row, allowed].argmax()])
-                piece = self.tgt_pieces[nxt[row]]
-                if not rest[row] and (nxt[row] == EOS_ID or piece.startswith(WORD_START)):
-                    growing[row] = False  # the next piece starts another word: this one is whole
-                    continue
-                pieces[row].append(piece)
-                rest[row] = left_to_spell(rest[row], piece)
-                log_prob[row] += log_probs[row, nxt[row]]
-            if not any(growing):
-                break
-            prev = torch.tensor(nxt, device=self.device)
-        return [("".join(p).replace(WORD_START, " ").strip(), math.exp(lp))
-                for p, lp in zip(pieces, log_prob.tolist(), strict=True)]
 
     # ---- scoring ----
     @torch.inference_mode()

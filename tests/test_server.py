@@ -189,24 +189,44 @@ def test_the_queue_gauge_returns_to_zero_after_traffic(translator, batching) -> 
         assert _gauge(c) == 0.0
 
 
-def test_alternatives_of_different_requests_share_a_model_call(translator) -> None:
-    prefixes = ["", "three ", "three hundred ", "four "]
-    expected = [[a.__dict__ for a in translator.alternatives(NUMBERS[0], p, 3, beam=2)] for p in prefixes]
+def _same_alternatives(got: list[list[dict]], expected: list[list[dict]]) -> None:
+    """The same words, translations and prefixes; the probabilities to float32 rounding (a
+    batch's matrix products may round the last bit differently from one request's)."""
+    def plain(x):
+        return [[{k: v for k, v in a.items() if k != "probability"} for a in alts] for alts in x]
+
+    assert plain(got) == plain(expected)
+    assert [[a["probability"] for a in alts] for alts in got] == \
+        [[pytest.approx(a["probability"], rel=1e-5, abs=1e-9) for a in alts] for alts in expected]
+
+
+def test_alternatives_of_different_requests_share_a_model_call(translator, monkeypatch) -> None:
+    asks = [(NUMBERS[0], ""), (NUMBERS[0], "three "), (NUMBERS[1], "four thousand "),
+            (NUMBERS[0], "three hundred fo"), (NUMBERS[2], "nine")]
+    expected = [[a.__dict__ for a in translator.alternatives(s, p, 3, beam=2)] for s, p in asks]
+    encoded: list[int] = []  # the sentences of each encoder call
+    encode = translator.model.encode
+    monkeypatch.setattr(translator.model, "encode",
+                        lambda src, lengths: (encoded.append(src.size(0)), encode(src, lengths))[1])
     with TestClient(create_app(translator, ServeSettings(batch_wait_ms=300))) as c:
         answers: dict[int, list] = {}
 
         def ask(i: int) -> None:
-            r = c.post("/alternatives", json={"source": NUMBERS[0], "prefix": prefixes[i], "k": 3, "beam": 2})
+            r = c.post("/alternatives", json={"source": asks[i][0], "prefix": asks[i][1], "k": 3, "beam": 2})
             answers[i] = r.json()["alternatives"]
 
-        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prefixes))]
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(asks))]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         calls = c.app.state.batcher.model_calls
-    assert [answers[i] for i in range(len(prefixes))] == expected  # each its own, as alone
-    assert calls < len(prefixes)
+    _same_alternatives([answers[i] for i in range(len(asks))], expected)  # each its own, as alone
+    assert calls < len(asks)
+    # per model call, one encoder call for all the requests' candidate words (their decoder
+    # steps shared), one for all their translations; not one per request
+    assert len(encoded) == 2 * calls, encoded
+    assert sum(encoded[::2]) == len(asks)
     # one request's mistake in a batch is its own: an over-long source under too_long: error
     settings = ServeSettings(batch_wait_ms=300, too_long="error", max_chars=10_000)
     with TestClient(create_app(translator, settings)) as c:
@@ -417,3 +437,57 @@ def test_a_port_in_use_or_out_of_range_is_one_line(numbers_checkpoint) -> None:
             assert result.returncode == 2 and len(lines) == 1, result.stderr[-1000:]
             assert lines[0].startswith("nmtkit: error: ") and message in lines[0], lines
             assert "http://" not in result.stdout  # it never said it was listening
+
+
+_SLOW_LOAD = """
+import pathlib, sys, time
+import nmtkit.cli as cli
+load, gate = cli._load_translator, pathlib.Path(sys.argv[1])
+def slow(args):  # the model loads once the test says so
+    while not gate.exists():
+        time.sleep(0.05)
+    return load(args)
+cli._load_translator = slow
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+def test_health_says_loading_until_the_model_is_ready(numbers_checkpoint, tmp_path) -> None:
+    """The port answers from the start: while the model loads (held here until the test lets
+    it), /health is 503 {"status": "loading"} and any other request 503 with a clear message,
+    not a refused connection, a hang or a 500; then "ok", and translations."""
+    port, gate = free_port(), tmp_path / "go"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_LOAD, str(gate), "serve", "--checkpoint",
+                             str(numbers_checkpoint), "--port", str(port), "--threads", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        health = None
+        for _ in range(600):  # Python's start and nmtkit.cli's imports, not torch's
+            try:
+                health = httpx.get(f"{url}/health", timeout=5)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stderr.read()[-2000:]
+                time.sleep(0.1)
+        assert health is not None and health.status_code == 503, health
+        assert health.json() == {"status": "loading"} and health.headers["Retry-After"]
+        for r in (httpx.post(f"{url}/translate", json={"text": NUMBERS[:1]}, timeout=5),
+                  httpx.post(f"{url}/alternatives", json={"source": NUMBERS[0]}, timeout=5),
+                  httpx.get(f"{url}/", timeout=5)):
+            assert r.status_code == 503 and "the model is loading" in r.json()["detail"], r.text
+        gate.touch()
+        for _ in range(1200):
+            health = httpx.get(f"{url}/health", timeout=5)
+            if health.status_code != 503:
+                break
+            assert health.json() == {"status": "loading"}
+            time.sleep(0.1)
+        assert health.status_code == 200 and health.json()["status"] == "ok", health.text
+        r = httpx.post(f"{url}/translate", json={"text": NUMBERS[:1]}, timeout=30)
+        assert r.status_code == 200 and r.json()["translations"][0]["text"]
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    assert "loading the model" in out and "ready" in out, out

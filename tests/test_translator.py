@@ -517,3 +517,24 @@ def test_an_rnn_output_stops_at_the_longest_output_whatever_max_len_asks(numbers
     for options in ({"beam": 1}, {"beam": 3}, {"sample": True, "seed": 1}):
         (out,) = t.translate(["사천칠십일"], max_len_b=10**9, return_details=True, **options)
         assert len(out.tokens) == t.longest_output, options
+
+
+@pytest.mark.parametrize("family", ["rnn", "transformer"])
+def test_alternatives_batch_gives_each_request_what_it_gets_alone(both_families, family) -> None:
+    """Requests with different sources (padding) and prefixes of different lengths, typed in
+    part or not, decoded in shared steps: each gets its own words, translations and prefixes."""
+    t = Translator.load(both_families[family])
+    asks = [(NUMBERS[0], "", 3), (NUMBERS[1], "four thousand ", 2), (NUMBERS[2], "nine hundred sev", 4),
+            (NUMBERS[0], "three", 3), ("", "", 2), (NUMBERS[1], "", 1)]
+    alone = [t.alternatives(s, p, k, beam=2) for s, p, k in asks]
+    together = t.alternatives_batch(asks, beam=2)
+    assert [[(a.word, a.translation, a.prefix) for a in alts] for alts in together] == \
+        [[(a.word, a.translation, a.prefix) for a in alts] for alts in alone]
+    assert [[a.probability for a in alts] for alts in together] == \
+        [[pytest.approx(a.probability, rel=1e-5, abs=1e-9) for a in alts] for alts in alone]
+    assert alone[4] == [] and all(alone[i] for i in (0, 1, 2, 3, 5))
+    # errors="return": a request's own mistake is its answer, the others go on
+    mixed = t.alternatives_batch([(NUMBERS[0], "", 3), (NUMBERS[1], "☃", 2)], beam=2, errors="return")
+    assert isinstance(mixed[1], NMTKitError) and mixed[0] == alone[0]
+    with pytest.raises(NMTKitError, match="prefix"):
+        t.alternatives_batch([(NUMBERS[0], "", 3), (NUMBERS[1], "☃", 2)])
