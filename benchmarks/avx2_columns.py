@@ -17,7 +17,7 @@ The peers come from --peers-python (default: .venv-peers/hf, as `make peers` mak
 Python if it has transformers and ctranslate2); a missing peer leaves its rows empty. Each
 part's output and a results.json go to --out.
 
-    python benchmarks/avx2_columns.py                          # about 12 min on 2 quiet cores
+    python benchmarks/avx2_columns.py                          # about 14 min on 2 quiet cores (estimated)
     python benchmarks/avx2_columns.py --parts demo --demo-updates 0   # the whole demo, twice
     python benchmarks/avx2_columns.py --quick                  # tiny settings: does it run?
 """
@@ -167,7 +167,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="decoding: the median of this many")
     p.add_argument("--sentences", type=int, default=64, help="decoding: the batch")
     p.add_argument("--steps", type=int, default=40, help="decoding: target tokens per sentence")
-    p.add_argument("--train-minutes", type=float, default=1.5, help="training: per system")
+    p.add_argument("--train-minutes", type=float, default=1.0, help="training: per system")
     p.add_argument("--log-every", type=int, default=10, help="training: updates per speed window")
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "multi30k")
     p.add_argument("--demo-updates", type=int, default=100, help="demo: 0 runs it to its target")
