@@ -22,8 +22,9 @@ test: install
 	$(VENV)/bin/ruff check nmtkit tests benchmarks
 	$(PY) -m pytest -q -n 2  # two workers: the suite is mostly single-threaded
 	# again, as a CPU with AVX2 only (no AVX512, no native bf16: most laptops) would run them: the
-	# tests of precision, packed and int8 linears and attention (marker avx2, pyproject.toml)
-	ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 $(PY) -m pytest -q -n 2 -m avx2
+	# tests of precision, packed and int8 linears and attention (marker avx2, pyproject.toml);
+	# MKL too, which does the fp32 matrix products and would pick AVX512 by itself
+	ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 $(PY) -m pytest -q -n 2 -m avx2
 
 docs: install  # the site, strict and offline, into site/
 	$(VENV)/bin/mkdocs build --strict --site-dir site

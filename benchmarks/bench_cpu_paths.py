@@ -4,24 +4,23 @@ is each one worth taking here?
     decoding   a Transformer decoder (configs/multi30k-transformer.yaml's shape, random weights)
                greedy and beam 5 with its linear layers plain (F.linear), oneDNN-packed
                (quantize.pack_linears, the Translator's default) and int8 (--quantize int8)
-    malloc     the packed decoder again in a fresh process with glibc's defaults, against one
-               with cpu.keep_freed_memory (the Translator's and the trainer's default)
 
 Everything is timed in turns in one run, the fastest of --repeats; ratios are what to read. Run it
 as is and as an AVX2 CPU would, to see what holds there:
 
     python benchmarks/bench_cpu_paths.py
-    ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python benchmarks/bench_cpu_paths.py
+    ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
+        python benchmarks/bench_cpu_paths.py
 
-(bf16 training and bf16 attention by hand: bench_training.py and bench_attention.py, under the
-same two settings.)
+(MKL does the plain path's fp32 products and picks AVX512 by itself unless held to AVX2 too:
+nmtkit.cpu.AVX2_SETTINGS. bf16 training and bf16 attention by hand: bench_training.py and
+bench_attention.py, under the same settings; glibc's malloc settings: bench_malloc.py, which
+runs both settings itself.)
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # nmtkit from this checkout
 
 from nmtkit.config import load_config  # noqa: E402
-from nmtkit.cpu import keep_freed_memory, machine_header  # noqa: E402
+from nmtkit.cpu import machine_header  # noqa: E402
 from nmtkit.data import collate_source  # noqa: E402
 from nmtkit.model import build_model  # noqa: E402
 from nmtkit.quantize import pack_linears, quantize_int8  # noqa: E402
@@ -84,14 +83,6 @@ def sentences(n: int, length: int, vocab: int) -> list[list[int]]:
     return [torch.randint(4, vocab, (length,), generator=g).tolist() for _ in range(n)]
 
 
-def malloc_worker(keep: bool, args: argparse.Namespace) -> None:
-    if keep:
-        keep_freed_memory()
-    model = decoders(args.vocab)["packed"]
-    batch = sentences(args.sentences, 13, args.vocab)
-    print(json.dumps(time_decoding({"packed": model}, batch, 5, args.steps, args.repeats)["packed"]))
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=2)
@@ -99,12 +90,8 @@ def main() -> None:
     p.add_argument("--sentences", type=int, default=16, help="sentences per batch")
     p.add_argument("--steps", type=int, default=20, help="decoder steps per sentence")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--malloc-worker", choices=["keep", "default"], help=argparse.SUPPRESS)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    if args.malloc_worker:
-        malloc_worker(args.malloc_worker == "keep", args)
-        return
     print(machine_header())
     print(f"{args.threads} threads; a batch of {args.sentences} random 13-token sentences, "
           f"{args.steps} decoder steps each; the fastest of {args.repeats}, in turns")
@@ -117,15 +104,6 @@ def main() -> None:
             base = best["plain"]
             print(f"| {name} | {'greedy' if beam == 1 else f'beam {beam}'} | {1000 * seconds:.0f} "
                   f"| {base / seconds:.2f}x |")
-    malloc: dict[str, float] = {}
-    for mode in ("default", "keep", "default", "keep"):  # in turns, the fastest of two each
-        out = subprocess.run([sys.executable, __file__, "--malloc-worker", mode, *sys.argv[1:]],
-                             capture_output=True, text=True, check=True)
-        seconds = json.loads(out.stdout.strip().splitlines()[-1])
-        malloc[mode] = min(seconds, malloc.get(mode, seconds))
-    print(f"| packed, glibc defaults | beam 5 | {1000 * malloc['default']:.0f} | |")
-    print(f"| packed, keep_freed_memory | beam 5 | {1000 * malloc['keep']:.0f} | "
-          f"{malloc['default'] / malloc['keep']:.2f}x vs defaults |")
 
 
 if __name__ == "__main__":

@@ -277,12 +277,14 @@ def main() -> None:
     p.add_argument("--config", default="configs/multi30k-transformer.yaml")
     p.add_argument("--vocab", type=int, default=None, help="joint vocabulary (default: the config's)")
     p.add_argument("--sentences", type=int, default=64, help="sentences per batch of the big batch")
-    p.add_argument("--batch1-sentences", type=int, default=8, help="sentences timed one at a time")
+    p.add_argument("--batch1-sentences", type=int, default=8,
+                   help="sentences timed one at a time (0: no batch-1 rows)")
     p.add_argument("--src-len", type=int, default=13, help="mean source length in subword tokens")
     p.add_argument("--steps", type=int, default=40, help="decoder steps (target tokens) per sentence")
     p.add_argument("--beams", default="1,5")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", type=Path, help="also write the medians here (benchmarks/avx2_columns.py)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--folder", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -315,7 +317,8 @@ def main() -> None:
         return json.loads(reply)
 
     beams = [int(b) for b in args.beams.split(",")]
-    settings = [(beam, batch) for beam in beams for batch in (1, args.sentences)]
+    batches = (1, args.sentences) if args.batch1_sentences else (args.sentences,)
+    settings = [(beam, batch) for beam in beams for batch in batches]
     for name in names:  # warm-up: first calls allocate and pick kernels
         run(name, max(beams), args.sentences)
     times: dict[tuple[str, int, int], list[float]] = {}
@@ -335,9 +338,12 @@ def main() -> None:
     print(f"| {'system':<18} | beam | batch | sentences/s | (slowest-fastest) | target tokens/s | "
           "vs transformers same dtype | vs ctranslate2 same dtype |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    rows = []
     for beam, batch in settings:
         n = args.sentences if batch > 1 else args.batch1_sentences
         speed = {name: n / statistics.median(times[(name, beam, batch)]) for name in names}
+        rows += [{"system": name, "beam": beam, "batch": batch, "sentences_per_s": v}
+                 for name, v in speed.items()]
         for name in names:
             spread = f"{n / max(times[(name, beam, batch)]):.1f}-{n / min(times[(name, beam, batch)]):.1f}"
             dtype = name.split()[-1]
@@ -347,6 +353,8 @@ def main() -> None:
             vs_ct2 = f"{speed[name] / ct2:.2f}x" if ct2 and name.startswith("nmtkit") else ""
             print(f"| {name:<18} | {beam} | {batch} | {speed[name]:.1f} | {spread} | "
                   f"{speed[name] * args.steps:.0f} | {vs_hf} | {vs_ct2} |")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1) + "\n")
     tmp.cleanup()
 
 

@@ -103,6 +103,7 @@ def nmtkit_run(args: argparse.Namespace, data_overrides: list[str]) -> dict:
            "--set=training.optimizer=adamw", "--set=training.schedule=noam", f"--set=training.lr={LR}",
            f"--set=training.warmup_steps={WARMUP}", "--set=training.ema_decay=0",
            f"--set=training.valid_every={1000000 if args.speed_only else 50}",
+           f"--set=training.log_every={args.log_every}",
            *[f"--set={o}" for o in data_overrides]]
     if (run / "last").exists():
         cmd.append("--resume")
@@ -122,11 +123,12 @@ def marian_run(args: argparse.Namespace, spm_model: Path, attention: str = "sdpa
     name = "transformers" if attention == "sdpa" else f"transformers-{attention}"
     out = args.runs / name
     if not (out / "result.json").exists() or not (args.speed_only or (out / "test.hyp").exists()):
-        python = args.venvs / "hf" / "bin" / "python"
+        python = args.hf_python or args.venvs / "hf" / "bin" / "python"
         run_timed([str(python), str(HERE / "peers" / "marian_train.py"), "--spm", str(spm_model), "--data",
                    str(args.data), "--out", str(out), "--minutes", str(args.minutes), "--lr", str(LR),
                    "--warmup", str(WARMUP), "--max-tokens", str(MAX_TOKENS), "--precision", args.precision,
-                   "--attention", attention, *(["--no-test"] if args.speed_only else [])],
+                   "--attention", attention, "--log-every", str(args.log_every),
+                   *(["--no-test"] if args.speed_only else [])],
                   args.runs / f"{name}.log")
     result = json.loads((out / "result.json").read_text())
     speeds = [json.loads(line)["tokens_per_s"] for line in (out / "log.jsonl").read_text().splitlines()]
@@ -262,6 +264,8 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=Path("../shared/data/multi30k"))
     p.add_argument("--runs", type=Path, default=Path("runs/peers"))
     p.add_argument("--venvs", type=Path, default=Path(".venv-peers"), help="where make peers put them")
+    p.add_argument("--hf-python", type=Path,
+                   help="a Python with transformers for the Hugging Face loop (default: --venvs' hf)")
     p.add_argument("--minutes", type=float, default=30)
     p.add_argument("--speed-only", action="store_true", help="no validation, no test translation")
     p.add_argument("--systems", nargs="+", default=["nmtkit", "transformers", "joeynmt", "opennmt"],
@@ -270,6 +274,10 @@ def main() -> None:
                    help="bf16: nmtkit and transformers only, under torch.autocast")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="nmtkit config overrides (also for the shared subword model: data.*, vocab.*)")
+    p.add_argument("--log-every", type=int, default=50,
+                   help="updates per speed window in each system's log (the median of the windows, "
+                        "all but the first, is the figure; lower it for short runs)")
+    p.add_argument("--json", type=Path, help="also write the results here (benchmarks/avx2_columns.py)")
     args = p.parse_args()
     print(machine_header())
     if args.precision == "bf16" and set(args.systems) - BF16:
@@ -296,7 +304,8 @@ def main() -> None:
     refs = read(args.data / "test2016.de")
     results = {}
     for system in args.systems:
-        if system != "nmtkit" and not (args.venvs / PEERS[system]).is_dir():
+        hf_given = PEERS.get(system) == "hf" and args.hf_python
+        if system != "nmtkit" and not hf_given and not (args.venvs / PEERS[system]).is_dir():
             print(f"{system}: not installed (make peers); skipped", file=sys.stderr)
             continue
         print(f"{system}: training for {args.minutes:g} minutes", file=sys.stderr, flush=True)
@@ -315,6 +324,9 @@ def main() -> None:
             scores = f"{s.bleu:.2f} | {s.bleu_lowercase:.2f} | {s.chrf:.2f}"
         print(f"| {system} | {r['updates']} | {r['tokens_per_s']:,.0f} | {ratio} | {r['peak_rss_gb']:.2f} | "
               f"{scores or ' |  | '} |")
+    if args.json:
+        args.json.write_text(json.dumps({system: {k: v for k, v in r.items() if k != "hyps"}
+                                         for system, r in results.items()}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

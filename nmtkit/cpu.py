@@ -56,6 +56,14 @@ def bound_onednn_cache(capacity: int = 64) -> None:
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(capacity))
 
 
+# The environment that holds this process to what a CPU with AVX2 only (no AVX512, no native
+# bf16: most laptops) has: PyTorch's own kernels (ATen), oneDNN, and MKL, which does PyTorch's
+# fp32 matrix products (F.linear) and picks AVX512 (and AMX) by itself otherwise; for the
+# benchmarks' peers, CTranslate2 too. `make test` runs the tests marked avx2 under the first three.
+AVX2_SETTINGS = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2",
+                 "MKL_ENABLE_INSTRUCTIONS": "AVX2", "CT2_FORCE_CPU_ISA": "AVX2"}
+
+
 def cpu_flags() -> set[str]:
     """The CPU's feature flags as Linux lists them (/proc/cpuinfo); empty elsewhere."""
     try:
@@ -121,13 +129,12 @@ def bf16_emulated(device_type: str) -> bool:
 def machine_header() -> str:
     """One line naming what a speed figure was measured on: the CPU, PyTorch's capability (its
     vector instruction set, AVX2 or AVX512), whether bf16 is native, and any limits set on
-    oneDNN or ATen. Every benchmark prints it first: figures from an AVX512-BF16 machine do not
-    carry over to an AVX2 one."""
+    oneDNN, ATen, MKL or CTranslate2. Every benchmark prints it first: figures from an
+    AVX512-BF16 machine do not carry over to an AVX2 one."""
     import torch
 
     native, why = native_bf16()
-    limits = [f"{k}={os.environ[k]}" for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
-              if os.environ.get(k)]
+    limits = [f"{k}={os.environ[k]}" for k in AVX2_SETTINGS if os.environ.get(k)]
     return (f"machine: {cpu_model() or 'unknown CPU'}, {os.cpu_count()} cores; PyTorch "
             f"{torch.__version__}, capability {torch.backends.cpu.get_cpu_capability()}"
             f"{' (' + ' '.join(limits) + ')' if limits else ''}; bf16 "

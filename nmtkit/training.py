@@ -85,7 +85,9 @@ RESUMABLE = {
     "max_bad_steps": "at once",
     "out_dir": "(it is where the run is)",
 }
-WARN_AFTER = 20  # updates measured before the time-budget check
+WARN_AFTER = 20  # updates measured before the time-budget check; later, the window of the speed check
+SLOW_RATIO = 0.6  # a window below this share of the early speed (tokens/s) counts as slowed down
+SLOW_WINDOWS = 2  # windows in a row that must be slow before the warning (one can be a blip)
 
 
 def time_left(seconds_per_update: float, step: int, max_steps: int, updates_left_in_epochs: float,
@@ -100,18 +102,27 @@ def time_left(seconds_per_update: float, step: int, max_steps: int, updates_left
     return min(ends)
 
 
-def busy_machine(threads: int) -> tuple[float, int, float] | None:
-    """(load average, cores, other work) when the other processes on this machine leave fewer
-    cores than torch's `threads`: then they oversubscribe the cores, and threads that wait for
-    each other spin (one thread trained 1.5-2x faster than two on 2 busy cores). None when the
-    machine is not that busy, or the OS does not say."""
+def machine_load() -> tuple[float, int] | None:
+    """(1-minute load average, cores this process may run on), or None where the OS does not
+    say. The load average counts every runnable process of the machine (of the host, in a
+    container), this one's busy threads included."""
     try:
         load = os.getloadavg()[0]
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     except OSError:
         return None
-    if not cores:
+    return (load, cores) if cores else None
+
+
+def busy_machine(threads: int) -> tuple[float, int, float] | None:
+    """(load average, cores, other work) when the other processes on this machine leave fewer
+    cores than torch's `threads`: then they oversubscribe the cores, and threads that wait for
+    each other spin (one thread trained 1.5-2x faster than two on 2 busy cores). None when the
+    machine is not that busy, or the OS does not say."""
+    measured = machine_load()
+    if measured is None:
         return None
+    load, cores = measured
     others = load - min(threads, cores)  # this process's busy threads are part of the load
     if threads > 1 and others >= 0.75 and threads + others > cores + 0.5:
         return load, cores, others
@@ -257,6 +268,10 @@ class Trainer:
         self.finished = False  # a resumed run that had already ended
         self._signal: str | None = None
         self._speed: list[float] | None = None  # [seconds, updates, tokens] measured so far
+        self._early: tuple[float, float] | None = None  # (updates/min, tokens/s) of the first check
+        self._window = [0.0, 0, 0]  # [seconds, updates, tokens] since the last speed check
+        self._slow_windows = 0  # speed checks in a row below SLOW_RATIO of the early speed
+        self._advised_threads = False  # the advice on training.num_threads is given once
         self.init_from: Path | None = None
         self.ema: WeightAverage | None = None
         self._lock: FolderLock | None = None
@@ -792,10 +807,48 @@ class Trainer:
         busy = busy_machine(torch.get_num_threads())
         if busy is not None:
             load, cores, others = busy
+            self._advised_threads = True
             self.log(f"warning: the machine is busy (load average {load:.1f} on {cores} cores, about "
                      f"{others:.1f} of it other work): {torch.get_num_threads()} training threads "
                      f"oversubscribe the cores and wait on each other; training.num_threads="
                      f"{max(1, cores - round(others))} is likely faster (it may change on --resume)")
+
+    def _check_slowdown(self, updates_per_min: float, tokens_per_s: float) -> None:
+        """After each later window of WARN_AFTER updates: when training has run well below its
+        early speed for SLOW_WINDOWS windows in a row and other work shares the cores, warn once,
+        naming both speeds and what to do. Work started after the first check is caught only
+        here. The thread count is not changed for the user: it changes the order of the float
+        sums, so a run would no longer repeat from its seed, and the load average counts the
+        whole host (other containers too), which is not proof enough to act on alone."""
+        if self._advised_threads or self._early is None:
+            return
+        early_upm, early_tps = self._early
+        # tokens/s where there are tokens: batches differ in size, the throughput much less
+        slow = tokens_per_s < SLOW_RATIO * early_tps if early_tps else \
+            updates_per_min < SLOW_RATIO * early_upm
+        self._slow_windows = self._slow_windows + 1 if slow else 0
+        measured = machine_load()
+        if self._slow_windows < SLOW_WINDOWS or measured is None:
+            return
+        load, cores = measured
+        threads = torch.get_num_threads()
+        others = load - min(threads, cores)
+        if others < 0.75:  # slower, but not for other work (longer batches, memory, heat): quiet
+            return
+        self._advised_threads = True
+        free = max(1, cores - round(others))
+        said = (f"warning: training slowed from {early_upm:.1f} to {updates_per_min:.1f} updates/min "
+                f"({early_tps:,.0f} to {tokens_per_s:,.0f} target tokens/s) over the last "
+                f"{SLOW_WINDOWS * WARN_AFTER} updates, while other work shares the cores (load "
+                f"average {load:.1f} on {cores} cores, about {others:.1f} of it other work)")
+        if threads > free:
+            self.log(f"{said}: {threads} training threads oversubscribe the cores and wait on each "
+                     f"other. Set training.num_threads={free} (stop with Ctrl-C, which writes a "
+                     f"checkpoint, and continue with {self.resume_command} "
+                     f"--set training.num_threads={free}), or stop the other work")
+        else:
+            self.log(f"{said}: stop the other work, or expect the run to take longer "
+                     f"({threads} training thread{'s' if threads > 1 else ''} already fit the free cores)")
 
     def _train_epoch(self, started: float) -> None:
         tcfg, st = self.tcfg, self.state
@@ -874,17 +927,26 @@ class Trainer:
         return f"{tqdm.format_interval(seconds)} ({limit})"
 
     def _measure_speed(self, tokens: int, seconds: float) -> None:
-        """Time WARN_AFTER updates (after this session's first, which pays one-off costs),
-        then check the time budget, once."""
+        """Time WARN_AFTER updates (after this session's first, which pays one-off costs), then
+        check the time budget, once; then time each further window of WARN_AFTER updates against
+        that early speed (`seconds`: the update's own time, validation left out)."""
         if self._speed is None:
             self._speed = [0.0, 0, 0]
             return
-        if self._speed[1] >= WARN_AFTER:
+        window = self._speed if self._early is None else self._window
+        window[0] += seconds
+        window[1] += 1
+        window[2] += tokens
+        if window[1] < WARN_AFTER:
             return
-        self._speed = [self._speed[0] + seconds, self._speed[1] + 1, self._speed[2] + tokens]
-        if self._speed[1] == WARN_AFTER:
-            seconds, updates, tokens = self._speed
-            self._check_budget(60 * updates / seconds, tokens * self.world / seconds)
+        seconds, updates, tokens = window[0] or 1e-9, window[1], window[2]
+        rate = (60 * updates / seconds, tokens * self.world / seconds)
+        if self._early is None:
+            self._early = rate
+            self._check_budget(*rate)
+        else:
+            self._window = [0.0, 0, 0]
+            self._check_slowdown(*rate)
 
     def _validate_and_save(self) -> None:
         self.last_saved_step = self.state.step

@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from nmtkit.cpu import AVX2_SETTINGS
+
 PAGE_FAULTS = """
 import resource, sys, torch
 if sys.argv[1] == "keep":
@@ -78,7 +80,6 @@ def test_bound_onednn_cache_keeps_memory_flat_over_new_shapes() -> None:
     assert out[0] == "512"
 
 
-AVX2 = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 
 
 @pytest.fixture
@@ -120,5 +121,5 @@ def test_native_bf16_needs_the_instructions_and_both_libraries_allowed_to_use_th
 @pytest.mark.avx2
 def test_the_avx2_settings_count_as_a_cpu_without_native_bf16() -> None:
     out = subprocess.run([sys.executable, "-c", "from nmtkit.cpu import native_bf16; print(native_bf16())"],
-                         capture_output=True, text=True, check=True, env={**os.environ, **AVX2})
+                         capture_output=True, text=True, check=True, env={**os.environ, **AVX2_SETTINGS})
     assert out.stdout.startswith("(False, ")

@@ -210,7 +210,9 @@ def test_bf16_autocast_trains_the_cells_on_a_cpu_without_native_bf16() -> None:
     import subprocess
     import sys
 
-    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+    from nmtkit.cpu import AVX2_SETTINGS
+
+    env = {**os.environ, **AVX2_SETTINGS}
     out = subprocess.run([sys.executable, "-c", BF16_CELLS], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr[-1500:]
     assert out.stdout.strip() == "ok"

@@ -590,3 +590,85 @@ def test_a_lower_warmup_applies_on_resume(tiny_config, tmp_path) -> None:
     assert lr[3] == pytest.approx(0.005 * 3 / 400)  # the first session's warm-up
     assert lr[4] == pytest.approx(0.005)  # the new one: its peak at update 4
     assert lr[5] == pytest.approx(0.005 * (4 / 5) ** 0.5)
+
+
+def _slowing_trainer(tiny_config, tmp_path, monkeypatch, threads: int):
+    """A set-up Trainer on a 2-core machine with `threads` torch threads, whose load average the
+    test sets through the returned list (an injected load average; the clock is the seconds
+    each update is said to have taken)."""
+    from nmtkit import training
+
+    load = [float(threads)]  # itself alone
+    monkeypatch.setattr(training.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(training.os, "getloadavg", lambda: (load[0], load[0], load[0]))
+    logs: list[str] = []
+    trainer = Trainer(_with(tiny_config, out_dir=tmp_path / "s", max_steps=1000, max_epochs=1000),
+                      log=logs.append, resume_command="nmtkit train c.yaml --resume")
+    trainer.setup()
+    monkeypatch.setattr(training.torch, "get_num_threads", lambda: threads)
+    return trainer, logs, load
+
+
+def _updates(trainer, n: int, seconds: float, tokens: int = 100) -> None:
+    for _ in range(n):
+        trainer._measure_speed(tokens, seconds)
+
+
+def test_speed_falling_on_a_busy_machine_gets_advice_on_num_threads(tiny_config, tmp_path,
+                                                                    monkeypatch) -> None:
+    """The issue's case: other work starts after the early check (the load average was quiet
+    then) and two threads fall from 60 to 24 updates/min: one warning, naming both speeds."""
+    trainer, logs, load = _slowing_trainer(tiny_config, tmp_path, monkeypatch, threads=2)
+    _updates(trainer, 21, 1.0)  # the first (one-off costs), then 20 at 60 updates/min
+    assert any(line.startswith("speed: 60.0 updates/min") for line in logs)
+    assert not any("num_threads" in line for line in logs)  # quiet at the early check
+    load[0] = 4.2  # other work starts: about 2.2 cores of it
+    _updates(trainer, 20, 2.5)  # 24 updates/min: one slow window is not yet a trend
+    assert not any("training slowed" in line for line in logs)
+    _updates(trainer, 20, 2.5)
+    slowed = [line for line in logs if "training slowed" in line]
+    assert slowed == [
+        "warning: training slowed from 60.0 to 24.0 updates/min (100 to 40 target tokens/s) over "
+        "the last 40 updates, while other work shares the cores (load average 4.2 on 2 cores, about "
+        "2.2 of it other work): 2 training threads oversubscribe the cores and wait on each other. "
+        "Set training.num_threads=1 (stop with Ctrl-C, which writes a checkpoint, and continue with "
+        "nmtkit train c.yaml --resume --set training.num_threads=1), or stop the other work"]
+    _updates(trainer, 100, 2.5)  # once per session
+    assert len([line for line in logs if "training slowed" in line]) == 1
+
+
+def test_speed_falling_alone_or_briefly_gives_no_thread_advice(tiny_config, tmp_path,
+                                                               monkeypatch) -> None:
+    trainer, logs, load = _slowing_trainer(tiny_config, tmp_path, monkeypatch, threads=2)
+    _updates(trainer, 21, 1.0)
+    load[0] = 4.2
+    for _ in range(3):  # busy, but slow one window at a time with normal ones between: blips
+        _updates(trainer, 20, 2.5)
+        _updates(trainer, 20, 1.1)
+    load[0] = 2.1  # slow for long, but nothing else runs (longer batches, memory, heat)
+    _updates(trainer, 60, 2.5)
+    _updates(trainer, 20, 0.9, tokens=150)  # faster in tokens/s: not slowed
+    assert not any("training slowed" in line or "num_threads" in line for line in logs)
+
+
+def test_the_thread_advice_is_given_once_per_session(tiny_config, tmp_path, monkeypatch) -> None:
+    """Busy already at the early check: that warning gives the advice, the slowdown does not
+    repeat it."""
+    trainer, logs, load = _slowing_trainer(tiny_config, tmp_path, monkeypatch, threads=2)
+    load[0] = 4.2
+    _updates(trainer, 21, 1.0)
+    _updates(trainer, 40, 2.5)
+    advice = [line for line in logs if "num_threads" in line]
+    assert len(advice) == 1 and "the machine is busy" in advice[0]
+
+
+def test_one_thread_slowed_by_other_work_is_told_to_stop_it(tiny_config, tmp_path, monkeypatch) -> None:
+    trainer, logs, load = _slowing_trainer(tiny_config, tmp_path, monkeypatch, threads=1)
+    _updates(trainer, 21, 1.0)
+    load[0] = 3.0  # two other busy processes on the 2 cores
+    _updates(trainer, 40, 2.0)
+    slowed = [line for line in logs if "training slowed" in line]
+    assert len(slowed) == 1 and "from 60.0 to 30.0 updates/min" in slowed[0]
+    assert slowed[0].endswith("stop the other work, or expect the run to take longer (1 training "
+                              "thread already fit the free cores)")
+    assert "num_threads=" not in slowed[0]

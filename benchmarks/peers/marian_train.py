@@ -8,7 +8,7 @@ nmtkit prepared, with the shape and the recipe of configs/multi30k-transformer.y
 The loop does what nmtkit's trainer does per update: batches of at most --max-tokens padded
 tokens from length-sorted, shuffled examples, label-smoothed cross-entropy over the target
 tokens, AdamW with the inverse-square-root schedule after a linear warm-up, gradient clipping.
-Writes log.jsonl (target tokens/s every 50 updates), then decodes test2016 with beam 5
+Writes log.jsonl (target tokens/s every --log-every updates), then decodes test2016 with beam 5
 (`generate`) and writes test.hyp and result.json (BLEU, chrF, updates, peak RSS).
 """
 
@@ -71,6 +71,7 @@ def main() -> None:
     p.add_argument("--attention", choices=["sdpa", "eager"], default="sdpa",
                    help="Hugging Face's attention implementation: sdpa (its default) or eager")
     p.add_argument("--no-test", action="store_true", help="train only (speed and memory)")
+    p.add_argument("--log-every", type=int, default=50, help="updates per log.jsonl row")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(1)
@@ -114,7 +115,7 @@ def main() -> None:
             schedule.step()
             step += 1
             window_tokens += int((target != PAD).sum())
-            if step % 50 == 0:
+            if step % args.log_every == 0:
                 now = time.monotonic()
                 log.write(json.dumps({"step": step, "loss": loss.item(), "elapsed_s": now - start,
                                       "tokens_per_s": window_tokens / (now - window_start)}) + "\n")
