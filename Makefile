@@ -40,10 +40,11 @@ clean:  # what the demo and the tests made; never your own runs or prepared data
 PEERS ?= .venv-peers
 peers: $(PEERS)/hf/.installed $(PEERS)/joey/.installed $(PEERS)/onmt/.installed
 
-$(PEERS)/hf/.installed:  # Hugging Face transformers and CTranslate2
+$(PEERS)/hf/.installed:  # Hugging Face transformers and CTranslate2; transformers<4.56 because later
+	# versions fetch constrained beam search (force_words_ids) from the Hub, which bench_constraints needs offline
 	python3 -m venv $(PEERS)/hf
 	$(PEERS)/hf/bin/pip install -q torch==2.13.0
-	$(PEERS)/hf/bin/pip install -q transformers ctranslate2 sentencepiece sacrebleu numpy pydantic pyyaml safetensors tqdm
+	$(PEERS)/hf/bin/pip install -q "transformers<4.56" ctranslate2 sentencepiece sacrebleu numpy pydantic pyyaml safetensors tqdm
 	$(PEERS)/hf/bin/python -c 'import torch; assert torch.__version__.startswith("2.13.0"), torch.__version__'
 	touch $@
 
