@@ -161,6 +161,14 @@ def test_the_site_builds_strict_and_offline(tmp_path: Path) -> None:
     tutorial = (site / "tutorials" / "04_transformer.html").read_text(encoding="utf-8")
     assert "with sinusoidal positions, the same: False" in tutorial  # executed at the build
     assert tutorial.count("data:image/png") >= 4  # its pictures come from that run
+    # the tutorials that train: run at the small budget, their checks passed, their plots drawn
+    for name, printed, pictures in (("01_encoder_decoder", "context vector (final hidden) (1, 1, 32)", 2),
+                                    ("02_attention", "general, no input feeding", 5)):
+        tutorial = (site / "tutorials" / f"{name}.html").read_text(encoding="utf-8")
+        assert printed in tutorial and "checked: small budget" in tutorial, name
+        assert tutorial.count("data:image/png") >= pictures, name
+        # a notebook's Markdown links are not rewritten from .md to .html: they must name .html
+        assert not re.findall(r'href="(?!https?:)[^"]*\.md[#"]', tutorial), name
     assert external_resources(site) == []
 
 
