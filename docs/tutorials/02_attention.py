@@ -198,12 +198,13 @@ with_feeding, without = results["general"]["bleu"][-1], results["general, no inp
 print(f"input feeding (general attention): {with_feeding:.1f} with, {without:.1f} without")
 
 # %% [markdown]
-# On a task this small the scores differ by a few points, and the order among them can change
-# with the seed; the gap to no attention is the large, stable effect. `dot` has no weights of
-# its own and needs the decoder's and the encoder's states to live in comparable spaces, the
-# note's reason for `general`'s extra matrix; `concat` and `bahdanau` score with a small
-# feed-forward network instead. Input feeding tells each step where the decoder looked at the
-# step before, which should help it not to say a digit twice or skip one. For a larger
+# The gap to no attention is the large effect, and the one this tutorial checks. The order among
+# the attentions is not: this is one seed and a few hundred updates, and which one leads after
+# so short a run says more about how fast each learns than about how good it gets. `dot` has no
+# weights of its own and needs the decoder's and the encoder's states to live in comparable
+# spaces, the note's reason for `general`'s extra matrix; `concat` and `bahdanau` score with a
+# small feed-forward network instead. Input feeding tells each step where the decoder looked at
+# the step before, which should help it not to say a digit twice or skip one. For a larger
 # comparison, on Multi30k the three Luong scores were within noise of each other, Bahdanau's
 # learnt slower in 400 updates, and input feeding added 1.9 BLEU
 # ([Ablations](../results/ablations.html)).
