@@ -54,9 +54,10 @@ print("budget:", "small" if SMALL else "full", SIZE)
 #
 # `nmtkit/democorpus.py` writes a corpus with a known answer: the integers up to 999,999 in
 # English words and in Korean words (`make_demo_corpus`). As in the seed note, the English
-# sentence goes into the encoder and the Korean comes out. A number's English grows with its
-# digits (one word for "seventy", eight for a large six-digit number), so the corpus has short
-# and long inputs whose translations are equally easy to check.
+# sentence goes into the encoder and the Korean comes out (the other way round from
+# `make demo`): English is the longer side, one word for "seventy" and up to eight for a
+# six-digit number, so there are short and long inputs, and every translation has one right
+# answer to check against.
 
 # %%
 corpus = make_demo_corpus(work / "corpus", seed=3, n_train=SIZE["n_train"], n_valid=20, n_test=1)
@@ -125,7 +126,7 @@ def train(name: str, **model) -> Translator:
     return Translator.load(trainer.run_dir / "last")
 
 
-plain = train("plain")
+plain = train("plain")  # at the small budget, expect wrong (even empty) translations here
 print(plain.translate(["four thousand seventy-one",
                        "three hundred forty-five thousand six hundred seventy-eight"]))
 

@@ -182,7 +182,11 @@ for ax in axes:
     ax.grid(alpha=0.3)
 axes[0].legend(fontsize=7)
 plt.tight_layout()
-plt.show()
+# nmtkit.plotting draws without a display (matplotlib's Agg backend), so plt.show() would show
+# nothing once it is imported: save the picture and display the file, as for the heatmaps
+fig.savefig(work / "by-length.png", dpi=100)
+plt.close(fig)
+display(Image(filename=str(work / "by-length.png")))
 
 # %% [markdown]
 # Without attention, the long inputs are translated worst: everything has to pass through the
