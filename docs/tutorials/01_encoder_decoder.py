@@ -175,17 +175,19 @@ def by_length(translator: Translator) -> dict[str, list[float]]:
 
 
 def plot(results: dict[str, dict[str, list[float]]], title: str) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
     for name, r in results.items():
-        axes[0].plot(LABELS, r["bleu"], marker="o", label=name)
-        axes[1].plot(LABELS, r["exact"], marker="o", label=name)
+        for ax, key in zip(axes, ("bleu", "exact", "loss"), strict=True):
+            ax.plot(LABELS, r[key], marker="o", label=name)
     axes[0].set_ylabel("BLEU (characters)")
     axes[1].set_ylabel("exactly right (%)")
+    axes[2].set_ylabel("loss per target token")
     for ax in axes:
         ax.set_xlabel("source length (English words)")
-        ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=8)
+    axes[0].set_ylim(0, 100)
+    axes[1].set_ylim(0, 100)
+    axes[2].legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     plt.tight_layout()
     plt.show()
