@@ -51,7 +51,9 @@ SMALL = os.environ.get("NMTKIT_TUTORIAL_BUDGET", "") == "small"
 # training sentences, updates per model, learning rate, LSTM width, test numbers per digit count
 SIZE = ({"n_train": 1000, "steps": 80, "lr": 0.02, "hidden": 32, "per_length": 16} if SMALL else
         {"n_train": 3000, "steps": 300, "lr": 0.005, "hidden": 64, "per_length": 60})
-work = Path(tempfile.mkdtemp(prefix="nmtkit-tutorial-2-"))  # every file of this run goes here
+# every file of this run goes here; removed when the run ends
+scratch = tempfile.TemporaryDirectory(prefix="nmtkit-tutorial-2-")
+work = Path(scratch.name)
 print("budget:", "small" if SMALL else "full", SIZE)
 
 # %% [markdown]
