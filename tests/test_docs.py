@@ -148,6 +148,8 @@ def test_external_resources_are_found(tmp_path: Path) -> None:
 # per built tutorial: what only its executed output holds (its source, shown too, has the
 # f-string's braces where these have numbers), and how many pictures it draws
 TUTORIALS = [
+    ("01_encoder_decoder.html", r"context vector \(final hidden\) \(1, 1, 32\)", 2),
+    ("02_attention.html", r"general, no input feeding", 5),
     ("03_decoding.html", r"beam search found a higher-scoring translation for [1-9]\d* of \d+ numbers", 2),
     ("04_transformer.html", r"with sinusoidal positions, the same: False", 4),
     ("05_beyond.html", r"\d+% of 40 samples are well-formed numbers", 3),
@@ -172,6 +174,10 @@ def test_the_site_builds_strict_and_offline(tmp_path: Path) -> None:
         assert re.search(executed, tutorial), page  # executed at the build
         # its pictures come from that run (the page's style sheet holds two more data: images)
         assert tutorial.count('src="data:image/png') >= pictures, page
+        # a notebook's Markdown links are not rewritten from .md to .html: they must name .html
+        assert not re.findall(r'href="(?!https?:)[^"]*\.md[#"]', tutorial), page
+    for name in ("01_encoder_decoder", "02_attention"):  # their small-budget checks passed
+        assert "checked: small budget" in (site / "tutorials" / f"{name}.html").read_text(encoding="utf-8"), name
     assert external_resources(site) == []
 
 

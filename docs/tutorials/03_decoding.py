@@ -189,7 +189,7 @@ assert lengths[-1] >= lengths[0] - 0.05, "a larger alpha does not make outputs s
 # On this corpus alpha changes little: each number has one right length, and the model is sure
 # where a number ends (its `</s>` is far more probable than any other token there). On real text,
 # where several lengths are plausible, it matters more: see beam size and length penalty on
-# Multi30k in [Ablations](../results/ablations.md).
+# Multi30k in [Ablations](../results/ablations.html).
 
 # %% [markdown]
 # ## Sampling
@@ -221,7 +221,7 @@ assert sum(sample_scores) < sum(greedy_scores)
 # A prefix that does not end in a space ends with a word typed in part, which search completes.
 # **Alternatives** (`Translator.alternatives`) are the k likeliest next *words* after a prefix,
 # each with its probability and the best translation that continues with it: what the page
-# shows when you click a word. The [steering guide](../guide/steering.md) has the details.
+# shows when you click a word. The [steering guide](../guide/steering.html) has the details.
 
 # %% [markdown]
 # A post-editor at work: take a number beam search got wrong, type the right translation up to the
@@ -263,5 +263,5 @@ assert alternatives and all(a.translation.startswith(start) for a in alternative
 #
 # The same options on the command line: `nmtkit translate --beam 5 --nbest 3`,
 # `--length-penalty`, `--sample --temperature --top-k --top-p --seed`, and
-# `--input-format jsonl` for prefixes ([Translating](../guide/translating.md)). Measured on
-# Multi30k, beam size and length penalty are in [Ablations](../results/ablations.md).
+# `--input-format jsonl` for prefixes ([Translating](../guide/translating.html)). Measured on
+# Multi30k, beam size and length penalty are in [Ablations](../results/ablations.html).

@@ -176,7 +176,7 @@ assert spread.max() > 0.2, "trained heads look at different things"
 # and its outputs are shuffled the same way, nothing else changes. "the cat sat on the mat" and
 # "the mat sat on the cat" look the same to it. This is the no-positions ablation of the seed
 # note (`model.positional: none`); on Multi30k it cost the Transformer 5 BLEU
-# ([Ablations](../results/ablations.md)).
+# ([Ablations](../results/ablations.html)).
 
 # %%
 cfg = TransformerConfig(d_model=d_model, heads=heads, ff_size=64, dropout=0.0)
@@ -214,7 +214,7 @@ plt.show()
 # Transformer normalises after the sum (**post-norm**, `LN(x + f(x))`); most recent models
 # normalise the sublayer's input (**pre-norm**, `x + f(LN(x))`), which leaves the residual stream
 # itself unnormalised and trains stably without a long warm-up. On Multi30k with the shipped
-# warm-up, post-norm was 3.1 BLEU behind after 400 updates ([Ablations](../results/ablations.md)).
+# warm-up, post-norm was 3.1 BLEU behind after 400 updates ([Ablations](../results/ablations.html)).
 # The difference shows in the scale of what leaves a layer:
 
 # %%

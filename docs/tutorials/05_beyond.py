@@ -14,7 +14,7 @@
 #
 # Both models are trained here, briefly: a couple of minutes on a CPU, or seconds with
 # `NMTKIT_TUTORIAL_BUDGET=small` (the site build of `make test`), where they are weaker and the
-# numbers differ. [Beyond translation](../guide/beyond.md) has the measured results at full size.
+# numbers differ. [Beyond translation](../guide/beyond.html) has the measured results at full size.
 
 # %%
 import contextlib
@@ -146,7 +146,7 @@ assert share >= 0.3
 # grammar is right, its long-range agreement is not), and at a small budget more of them do.
 # The same `DecoderOnly` also translates: trained on `source </s> target` with the loss on the
 # target only, it is GPT's way of doing what the encoder-decoder does
-# ([Beyond translation](../guide/beyond.md) compares the two at equal size).
+# ([Beyond translation](../guide/beyond.html) compares the two at equal size).
 #
 # ## A Vision Transformer on the digits
 #
@@ -189,7 +189,7 @@ assert accuracy > 0.4
 # %% [markdown]
 # On 1,437 training images a Transformer has little to go on, and the recipe matters: the demo's
 # (`vit.train_vit`: shifted images, AdamW, a warm-up, 100 epochs) reaches the logistic
-# regression or passes it (the [guide's table](../guide/beyond.md) has several seeds); a few
+# regression or passes it (the [guide's table](../guide/beyond.html) has several seeds); a few
 # epochs, as at the small budget, stay well below it.
 #
 # Which patches did the model look at? `VisionTransformer.cls_attention` gives the weight the
