@@ -527,9 +527,22 @@ class Translator:
             out.append(phrases if ids[i] else [])
         return out
 
+    def check_constraints(self, source: str, constraints: Sequence[str | dict], prefix: str = "") -> None:
+        """Raise NMTKitError for constraints that `translate` with the decoding config's options
+        would refuse for this sentence and prefix: a phrase the vocabulary cannot spell, or more
+        pieces than its output may have (a service checks each request's constraints before they
+        join a batch, so that one request's mistake is not its neighbours')."""
+        ids = self.src_tok.encode(source)[: self.max_input_tokens] if source.strip() else []
+        d = self.decoding
+        try:
+            self._constraints([constraints], [ids], [self._prefix(prefix)], d.max_len_a, d.max_len_b, False)
+        except NMTKitError as err:  # the caller names the sentence
+            raise NMTKitError(str(err).removeprefix("sentence 1: ")) from None
+
     def constraint_ids(self, phrase: str, where: str = "constraint") -> list[int]:
         """A constraint's phrase as target ids, or NMTKitError if the vocabulary cannot spell it
         (a service checks each request's constraints before they join a batch)."""
+        check_text(phrase, where)  # a lone surrogate ("\ud800" from JSON) would fail in sentencepiece
         ids = self.tgt_tok.encode(phrase)
         if UNK_ID in ids:
             word = next((w for w in phrase.split() if UNK_ID in self.tgt_tok.encode(w)), phrase)

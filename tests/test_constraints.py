@@ -192,3 +192,40 @@ def test_glossary_with_a_utf8_bom_matches_its_first_term(tmp_path):
     path = tmp_path / "g.tsv"
     path.write_bytes("\ufeffball\tBall\r\nred\trot\r\n".encode("utf-8"))
     assert read_glossary(path).constraints("a red ball") == ["rot", "Ball"]
+
+
+def test_service_checks_constraints_that_cannot_fit_or_are_not_text(numbers_checkpoint) -> None:
+    """A lone surrogate (a JSON escape) in a constraint, or constraints longer than the output may
+    be, is a 422 naming the field before the request joins a batch; and where a batch still fails
+    for one request, its neighbours get their own answers."""
+    from fastapi.testclient import TestClient
+
+    from nmtkit.server import Batcher, ServeSettings, _Job, _Metrics, create_app
+
+    t = Translator.load(numbers_checkpoint)
+    with pytest.raises(NMTKitError, match="lone surrogate"):
+        t.translate(NUMBERS[:1], constraints=[["\ud800"]])
+    too_long = " ".join(["two"] * 300)
+    with TestClient(create_app(t, ServeSettings())) as client:
+        r = client.post("/translate", content=b'{"text": ["x"], "constraints": [["\\ud800"]]}',
+                        headers={"content-type": "application/json"})
+        assert r.status_code == 422 and r.json()["detail"][0]["field"] == "constraints[0][0]", r.text
+        r = client.post("/translate", json={"text": NUMBERS[:2], "constraints": [[], [too_long]]})
+        assert r.status_code == 422, r.text
+        assert r.json()["detail"][0]["field"] == "constraints[1]" and "300 target pieces" in r.text
+        r = client.post("/alternatives", json={"source": NUMBERS[0], "constraints": [too_long]})
+        assert r.status_code == 422 and r.json()["detail"][0]["field"] == "constraints[0]", r.text
+    # two jobs taken together, one of them with constraints that cannot fit (as the alternatives'
+    # longer prefixes can make them): the other is answered
+    batcher = Batcher(t, ServeSettings(), _Metrics())
+    options = {"beam": 2, "nbest": 1, "all_attention": False, "attention": False, "alignment": False}
+    jobs = [_Job("translate", ("translate",), {"sources": NUMBERS[:1], "prefix": [""], "options": options,
+                                              "constraints": c}, 5) for c in ([[too_long]], None)]
+    batcher.pending.extend(jobs)
+    batcher.start()
+    with pytest.raises(NMTKitError, match="300 target pieces"):
+        jobs[0].future.result(60)
+    (translation, _), = jobs[1].future.result(60)
+    assert translation.text == t.translate(NUMBERS[:1], beam=2)[0]
+    assert batcher.model_calls >= 2
+    batcher.stop()
