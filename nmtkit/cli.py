@@ -6,6 +6,7 @@ import argparse
 import math
 import os
 import queue
+import signal
 import sys
 import threading
 import warnings
@@ -776,8 +777,29 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 _python_show_warning = warnings.showwarning
 
 
+class _Terminated(BaseException):
+    """SIGTERM as an exception, so that a command's clean-up (its temp folders) runs before exit
+    143, as Ctrl-C's KeyboardInterrupt does before exit 130."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # serve drains on SIGTERM itself (uvicorn), and training stops at a checkpoint (its own handler)
+    own_sigterm = args.fn is not cmd_serve and threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if own_sigterm else None
+    try:
+        return _run(args)
+    finally:
+        if own_sigterm:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The command, its failures as one line and an exit code."""
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
@@ -792,6 +814,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nmtkit: interrupted", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("nmtkit: stopped by SIGTERM", file=sys.stderr)
+        return 143
     except BrokenPipeError:
         _quiet_stdout()
         return 0
