@@ -527,15 +527,19 @@ class Translator:
             out.append(phrases if ids[i] else [])
         return out
 
-    def check_constraints(self, source: str, constraints: Sequence[str | dict], prefix: str = "") -> None:
-        """Raise NMTKitError for constraints that `translate` with the decoding config's options
-        would refuse for this sentence and prefix: a phrase the vocabulary cannot spell, or more
-        pieces than its output may have (a service checks each request's constraints before they
-        join a batch, so that one request's mistake is not its neighbours')."""
+    def check_constraints(self, source: str, constraints: Sequence[str | dict], prefix: str = "",
+                          max_len_a: float | None = None, max_len_b: int | None = None) -> None:
+        """Raise NMTKitError for constraints that `translate` would refuse for this sentence and
+        prefix: a phrase the vocabulary cannot spell, or more pieces than its output may have
+        (max_len_a/b default to the decoding config's). A service checks each request's
+        constraints before they join a batch, so that one request's mistake is not its
+        neighbours'; the CLI checks each line's, so that the error names the line."""
         ids = self.src_tok.encode(source)[: self.max_input_tokens] if source.strip() else []
         d = self.decoding
+        a = d.max_len_a if max_len_a is None else max_len_a
+        b = d.max_len_b if max_len_b is None else max_len_b
         try:
-            self._constraints([constraints], [ids], [self._prefix(prefix)], d.max_len_a, d.max_len_b, False)
+            self._constraints([constraints], [ids], [self._prefix(prefix)], a, b, False)
         except NMTKitError as err:  # the caller names the sentence
             raise NMTKitError(str(err).removeprefix("sentence 1: ")) from None
 

@@ -229,3 +229,45 @@ def test_service_checks_constraints_that_cannot_fit_or_are_not_text(numbers_chec
     assert translation.text == t.translate(NUMBERS[:1], beam=2)[0]
     assert batcher.model_calls >= 2
     batcher.stop()
+
+
+def test_glossary_matches_decomposed_text_and_folds_case_without_failing(tmp_path):
+    """Text in NFD (macOS: Hangul as jamo, "e" + a combining accent) meets its NFC glossary term;
+    with ignore-case, letters that re.IGNORECASE matched but lower() did not map ("ı", "ſ", "İ")
+    raised KeyError, and "STRASSE" missed "straße"."""
+    import unicodedata
+
+    from nmtkit.glossary import read_glossary
+    path = tmp_path / "g.tsv"
+    path.write_text("사천칠십일\tfour thousand\ncafé\tCafé\n", encoding="utf-8")
+    nfd = unicodedata.normalize("NFD", "사천칠십일 au café")
+    assert nfd != unicodedata.normalize("NFC", nfd)
+    assert read_glossary(path).constraints(nfd) == ["four thousand", "Café"]
+    path.write_text("dig\tgraben\nsun\tSonne\nistanbul\tIstanbul\nstraße\tStraße\n", encoding="utf-8")
+    g = read_glossary(path, ignore_case=True)
+    assert g.constraints("DıG İstanbul") == []  # other letters than i, not an error
+    assert g.constraints("ſun STRASSE") == ["Sonne", "Straße"]
+
+
+def test_cli_names_the_line_whose_glossary_constraints_cannot_fit(numbers_checkpoint, tmp_path, capsys):
+    """A glossary that puts more on a sentence than its output may hold: one line naming the
+    input line (it named "sentence 1", its place in the chunk being translated)."""
+    from nmtkit.cli import main
+
+    glossary, src = tmp_path / "g.tsv", tmp_path / "in.txt"
+    glossary.write_text("사천칠십일\t" + " ".join(["two"] * 18) + "\n", encoding="utf-8")
+    src.write_text(f"{NUMBERS[0]}\n{NUMBERS[2]}\n{NUMBERS[1]}\n", encoding="utf-8")
+    ckpt = str(numbers_checkpoint)
+    assert main(["translate", "--checkpoint", ckpt, "--input", str(src), "--glossary", str(glossary),
+                 "--chunk-lines", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{src} line 3: its constraints need 18 target pieces" in err, err
+    ref = tmp_path / "ref.txt"
+    ref.write_text("x\n" * 3, encoding="utf-8")
+    assert main(["evaluate", "--checkpoint", ckpt, "--src", str(src), "--ref", str(ref),
+                 "--glossary", str(glossary)]) == 2
+    assert f"{src} line 3: its constraints need 18" in capsys.readouterr().err
+    # --max-len-b raises the limit: the same line then translates with its constraint
+    assert main(["translate", "--checkpoint", ckpt, "--input", str(src), "--glossary", str(glossary),
+                 "--max-len-b", "40"]) == 0
+    assert capsys.readouterr().out.splitlines()[2].replace("-", " ").split().count("two") >= 18
