@@ -300,7 +300,8 @@ class Translator:
                                        top_p, seed, max_len_a, max_len_b)
         ids = self._encode(sentences, too_long or d.too_long)
         forced = [self._prefix(p) for p in prefixes]
-        wanted = self._constraints(constraints, ids, forced, max_len_a, max_len_b, sample)
+        wanted = self._constraints(constraints, ids, forced, max_len_a, max_len_b, sample,
+                                   [not s.strip() for s in sentences])
         hyps: list[Hypothesis | None] = [None] * len(sentences)
         for indices in self._batches(ids, batch_tokens):
             src, lengths = collate_source([ids[i] for i in indices])
@@ -495,7 +496,7 @@ class Translator:
 
     def _constraints(self, constraints: Sequence[Sequence[str | dict]] | None, ids: list[list[int]],
                      forced: list[tuple[list[int], str]], max_len_a: float, max_len_b: int,
-                     sampling: bool) -> list[list[list[list[int]]]] | None:
+                     sampling: bool, blank: list[bool]) -> list[list[list[list[int]]]] | None:
         """Each sentence's constraints as alternatives of target ids, checked: spelled by the
         vocabulary, and short enough for the sentence's output (after its prefix)."""
         if constraints is None:
@@ -513,6 +514,9 @@ class Translator:
             phrases = [[self.constraint_ids(p, f"constraint {j + 1} of sentence {i + 1}")
                         for p in phrase_alternatives(c, f"constraint {j + 1} of sentence {i + 1}")]
                        for j, c in enumerate(wanted)]
+            if phrases and blank[i]:  # its translation is empty: the constraints cannot appear
+                raise NMTKitError(f"sentence {i + 1}: it is empty, so its translation is empty and "
+                                  "cannot hold its constraints")
             if phrases and ids[i]:
                 prefix, partial = forced[i].ids, forced[i].partial
                 limit = int(length_limits(self.model, torch.tensor([len(ids[i]) + 1]), max_len_a, max_len_b,
@@ -539,7 +543,7 @@ class Translator:
         a = d.max_len_a if max_len_a is None else max_len_a
         b = d.max_len_b if max_len_b is None else max_len_b
         try:
-            self._constraints([constraints], [ids], [self._prefix(prefix)], a, b, False)
+            self._constraints([constraints], [ids], [self._prefix(prefix)], a, b, False, [not source.strip()])
         except NMTKitError as err:  # the caller names the sentence
             raise NMTKitError(str(err).removeprefix("sentence 1: ")) from None
 

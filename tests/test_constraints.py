@@ -271,3 +271,19 @@ def test_cli_names_the_line_whose_glossary_constraints_cannot_fit(numbers_checkp
     assert main(["translate", "--checkpoint", ckpt, "--input", str(src), "--glossary", str(glossary),
                  "--max-len-b", "40"]) == 0
     assert capsys.readouterr().out.splitlines()[2].replace("-", " ").split().count("two") >= 18
+
+
+def test_constraints_on_an_empty_sentence_are_an_error_not_dropped(numbers_checkpoint) -> None:
+    """An empty sentence translates to "", which cannot hold a constraint: the constraint was
+    dropped without a word (200 and "" from the service)."""
+    from fastapi.testclient import TestClient
+
+    from nmtkit.server import ServeSettings, create_app
+
+    t = Translator.load(numbers_checkpoint)
+    with pytest.raises(NMTKitError, match="sentence 2: it is empty"):
+        t.translate([NUMBERS[0], "  "], constraints=[[], ["two"]])
+    assert t.translate([NUMBERS[0], ""], constraints=[["two"], []])[1] == ""  # none asked: fine
+    with TestClient(create_app(t, ServeSettings())) as client:
+        r = client.post("/translate", json={"text": [""], "constraints": [["two"]]})
+        assert r.status_code == 422 and r.json()["detail"][0]["field"] == "constraints[0]", r.text
