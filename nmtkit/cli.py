@@ -6,6 +6,7 @@ import argparse
 import math
 import os
 import queue
+import signal
 import sys
 import threading
 import warnings
@@ -215,14 +216,23 @@ def _glossary(args: argparse.Namespace):
     return read_glossary(Path(args.glossary), args.glossary_ignore_case)
 
 
-def _check_constraints(translator, constraints: list[list] | None, first_line: int, name: str) -> None:
-    """Every constraint's phrases spelled by the target vocabulary, else an error naming the line."""
+def _check_constraints(translator, constraints: list[list] | None, first_line: int, name: str,
+                       sources: list[str], prefixes: list[str] | None, options: dict) -> None:
+    """Every constraint's phrases spelled by the target vocabulary, and each line's constraints
+    fitting in its output, else an error naming the line."""
     from nmtkit.constraints import phrase_alternatives
 
-    for n, wanted in enumerate(constraints or [], first_line):
+    for i, wanted in enumerate(constraints or []):
+        n = first_line + i
         for j, c in enumerate(wanted):
             for phrase in phrase_alternatives(c, f"{name} line {n}: constraint {j + 1}"):
                 translator.constraint_ids(phrase, f"{name} line {n}: constraint {j + 1}")
+        if wanted:
+            try:
+                translator.check_constraints(sources[i], wanted, prefixes[i] if prefixes else "",
+                                             options.get("max_len_a"), options.get("max_len_b"))
+            except NMTKitError as err:
+                raise NMTKitError(f"{name} line {n}: {err}") from None
 
 
 def cmd_translate(args: argparse.Namespace) -> None:
@@ -273,7 +283,7 @@ def cmd_translate(args: argparse.Namespace) -> None:
                 lines, prefixes = _jsonl_inputs(records, line, name, translator)  # (checks the JSON first)
                 constraints = _jsonl_constraints(records, line, name)
             constraints = merge(glossary, lines, constraints)
-            _check_constraints(translator, constraints, line, name)
+            _check_constraints(translator, constraints, line, name, lines, prefixes, options)
             line += len(lines)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NMTKitWarning)  # counted, reported once at the end
@@ -338,7 +348,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     translator = _load_translator(args)
     policy = args.too_long or translator.decoding.too_long
     constraints = merge(glossary, src, None)
-    _check_constraints(translator, constraints, 1, args.src)
+    _check_constraints(translator, constraints, 1, args.src, src, None, _search_options(args))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NMTKitWarning)
         hyps = translator.translate(src, batch_tokens=args.batch_tokens, constraints=constraints,
@@ -791,8 +801,29 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 _python_show_warning = warnings.showwarning
 
 
+class _Terminated(BaseException):
+    """SIGTERM as an exception, so that a command's clean-up (its temp folders) runs before exit
+    143, as Ctrl-C's KeyboardInterrupt does before exit 130."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # serve drains on SIGTERM itself (uvicorn), and training stops at a checkpoint (its own handler)
+    own_sigterm = args.fn is not cmd_serve and threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if own_sigterm else None
+    try:
+        return _run(args)
+    finally:
+        if own_sigterm:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The command, its failures as one line and an exit code."""
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
@@ -807,6 +838,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nmtkit: interrupted", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("nmtkit: stopped by SIGTERM", file=sys.stderr)
+        return 143
     except BrokenPipeError:
         _quiet_stdout()
         return 0

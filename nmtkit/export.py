@@ -26,7 +26,7 @@ from torch import nn
 
 from nmtkit.checkpoint import load_checkpoint, resolve_checkpoint
 from nmtkit.errors import NMTKitError
-from nmtkit.files import temp_folder
+from nmtkit.files import remove_stale, temp_folder
 from nmtkit.vocabulary import BOS, BOS_ID, EOS, PAD_ID, UNK
 
 QUANTIZATIONS = ("int8", "int16", "float16")
@@ -148,6 +148,7 @@ def export_ctranslate2(checkpoint: Path, out: Path, quantization: str | None = N
         def _load(self):
             return spec
 
+    remove_stale(out)  # what an earlier export killed with SIGKILL left beside it
     tmp = temp_folder(out)
     try:
         _Converter().convert(str(tmp / "model"), quantization=quantization)

@@ -2,13 +2,20 @@
 words) makes its target term one of that sentence's constraints (see nmtkit.constraints).
 
 Several lines with the same source term give one disjunctive constraint ({"any": [...]}: one of
-their target terms must appear). Where terms overlap in a sentence, the longest match wins
-("red ball" before "ball"). Blank lines and lines starting with "#" are skipped.
+their target terms must appear). A sentence is read left to right: at each place the longest
+term that starts there wins ("red ball" before "ball"), and its words are not matched again. A
+term found twice in a sentence gives one constraint. Blank lines and lines starting with "#" are
+skipped.
+
+Terms and sentences are compared in Unicode NFC, so text in decomposed form (macOS writes Hangul
+as jamo, and "é" as "e" and a combining accent) still matches; with ignore_case, after
+case-folding both (str.casefold).
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,28 +24,35 @@ from nmtkit.errors import NMTKitError
 
 @dataclass
 class Glossary:
-    terms: dict[str, list[str]]  # source term (lowercased with ignore_case) -> its target terms
+    terms: dict[str, list[str]]  # source term (source_form) -> its target terms
     ignore_case: bool = False
 
     def __post_init__(self) -> None:
         # longest first, so that the alternation prefers "red ball" to "ball" at the same place
         ordered = sorted(self.terms, key=len, reverse=True)
         body = "|".join(re.escape(t) for t in ordered)
-        self.pattern = re.compile(rf"(?<!\w)(?:{body})(?!\w)", re.IGNORECASE if self.ignore_case else 0) \
-            if ordered else None
+        # not re.IGNORECASE: it matches letters whose casefold() differs ("ı" for "i"), which
+        # then were no key; the sentence is case-folded instead, as the keys are
+        self.pattern = re.compile(rf"(?<!\w)(?:{body})(?!\w)") if ordered else None
 
     def constraints(self, sentence: str) -> list[str | dict[str, list[str]]]:
         """The constraints this glossary puts on the translation of `sentence`."""
         if self.pattern is None:
             return []
         out: list[str | dict[str, list[str]]] = []
-        for match in self.pattern.finditer(" ".join(sentence.split())):
-            found = match.group(0).lower() if self.ignore_case else match.group(0)
-            targets = self.terms[found]
+        for match in self.pattern.finditer(source_form(sentence, self.ignore_case)):
+            targets = self.terms[match.group(0)]
             constraint = targets[0] if len(targets) == 1 else {"any": list(targets)}
             if constraint not in out:
                 out.append(constraint)
         return out
+
+
+def source_form(text: str, ignore_case: bool) -> str:
+    """A source term or sentence as the glossary compares them: NFC, one space between words,
+    case-folded with ignore_case (str.casefold: "Straße" and "STRASSE" are one)."""
+    text = " ".join(unicodedata.normalize("NFC", text).split())
+    return text.casefold() if ignore_case else text
 
 
 def read_glossary(path: Path, ignore_case: bool = False) -> Glossary:
@@ -61,8 +75,7 @@ def read_glossary(path: Path, ignore_case: bool = False) -> Glossary:
         if len(fields) != 2 or not fields[0].strip() or not fields[1].strip():
             raise NMTKitError(f"--glossary {path} line {n}: expected 'source term<TAB>target term', "
                               f"got {line[:60]!r}")
-        source, target = (" ".join(f.split()) for f in fields)
-        key = source.lower() if ignore_case else source
+        key, target = source_form(fields[0], ignore_case), " ".join(fields[1].split())
         if target not in terms.setdefault(key, []):
             terms[key].append(target)
     return Glossary(terms, ignore_case)

@@ -47,6 +47,7 @@ from sentencepiece import sentencepiece_model_pb2 as spm_pb2
 from nmtkit.checkpoint import save_checkpoint
 from nmtkit.config import Config, DataConfig, TransformerConfig
 from nmtkit.errors import NMTKitError
+from nmtkit.files import remove_stale
 from nmtkit.transformer import build_transformer
 from nmtkit.vocabulary import BOS, EOS, PAD, UNK, Tokenizer
 
@@ -585,4 +586,5 @@ def import_marian(src: Path, out: Path) -> Path:
         model=model_cfg,
     )
     info = {"imported_from": {"format": loaded.fmt, "folder": src.name}}
+    remove_stale(out)  # what an earlier import killed with SIGKILL left beside it
     return save_checkpoint(out, model, config, src_tok, tgt_tok, info)

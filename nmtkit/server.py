@@ -262,7 +262,12 @@ class Batcher:
             try:
                 with torch.inference_mode(), warnings.catch_warnings():
                     warnings.simplefilter("ignore", NMTKitWarning)
-                    results = self._call(group)
+                    try:
+                        results = self._call(group)
+                    except NMTKitError:  # one request's mistake: the others still get answers
+                        if len(group) == 1:
+                            raise
+                        results = [self._alone(job) for job in group]
                 for job, result in zip(group, results, strict=True):
                     if isinstance(result, Exception):  # this job's own error (see _alternatives)
                         job.future.set_exception(result)
@@ -271,6 +276,13 @@ class Batcher:
             except Exception as err:  # noqa: BLE001 - each waiting request gets the error
                 for job in group:
                     job.future.set_exception(err)
+
+    def _alone(self, job: _Job) -> Any:
+        """A job's own result, or its own error, from a model call of its own."""
+        try:
+            return self._call([job])[0]
+        except NMTKitError as err:
+            return err
 
     def _call(self, group: list[_Job]) -> list[Any]:
         """One model call for the whole group; each job's part of the result."""
@@ -314,9 +326,10 @@ class Batcher:
 
 
 def _constraints(translator: Translator, glossary: Glossary | None, text: list[str],
-                 given: list[list] | None) -> list[list] | None:
+                 given: list[list] | None, prefix: list[str]) -> list[list] | None:
     """The request's constraints (as plain phrases and {"any": [...]}) with the glossary's, each
-    checked (422 naming the field) before it joins a batch."""
+    checked (422 naming the field) before it joins a batch: spelled by the vocabulary, and the
+    sentence's all together fitting in its output after its prefix."""
     if given is not None and len(given) != len(text):
         raise HTTPException(422, [{"field": "constraints", "message": f"{len(given)} constraint "
                                    f"lists for {len(text)} sentences"}])
@@ -331,6 +344,11 @@ def _constraints(translator: Translator, glossary: Glossary | None, text: list[s
                     translator.constraint_ids(phrase, where)
             except NMTKitError as err:
                 raise HTTPException(422, [{"field": where, "message": str(err)}]) from None
+        if wanted:
+            try:
+                translator.check_constraints(text[i], wanted, prefix[i])
+            except NMTKitError as err:
+                raise HTTPException(422, [{"field": f"constraints[{i}]", "message": str(err)}]) from None
     return merged
 
 
@@ -507,7 +525,7 @@ def create_app(translator: Translator, settings: ServeSettings | None = None,
             raise HTTPException(422, [{"field": "prefix", "message": f"{len(prefix)} prefixes for "
                                        f"{len(req.text)} sentences"}])
         _check_prefixes(translator, prefix)
-        constraints = _constraints(translator, glossary, req.text, req.constraints)
+        constraints = _constraints(translator, glossary, req.text, req.constraints, prefix)
         options = {"beam": beam, "nbest": req.nbest, "all_attention": req.attention,
                    "attention": req.attention, "alignment": req.alignment}
         job = _Job("translate", ("translate", *sorted(options.items())),
@@ -524,7 +542,8 @@ def create_app(translator: Translator, settings: ServeSettings | None = None,
         _limit("beam", beam, settings.max_beam)
         _check_prefixes(translator, [req.prefix])
         constraints = _constraints(translator, glossary, [req.source],
-                                   [req.constraints] if req.constraints is not None else None)
+                                   [req.constraints] if req.constraints is not None else None,
+                                   [req.prefix])
         job = _Job("alternatives", ("alternatives", beam),
                    {"source": req.source, "prefix": req.prefix, "k": req.k, "beam": beam,
                     "constraints": constraints[0] if constraints else None},

@@ -300,7 +300,8 @@ class Translator:
                                        top_p, seed, max_len_a, max_len_b)
         ids = self._encode(sentences, too_long or d.too_long)
         forced = [self._prefix(p) for p in prefixes]
-        wanted = self._constraints(constraints, ids, forced, max_len_a, max_len_b, sample)
+        wanted = self._constraints(constraints, ids, forced, max_len_a, max_len_b, sample,
+                                   [not s.strip() for s in sentences])
         hyps: list[Hypothesis | None] = [None] * len(sentences)
         for indices in self._batches(ids, batch_tokens):
             src, lengths = collate_source([ids[i] for i in indices])
@@ -495,7 +496,7 @@ class Translator:
 
     def _constraints(self, constraints: Sequence[Sequence[str | dict]] | None, ids: list[list[int]],
                      forced: list[tuple[list[int], str]], max_len_a: float, max_len_b: int,
-                     sampling: bool) -> list[list[list[list[int]]]] | None:
+                     sampling: bool, blank: list[bool]) -> list[list[list[list[int]]]] | None:
         """Each sentence's constraints as alternatives of target ids, checked: spelled by the
         vocabulary, and short enough for the sentence's output (after its prefix)."""
         if constraints is None:
@@ -513,6 +514,9 @@ class Translator:
             phrases = [[self.constraint_ids(p, f"constraint {j + 1} of sentence {i + 1}")
                         for p in phrase_alternatives(c, f"constraint {j + 1} of sentence {i + 1}")]
                        for j, c in enumerate(wanted)]
+            if phrases and blank[i]:  # its translation is empty: the constraints cannot appear
+                raise NMTKitError(f"sentence {i + 1}: it is empty, so its translation is empty and "
+                                  "cannot hold its constraints")
             if phrases and ids[i]:
                 prefix, partial = forced[i].ids, forced[i].partial
                 limit = int(length_limits(self.model, torch.tensor([len(ids[i]) + 1]), max_len_a, max_len_b,
@@ -527,9 +531,26 @@ class Translator:
             out.append(phrases if ids[i] else [])
         return out
 
+    def check_constraints(self, source: str, constraints: Sequence[str | dict], prefix: str = "",
+                          max_len_a: float | None = None, max_len_b: int | None = None) -> None:
+        """Raise NMTKitError for constraints that `translate` would refuse for this sentence and
+        prefix: a phrase the vocabulary cannot spell, or more pieces than its output may have
+        (max_len_a/b default to the decoding config's). A service checks each request's
+        constraints before they join a batch, so that one request's mistake is not its
+        neighbours'; the CLI checks each line's, so that the error names the line."""
+        ids = self.src_tok.encode(source)[: self.max_input_tokens] if source.strip() else []
+        d = self.decoding
+        a = d.max_len_a if max_len_a is None else max_len_a
+        b = d.max_len_b if max_len_b is None else max_len_b
+        try:
+            self._constraints([constraints], [ids], [self._prefix(prefix)], a, b, False, [not source.strip()])
+        except NMTKitError as err:  # the caller names the sentence
+            raise NMTKitError(str(err).removeprefix("sentence 1: ")) from None
+
     def constraint_ids(self, phrase: str, where: str = "constraint") -> list[int]:
         """A constraint's phrase as target ids, or NMTKitError if the vocabulary cannot spell it
         (a service checks each request's constraints before they join a batch)."""
+        check_text(phrase, where)  # a lone surrogate ("\ud800" from JSON) would fail in sentencepiece
         ids = self.tgt_tok.encode(phrase)
         if UNK_ID in ids:
             word = next((w for w in phrase.split() if UNK_ID in self.tgt_tok.encode(w)), phrase)

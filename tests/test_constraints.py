@@ -192,3 +192,98 @@ def test_glossary_with_a_utf8_bom_matches_its_first_term(tmp_path):
     path = tmp_path / "g.tsv"
     path.write_bytes("\ufeffball\tBall\r\nred\trot\r\n".encode("utf-8"))
     assert read_glossary(path).constraints("a red ball") == ["rot", "Ball"]
+
+
+def test_service_checks_constraints_that_cannot_fit_or_are_not_text(numbers_checkpoint) -> None:
+    """A lone surrogate (a JSON escape) in a constraint, or constraints longer than the output may
+    be, is a 422 naming the field before the request joins a batch; and where a batch still fails
+    for one request, its neighbours get their own answers."""
+    from fastapi.testclient import TestClient
+
+    from nmtkit.server import Batcher, ServeSettings, _Job, _Metrics, create_app
+
+    t = Translator.load(numbers_checkpoint)
+    with pytest.raises(NMTKitError, match="lone surrogate"):
+        t.translate(NUMBERS[:1], constraints=[["\ud800"]])
+    too_long = " ".join(["two"] * 300)
+    with TestClient(create_app(t, ServeSettings())) as client:
+        r = client.post("/translate", content=b'{"text": ["x"], "constraints": [["\\ud800"]]}',
+                        headers={"content-type": "application/json"})
+        assert r.status_code == 422 and r.json()["detail"][0]["field"] == "constraints[0][0]", r.text
+        r = client.post("/translate", json={"text": NUMBERS[:2], "constraints": [[], [too_long]]})
+        assert r.status_code == 422, r.text
+        assert r.json()["detail"][0]["field"] == "constraints[1]" and "300 target pieces" in r.text
+        r = client.post("/alternatives", json={"source": NUMBERS[0], "constraints": [too_long]})
+        assert r.status_code == 422 and r.json()["detail"][0]["field"] == "constraints[0]", r.text
+    # two jobs taken together, one of them with constraints that cannot fit (as the alternatives'
+    # longer prefixes can make them): the other is answered
+    batcher = Batcher(t, ServeSettings(), _Metrics())
+    options = {"beam": 2, "nbest": 1, "all_attention": False, "attention": False, "alignment": False}
+    jobs = [_Job("translate", ("translate",), {"sources": NUMBERS[:1], "prefix": [""], "options": options,
+                                              "constraints": c}, 5) for c in ([[too_long]], None)]
+    batcher.pending.extend(jobs)
+    batcher.start()
+    with pytest.raises(NMTKitError, match="300 target pieces"):
+        jobs[0].future.result(60)
+    (translation, _), = jobs[1].future.result(60)
+    assert translation.text == t.translate(NUMBERS[:1], beam=2)[0]
+    assert batcher.model_calls >= 2
+    batcher.stop()
+
+
+def test_glossary_matches_decomposed_text_and_folds_case_without_failing(tmp_path):
+    """Text in NFD (macOS: Hangul as jamo, "e" + a combining accent) meets its NFC glossary term;
+    with ignore-case, letters that re.IGNORECASE matched but lower() did not map ("ı", "ſ", "İ")
+    raised KeyError, and "STRASSE" missed "straße"."""
+    import unicodedata
+
+    from nmtkit.glossary import read_glossary
+    path = tmp_path / "g.tsv"
+    path.write_text("사천칠십일\tfour thousand\ncafé\tCafé\n", encoding="utf-8")
+    nfd = unicodedata.normalize("NFD", "사천칠십일 au café")
+    assert nfd != unicodedata.normalize("NFC", nfd)
+    assert read_glossary(path).constraints(nfd) == ["four thousand", "Café"]
+    path.write_text("dig\tgraben\nsun\tSonne\nistanbul\tIstanbul\nstraße\tStraße\n", encoding="utf-8")
+    g = read_glossary(path, ignore_case=True)
+    assert g.constraints("DıG İstanbul") == []  # other letters than i, not an error
+    assert g.constraints("ſun STRASSE") == ["Sonne", "Straße"]
+
+
+def test_cli_names_the_line_whose_glossary_constraints_cannot_fit(numbers_checkpoint, tmp_path, capsys):
+    """A glossary that puts more on a sentence than its output may hold: one line naming the
+    input line (it named "sentence 1", its place in the chunk being translated)."""
+    from nmtkit.cli import main
+
+    glossary, src = tmp_path / "g.tsv", tmp_path / "in.txt"
+    glossary.write_text("사천칠십일\t" + " ".join(["two"] * 18) + "\n", encoding="utf-8")
+    src.write_text(f"{NUMBERS[0]}\n{NUMBERS[2]}\n{NUMBERS[1]}\n", encoding="utf-8")
+    ckpt = str(numbers_checkpoint)
+    assert main(["translate", "--checkpoint", ckpt, "--input", str(src), "--glossary", str(glossary),
+                 "--chunk-lines", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{src} line 3: its constraints need 18 target pieces" in err, err
+    ref = tmp_path / "ref.txt"
+    ref.write_text("x\n" * 3, encoding="utf-8")
+    assert main(["evaluate", "--checkpoint", ckpt, "--src", str(src), "--ref", str(ref),
+                 "--glossary", str(glossary)]) == 2
+    assert f"{src} line 3: its constraints need 18" in capsys.readouterr().err
+    # --max-len-b raises the limit: the same line then translates with its constraint
+    assert main(["translate", "--checkpoint", ckpt, "--input", str(src), "--glossary", str(glossary),
+                 "--max-len-b", "40"]) == 0
+    assert capsys.readouterr().out.splitlines()[2].replace("-", " ").split().count("two") >= 18
+
+
+def test_constraints_on_an_empty_sentence_are_an_error_not_dropped(numbers_checkpoint) -> None:
+    """An empty sentence translates to "", which cannot hold a constraint: the constraint was
+    dropped without a word (200 and "" from the service)."""
+    from fastapi.testclient import TestClient
+
+    from nmtkit.server import ServeSettings, create_app
+
+    t = Translator.load(numbers_checkpoint)
+    with pytest.raises(NMTKitError, match="sentence 2: it is empty"):
+        t.translate([NUMBERS[0], "  "], constraints=[[], ["two"]])
+    assert t.translate([NUMBERS[0], ""], constraints=[["two"], []])[1] == ""  # none asked: fine
+    with TestClient(create_app(t, ServeSettings())) as client:
+        r = client.post("/translate", json={"text": [""], "constraints": [["two"]]})
+        assert r.status_code == 422 and r.json()["detail"][0]["field"] == "constraints[0]", r.text

@@ -8,7 +8,9 @@ beam outputs with Hugging Face's. The same model written in the original Marian 
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -559,3 +561,65 @@ def test_npz_release_with_an_untied_output_layer(release, tmp_path):
     ours, theirs = ckpt.model.generator.weight, tied.model.generator.weight
     assert torch.equal(ours, 2.0 * theirs)  # <pad> and <s>: zero rows in both
     assert torch.equal(ckpt.model.encoder.embedding.weight, tied.model.encoder.embedding.weight)
+
+
+# the command, made slow once its temp folder holds its first files (the spm models are written
+# last), so that the signal lands while OUT is half-written
+_SLOW_CLI = ("import sys, time; from nmtkit import vocabulary; from nmtkit.cli import main; "
+             "fast = vocabulary.Tokenizer.to_bytes; "
+             "vocabulary.Tokenizer.to_bytes = lambda self: (time.sleep(60), fast(self))[1]; "
+             "sys.exit(main(sys.argv[1:]))")
+
+
+@pytest.mark.parametrize("command", ["import", "export"])
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_while_writing_leaves_no_half_written_out(marian, tmp_path, command, sig):
+    """Ctrl-C or SIGTERM while OUT is being written: exit 130 / 143 with one line, no OUT and no
+    temp folder left, and the folder the user made (OUT's parent) kept with its files."""
+    import signal
+    import time
+
+    if command == "export":
+        pytest.importorskip("ctranslate2")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's own file")
+    out = mine / "OUT"
+    args = ["import", "marian", str(marian["folder"]), str(out)] if command == "import" else \
+        ["export", str(marian["ckpt"]), "--format", "ctranslate2", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_CLI, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(any(p.rglob("*")) for p in mine.glob(".OUT.*")) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        assert time.monotonic() < deadline, "the temp folder never appeared"
+        proc.send_signal(getattr(signal, sig))
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == (130 if sig == "SIGINT" else 143), err
+    assert len(err.splitlines()) == 1 and err.startswith("nmtkit: "), err
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    assert (mine / "notes.txt").read_text() == "the user's own file"
+
+
+def test_import_and_export_remove_what_a_killed_run_left(marian, tmp_path):
+    """SIGKILL cannot be caught: the temp folder of a killed import or export (its process gone)
+    is removed by the next one into the same OUT; a live process's is kept."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = [tmp_path / f".imp.tmp-{dead.pid}-x1", tmp_path / f".ct2.tmp-{dead.pid}-x2"]
+    live = tmp_path / f".imp.tmp-{os.getpid()}-x3"
+    for folder in (*stale, live):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"half")
+    import_marian(marian["folder"], tmp_path / "imp")
+    if importlib.util.find_spec("ctranslate2") is not None:
+        from nmtkit.export import export_ctranslate2
+        export_ctranslate2(tmp_path / "imp", tmp_path / "ct2")
+    else:
+        stale.pop()
+    assert not any(p.exists() for p in stale) and live.is_dir()

@@ -382,3 +382,22 @@ def test_glossary_and_must_include_constrain_and_highlight(page) -> None:
               for i in range(page.locator(".alternatives .choice").count())]
     assert titles and all({"two", "nine"} & set(t.replace("-", " ").split()) for t in titles)
     page.fill("#glossary", "")
+
+
+def test_the_glossary_box_follows_the_rules_of_glossary_files(page) -> None:
+    """As `--glossary`: a term given twice is one constraint (one of its targets), the longest
+    term at a place wins over a term inside it, and a line that is no pair is an error naming
+    it (the box enforced both targets and both terms, and dropped a broken line unsaid)."""
+    import json
+
+    page.evaluate("document.getElementById('glossary-box').open = true")
+    page.fill("#source", SOURCE)
+    page.fill("#glossary", f"{SOURCE} = six hundred\n오천육백칠십팔 = five\n{SOURCE} = seventy-eight")
+    with page.expect_request(lambda r: r.url.endswith("/translate")) as request:
+        page.click("#translate")
+    assert json.loads(request.value.post_data)["constraints"] == [[{"any": ["six hundred", "seventy-eight"]}]]
+    page.wait_for_function("document.getElementById('status').textContent === '1 sentence translated.'")
+    page.fill("#glossary", "사천 = four\nno pair here")
+    page.click("#translate")
+    page.wait_for_function("document.getElementById('status').textContent.includes('Glossary line 2')")
+    page.fill("#glossary", "")

@@ -66,24 +66,54 @@ form.addEventListener("submit", async (event) => {
 
 // ---- constraints: the glossary's target terms and a sentence's "must include" phrases ----
 
-// "red ball = roter Ball" lines -> [[source, target]]
+// "red ball = roter Ball" lines -> [[source, target]]; a line that is not a pair is an error
+// naming it (it was dropped without a word, and its term silently not enforced)
 function glossaryPairs() {
-  return glossaryBox.value.split("\n").map((line) => line.split("=").map((x) => x.trim()))
-    .filter((pair) => pair.length === 2 && pair[0] && pair[1]);
+  const pairs = [];
+  glossaryBox.value.split("\n").forEach((line, i) => {
+    if (!line.trim()) return;
+    const pair = line.split("=").map((x) => x.trim().split(/\s+/).join(" "));
+    if (pair.length !== 2 || !pair[0] || !pair[1]) {
+      throw new Error(`Glossary line ${i + 1}: write one pair as “source term = target term”, not “${line.trim().slice(0, 60)}”.`);
+    }
+    pairs.push(pair);
+  });
+  return pairs;
 }
 
 const escape = (text) => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
-const wholeWords = (term) => new RegExp(`(?<![\\p{L}\\p{N}_])${escape(term)}(?![\\p{L}\\p{N}_])`, "u");
+const sameConstraint = (a, b) => JSON.stringify(a) === JSON.stringify(b);
+
+// the glossary's constraints on a sentence, by the rules of `--glossary` files (nmtkit/glossary.py):
+// whole words, NFC; a source term given twice: one of its targets ({any}); read left to right,
+// the longest term starting at a place wins ("red ball" before "ball"); one constraint per term
+function glossaryConstraints(source) {
+  const targets = new Map();
+  for (const [term, target] of glossaryPairs()) {
+    const key = term.normalize("NFC");
+    if (!targets.has(key)) targets.set(key, []);
+    if (!targets.get(key).includes(target)) targets.get(key).push(target);
+  }
+  if (!targets.size) return [];
+  const terms = [...targets.keys()].sort((a, b) => b.length - a.length).map(escape).join("|");
+  const pattern = new RegExp(`(?<![\\p{L}\\p{N}_])(?:${terms})(?![\\p{L}\\p{N}_])`, "gu");
+  const out = [];
+  for (const match of source.normalize("NFC").trim().split(/\s+/).join(" ").matchAll(pattern)) {
+    const found = targets.get(match[0]);
+    const constraint = found.length === 1 ? found[0] : { any: found };
+    if (!out.some((c) => sameConstraint(c, constraint))) out.push(constraint);
+  }
+  return out;
+}
 
 // a sentence's constraints: its "must include" phrases (commas between phrases, "|" between
-// alternatives), then the target terms of the glossary's source terms found in it
+// alternatives), then the glossary's
 function constraintsOf(source, mustInclude) {
   const own = mustInclude.split(",").map((p) => p.trim()).filter((p) => p).map((p) => {
     const any = p.split("|").map((x) => x.trim()).filter((x) => x);
     return any.length > 1 ? { any } : any[0];
   });
-  const glossary = glossaryPairs().filter(([term]) => wholeWords(term).test(source)).map(([, target]) => target);
-  return [...own, ...glossary.filter((t) => !own.includes(t))];
+  return [...own, ...glossaryConstraints(source).filter((c) => !own.some((o) => sameConstraint(o, c)))];
 }
 
 // which words of the translation spell a constraint's phrase (punctuation around words aside)
