@@ -290,3 +290,12 @@ def test_a_config_value_of_the_wrong_type_is_one_line(tmp_path):
     with pytest.raises(NMTKitError) as err:
         transformer_config(cfg, tmp_path / "config.json")
     assert "\n" not in str(err.value) and "d_model" in str(err.value)
+
+
+def test_ctranslate2_alternatives_of_an_imported_model_equal_nmtkit_alternatives(marian):
+    from tests.test_export import check_alternatives_match
+
+    references = marian["corpus"]["valid"][0].read_text(encoding="utf-8").splitlines()[:8]
+    compared = check_alternatives_match(marian["ckpt"], marian["sources"][:8], references,
+                                        marian["tmp"] / "ct2-alternatives")
+    assert compared == 24
