@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -63,7 +64,8 @@ def demo_transformer(tmp_path_factory):
     ckpt, files, cfg = train_on_numbers(tmp, model, n_train=1500, n_test=10, vocab_size=120,
                                         max_steps=60, lr=0.003, warmup_steps=10)
     sources = files["valid"][1].read_text(encoding="utf-8").splitlines()[:50]
-    return {"ckpt": ckpt, "sources": sources, "tmp": tmp, "cfg": cfg}
+    references = files["valid"][0].read_text(encoding="utf-8").splitlines()[:50]
+    return {"ckpt": ckpt, "sources": sources, "references": references, "tmp": tmp, "cfg": cfg}
 
 
 @pytest.mark.parametrize("beam", [1, 5])
@@ -121,3 +123,148 @@ def test_ctranslate2_target_prefix_matches_nmtkit_prefix(demo_transformer):
              if len(o.tokens) > len(forced)]
     assert len(pairs) >= len(sources) // 2
     assert [o for o, _ in pairs] == [t for _, t in pairs]
+
+
+def ct2_alternatives(ct2, src_pieces: list[str], prefix_pieces: list[str], vocab: int, k: int,
+                     candidates: int, max_word_pieces: int = 12) -> tuple[list, dict[str, float]]:
+    """CTranslate2's alternatives at the position after `prefix_pieces`, made into words as
+    nmtkit's `alternatives` makes them: the likeliest `candidates` first pieces that start a
+    word (return_alternatives expands every piece of the vocabulary, likeliest first), each
+    continued greedily (CTranslate2's search after the expansion, beam 1) until a piece starts
+    another word; a word's probability is the product of its pieces' (from score_batch), words
+    reached twice add up, a lone word-start mark is none. The k likeliest (word, probability), and every word's probability."""
+    (expanded,) = ct2.translate_batch(
+        [src_pieces], target_prefix=[prefix_pieces], return_alternatives=True, num_hypotheses=vocab,
+        beam_size=1, length_penalty=0.0, max_decoding_length=len(prefix_pieces) + max_word_pieces,
+        disable_unk=True)
+    at = len(prefix_pieces)
+    rows = [h for h in expanded.hypotheses if len(h) > at and h[at].startswith("\u2581")][:candidates]
+    words = []
+    for h in rows:
+        end = at + 1
+        while end < len(h) and not h[end].startswith("\u2581") and h[end] != "</s>":
+            end += 1
+        words.append(h[at:end])
+    scored = ct2.score_batch([src_pieces] * len(words), [prefix_pieces + w for w in words])
+    merged: dict[str, float] = {}
+    for w, s in zip(words, scored, strict=True):
+        text = "".join(w).replace("\u2581", " ").strip()
+        if not text:  # a lone "\u2581" before another word: no word (nmtkit skips it too)
+            continue
+        merged[text] = merged.get(text, 0.0) + math.exp(sum(s.log_probs[at: at + len(w)]))
+    return sorted(merged.items(), key=lambda item: -item[1])[:k], merged
+
+
+def check_alternatives_match(ckpt: Path, sources: list[str], references: list[str], out: Path,
+                             k: int = 5, rel: float = 1e-3) -> int:
+    """At the start and after the first one and two words of each source's reference, nmtkit's `alternatives` (words, their order and probabilities) equal CTranslate2's
+    return_alternatives made into words (`ct2_alternatives`), probabilities within a relative
+    `rel` (log-probabilities within about `rel`, as score_batch's). Two words whose probabilities
+    are that close may swap places. Returns the positions compared."""
+    folder = export_ctranslate2(ckpt, out)
+    sp_src = spm.SentencePieceProcessor(model_file=str(folder / "source.spm"))
+    sp_tgt = spm.SentencePieceProcessor(model_file=str(folder / "target.spm"))
+    same = load_checkpoint(ckpt)
+    with torch.no_grad():  # as check_ctranslate2_matches: <pad> and <s> out of both softmaxes
+        same.model.generator.bias[[PAD_ID, BOS_ID]] = NEVER_BIAS
+    translator = Translator(same)
+    ct2 = ctranslate2.Translator(str(folder), device="cpu", intra_threads=1)
+    vocab = len(translator.tgt_pieces)
+    compared = 0
+    for source, reference in zip(sources, references, strict=True):
+        words = reference.split()
+        for n in range(min(2, len(words)) + 1):
+            prefix = " ".join(words[:n])
+            ours = translator.alternatives(source, prefix + " " if n else "", k=k, translations=False)
+            theirs, every = ct2_alternatives(ct2, sp_src.encode(source, out_type=str),
+                                             sp_tgt.encode(prefix, out_type=str) if n else [], vocab,
+                                             k, candidates=max(4 * k, 20))
+            assert len(ours) == len(theirs) == k, (source, prefix, ours, theirs)
+            for a, (word, p) in zip(ours, theirs, strict=True):
+                assert math.isclose(a.probability, p, rel_tol=rel), (source, prefix, a, word, p)
+                # the same word, or a near tie: ours has CTranslate2's probability there
+                assert a.word == word or math.isclose(every.get(a.word, -1.0), a.probability,
+                                                      rel_tol=rel), \
+                    (source, prefix, [(x.word, x.probability) for x in ours], theirs)
+            compared += 1
+    return compared
+
+
+def test_ctranslate2_alternatives_at_a_position_equal_nmtkit_alternatives(demo_transformer):
+    compared = check_alternatives_match(demo_transformer["ckpt"], demo_transformer["sources"][:8],
+                                        demo_transformer["references"][:8], demo_transformer["tmp"] / "ct2-alternatives")
+    assert compared == 24
+
+
+@pytest.fixture(scope="module")
+def language_model(tmp_path_factory):
+    """A small decoder-only language model trained briefly on the numbers' English side."""
+    from nmtkit.config import config_from_dict
+    from nmtkit.democorpus import make_demo_corpus
+    from nmtkit.training import train
+
+    tmp = tmp_path_factory.mktemp("lm")
+    files = make_demo_corpus(tmp / "corpus", seed=4, n_train=1000, n_valid=20, n_test=10)
+    cfg = config_from_dict({
+        "data": {"train": str(files["train"][0]), "valid": str(files["valid"][0]),
+                 "out_dir": str(tmp / "bin"), "max_len": 40},
+        "vocab": {"size": 100, "byte_fallback": False},
+        "model": {"type": "decoder_only", "d_model": 32, "heads": 4, "ff_size": 64, "layers": 2,
+                  "dropout": 0.0, "max_positions": 128},
+        "training": {"out_dir": str(tmp / "lm"), "max_steps": 40, "max_tokens": 2000, "lr": 0.004,
+                     "warmup_steps": 10, "valid_every": 10000, "max_epochs": 100}})
+    texts = files["valid"][0].read_text(encoding="utf-8").splitlines()
+    return {"ckpt": train(cfg) / "last", "texts": texts, "tmp": tmp}
+
+
+def test_a_language_model_exports_and_generates_and_scores_as_nmtkit(language_model):
+    """CTranslate2's Generator on the exported decoder-only model: greedy generate_batch equals
+    nmtkit's generate token for token, and score_batch equals nmtkit's log-probabilities."""
+    from nmtkit.data import collate
+
+    out = language_model["tmp"] / "ct2-lm"
+    run = subprocess.run([sys.executable, "-m", "nmtkit.cli", "export", str(language_model["ckpt"]),
+                          str(out), "--format", "ctranslate2"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    sp = spm.SentencePieceProcessor(model_file=str(out / "target.spm"))
+    same = load_checkpoint(language_model["ckpt"])
+    with torch.no_grad():
+        same.model.generator.bias[[PAD_ID, BOS_ID]] = NEVER_BIAS
+    translator = Translator(same)
+    generator = ctranslate2.Generator(str(out), device="cpu", intra_threads=1)
+    # prompts: nothing, and the first one or two words of held-out sentences
+    prompts = [""] + [" ".join(t.split()[:n]) for t in language_model["texts"][:12] for n in (1, 2)]
+    max_len = 16
+    ours = translator.generate([p + " " if p else "" for p in prompts], max_len=max_len)
+    # a language model's text starts after </s> (nmtkit's start token), as in training
+    starts = [["</s>"] + sp.encode(p, out_type=str) for p in prompts]
+    # (include_prompt_in_result=False would return the part of a longer prompt past the
+    # batch's shortest one: the prompt stays in, and </s> is cut off)
+    theirs = generator.generate_batch(starts, max_length=max_len, sampling_topk=1, beam_size=1,
+                                      disable_unk=True)
+    compared = same_tokens = 0
+    for prompt, start, (text,), result in zip(prompts, starts, ours, theirs, strict=True):
+        pieces = result.sequences[0][1:]
+        assert pieces[: len(start) - 1] == start[1:]
+        new = pieces[len(start) - 1:]
+        if prompt and new and not new[0].startswith("\u2581"):
+            # nmtkit's prompt ends in a space, so its next piece starts a new word; CTranslate2
+            # has no such rule, and here its likeliest piece goes on with the prompt's last word
+            continue
+        assert sp.decode(pieces) == text, (prompt, text, pieces)
+        assert sp.encode(text, out_type=str) == pieces  # token for token
+        compared += 1
+        same_tokens += len(new)
+    assert compared >= len(prompts) // 2 and same_tokens > 3 * compared  # not all empty
+    # score_batch: each text after </s>, its pieces then </s>, against nmtkit's own log-probs
+    texts = language_model["texts"][:20]
+    ids = [same.tgt_tokenizer.encode(t) for t in texts]
+    batch = collate([([], i) for i in ids], list(range(len(ids))))
+    with torch.no_grad():
+        log_probs = same.model(batch.src, batch.src_lengths, batch.tgt_in)  # (batch, T, vocab)
+    gold = log_probs.gather(2, batch.tgt_out.unsqueeze(2)).squeeze(2)
+    scored = generator.score_batch([["</s>"] + same.tgt_tokenizer.pieces(i) + ["</s>"] for i in ids])
+    for row, (i, s) in enumerate(zip(ids, scored, strict=True)):
+        assert len(s.log_probs) == len(i) + 1
+        ours_row = gold[row, : len(i) + 1].tolist()
+        assert max(abs(a - b) for a, b in zip(ours_row, s.log_probs, strict=True)) < 1e-3

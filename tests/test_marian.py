@@ -11,6 +11,7 @@ import copy
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -623,3 +624,43 @@ def test_import_and_export_remove_what_a_killed_run_left(marian, tmp_path):
     else:
         stale.pop()
     assert not any(p.exists() for p in stale) and live.is_dir()
+
+
+def test_ctranslate2_alternatives_of_an_imported_model_equal_nmtkit_alternatives(marian):
+    from tests.test_export import check_alternatives_match
+
+    references = marian["corpus"]["valid"][0].read_text(encoding="utf-8").splitlines()[:8]
+    compared = check_alternatives_match(marian["ckpt"], marian["sources"][:8], references,
+                                        marian["tmp"] / "ct2-alternatives")
+    assert compared == 24
+
+
+def test_bf16_finetuning_of_an_imported_model_keeps_fp32_checkpoints_and_averages(marian, tmp_path, capsys):
+    """training.precision bf16 on an imported model: valid loss falls, every checkpoint is fp32
+    with the imported subword models, and `nmtkit average` of the run's checkpoints works."""
+    raw = _finetune_config(marian, tmp_path, 9).to_json_dict()
+    raw["training"].update(precision="bf16", valid_every=3, keep_last=3)
+    run = train(config_from_dict(raw), init_from=marian["ckpt"])
+    # bf16, natively or (on a CPU without AVX512-BF16) emulated with a warning; never fp32
+    assert re.search(r"^(warning: )?precision:? bf16", capsys.readouterr().out, re.M)
+    before, after = _valid_loss(marian["ckpt"], marian), _valid_loss(run / "last", marian)
+    assert after < before - 0.5, (before, after)
+    imported = marian["ckpt"]
+    ckpts = sorted(run.glob("ckpt-*"))
+    assert len(ckpts) == 3
+    for ckpt in ckpts:
+        weights = load_file(str(ckpt / "model.safetensors"))
+        assert {w.dtype for w in weights.values()} == {torch.float32}, ckpt
+        for name in ("src.spm.model", "tgt.spm.model", "vocab.json"):
+            assert (ckpt / name).read_bytes() == (imported / name).read_bytes(), (ckpt, name)
+    averaged = _cli("average", *map(str, ckpts), "--out", str(tmp_path / "avg"))
+    assert averaged.returncode == 0, averaged.stderr
+    mean = load_file(str(tmp_path / "avg" / "model.safetensors"))
+    parts = [load_file(str(c / "model.safetensors")) for c in ckpts]
+    assert mean.keys() == parts[0].keys()
+    for key in mean:
+        assert mean[key].dtype == torch.float32
+        assert torch.allclose(mean[key], sum(p[key] for p in parts) / 3, atol=1e-6), key
+    assert (tmp_path / "avg" / "tgt.spm.model").read_bytes() == (imported / "tgt.spm.model").read_bytes()
+    assert _valid_loss(tmp_path / "avg", marian) < before - 0.5
+    assert all(Translator.load(tmp_path / "avg").translate(marian["sources"][:5]))
