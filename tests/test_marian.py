@@ -566,7 +566,10 @@ def test_npz_release_with_an_untied_output_layer(release, tmp_path):
 
 # the command, made slow once its temp folder holds its first files (the spm models are written
 # last), so that the signal lands while OUT is half-written
-_SLOW_CLI = ("import sys, time; from nmtkit import vocabulary; from nmtkit.cli import main; "
+# (SIGINT's default handler restored: a pytest-xdist worker's children inherit it ignored, as a
+# shell's background jobs do, and then Ctrl-C rightly does nothing)
+_SLOW_CLI = ("import signal, sys, time; signal.signal(signal.SIGINT, signal.default_int_handler); "
+             "from nmtkit import vocabulary; from nmtkit.cli import main; "
              "fast = vocabulary.Tokenizer.to_bytes; "
              "vocabulary.Tokenizer.to_bytes = lambda self: (time.sleep(60), fast(self))[1]; "
              "sys.exit(main(sys.argv[1:]))")
