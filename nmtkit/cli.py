@@ -35,13 +35,17 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     import shlex
 
-    from nmtkit.checkpoint import resolve_checkpoint
+    from nmtkit.checkpoint import read_json, resolve_checkpoint
     from nmtkit.config import load_config
     from nmtkit.training import train
 
-    cfg = load_config(args.config, args.set)
     init_from = resolve_checkpoint(args.init_from) if args.init_from else None
+    # fine-tuning: a config without a model section takes the checkpoint's
+    model = read_json(init_from / "checkpoint.json").get("config", {}).get("model") if init_from else None
+    cfg = load_config(args.config, args.set, model=model if isinstance(model, dict) else None)
     again = ["nmtkit", "train", args.config, *[f"--set={s}" for s in args.set], "--resume"]
+    if args.init_from:  # a config without a model section needs it again to resume
+        again += ["--init-from", args.init_from]
     train(cfg, resume=args.resume, init_from=init_from,
           resume_command=" ".join(shlex.quote(a) for a in again))
 

@@ -477,8 +477,11 @@ def _yaml_error(path: Path, err: yaml.YAMLError) -> NMTKitError:
     return NMTKitError(f"{path}: not valid YAML{where}: {problem}")
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config; relative data paths are resolved against the current directory."""
+def load_config(path: str | Path, overrides: list[str] | None = None,
+                model: dict[str, Any] | None = None) -> Config:
+    """Read a YAML config; relative data paths are resolved against the current directory.
+    model: the model section to use when the file has none (fine-tuning with --init-from takes
+    the checkpoint's, so that a user need not copy it out of checkpoint.json)."""
     path = check_input_file(Path(path), "config file", allow_stream=True)
     raw_bytes = path.read_bytes()
     try:
@@ -495,6 +498,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     if not isinstance(raw, dict):
         raise NMTKitError(f"{path}: the top level must be a mapping of sections "
                           "(data:, vocab:, model:, training:, decoding:)")
+    if model is not None and "model" not in raw:
+        raw["model"] = model
     raw = apply_overrides(raw, overrides or [])
     return config_from_dict(raw, str(path))
 

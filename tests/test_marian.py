@@ -667,3 +667,19 @@ def test_bf16_finetuning_of_an_imported_model_keeps_fp32_checkpoints_and_average
     assert (tmp_path / "avg" / "tgt.spm.model").read_bytes() == (imported / "tgt.spm.model").read_bytes()
     assert _valid_loss(tmp_path / "avg", marian) < before - 0.5
     assert all(Translator.load(tmp_path / "avg").translate(marian["sources"][:5]))
+
+
+def test_a_finetuning_config_without_a_model_section_takes_the_checkpoints(marian, tmp_path):
+    """`nmtkit train finetune.yaml --init-from OUT` where the YAML has no model: section: the
+    imported model's is used (the user need not copy it out of checkpoint.json). Before, the
+    defaults (an RNN) were compared with the checkpoint's model and refused."""
+    raw = _finetune_config(marian, tmp_path, 1).to_json_dict()
+    del raw["model"]
+    config = tmp_path / "finetune.yaml"
+    config.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    cli = [sys.executable, "-m", "nmtkit.cli", "train", str(config)]
+    run = subprocess.run([*cli, "--init-from", str(marian["ckpt"])], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    tuned = load_checkpoint(tmp_path / "run" / "last")
+    assert tuned.config.model == load_checkpoint(marian["ckpt"]).config.model
