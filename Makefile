@@ -38,14 +38,22 @@ clean:  # what the demo and the tests made; never your own runs or prepared data
 # The peers of the side-by-side benchmarks (benchmarks/README.md), each in a virtual environment
 # of its own under .venv-peers/, never nmtkit's dependencies; torch==2.13.0 (CPU) first in each.
 PEERS ?= .venv-peers
-peers: $(PEERS)/hf/.installed $(PEERS)/joey/.installed $(PEERS)/onmt/.installed
+peers: $(PEERS)/hf/.installed $(PEERS)/hf-constraints/.installed $(PEERS)/joey/.installed $(PEERS)/onmt/.installed
 
-$(PEERS)/hf/.installed:  # Hugging Face transformers and CTranslate2; transformers<4.56 because later
-	# versions fetch constrained beam search (force_words_ids) from the Hub, which bench_constraints needs offline
+$(PEERS)/hf/.installed:  # Hugging Face transformers and CTranslate2
 	python3 -m venv $(PEERS)/hf
 	$(PEERS)/hf/bin/pip install -q torch==2.13.0
-	$(PEERS)/hf/bin/pip install -q "transformers<4.56" ctranslate2 sentencepiece sacrebleu numpy pydantic pyyaml safetensors tqdm
+	$(PEERS)/hf/bin/pip install -q transformers ctranslate2 sentencepiece sacrebleu numpy pydantic pyyaml safetensors tqdm
 	$(PEERS)/hf/bin/python -c 'import torch; assert torch.__version__.startswith("2.13.0"), torch.__version__'
+	touch $@
+
+# transformers<4.56 for bench_constraints --hf: later versions fetch constrained beam search
+# (force_words_ids) from the Hub, and CTranslate2's converter no longer loads models with them
+$(PEERS)/hf-constraints/.installed:
+	python3 -m venv $(PEERS)/hf-constraints
+	$(PEERS)/hf-constraints/bin/pip install -q torch==2.13.0
+	$(PEERS)/hf-constraints/bin/pip install -q "transformers<4.56" sentencepiece sacrebleu numpy pydantic pyyaml safetensors tqdm protobuf
+	$(PEERS)/hf-constraints/bin/python -c 'import torch; assert torch.__version__.startswith("2.13.0"), torch.__version__'
 	touch $@
 
 $(PEERS)/joey/.installed:  # Joey NMT 2.3 (and importlib_metadata, which it does not declare)

@@ -10,7 +10,7 @@ MarianMTModel of the same shape with random weights decodes the same ids, for sp
 
     python benchmarks/bench_constraints.py --checkpoint runs/multi30k-transformer \\
         --data ../shared/data/multi30k
-    .venv-peers/hf/bin/python benchmarks/bench_constraints.py --data ../shared/data/multi30k --hf
+    .venv-peers/hf-constraints/bin/python benchmarks/bench_constraints.py --data ../shared/data/multi30k --hf
 
 Without --checkpoint, a model of configs/multi30k-transformer.yaml's shape with random weights
 (and a vocabulary learnt from the training data) stands in: its BLEU means nothing, its speed
