@@ -18,7 +18,7 @@ number of threads and runs in a worker process of its own, so that no system's t
 (CTranslate2 and PyTorch each bring their own copy of OpenMP) or allocator state slows another; this
 process sends the same batches to the workers in turn, one at a time, with a pause between,
 and the table shows medians. nmtkit decodes as its Translator does on the CPU (keep_freed_memory
-on, linear layers packed for oneDNN).
+on, linear layers packed for oneDNN where cpu.packing_pays says it pays).
 
     .venv-peers/hf/bin/python benchmarks/bench_decoding.py   # peers installed there, see README
 
@@ -43,7 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # nmtkit from this checkout
 
 from nmtkit.config import TransformerConfig  # noqa: E402
-from nmtkit.cpu import keep_freed_memory, machine_header  # noqa: E402
+from nmtkit.cpu import keep_freed_memory, machine_header, packing_pays  # noqa: E402
 from nmtkit.data import collate_source  # noqa: E402
 from nmtkit.model import build_model  # noqa: E402
 from nmtkit.quantize import pack_linears, quantize_int8  # noqa: E402
@@ -74,8 +74,8 @@ def nmtkit_decoder(cfg: TransformerConfig, vocab: int, steps: int, int8: bool) -
     model = build_model(cfg, vocab, vocab).eval()
     if int8:
         model = quantize_int8(model)
-    else:
-        pack_linears(model)  # as nmtkit.Translator does on the CPU
+    elif packing_pays()[0]:  # as nmtkit.Translator does on the CPU: where packing pays
+        pack_linears(model)
 
     def decode(sentences: list[list[int]], beam: int) -> list[int]:
         src, lengths = collate_source(sentences)  # appends EOS

@@ -76,16 +76,26 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-def cpu_model() -> str:
-    """The CPU's model name ('' where Linux does not say), for benchmark headers and logs."""
+def _cpuinfo(key: str) -> str:
+    """The first value of a /proc/cpuinfo key ('' where Linux does not say)."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.startswith(key):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return ""
+
+
+def cpu_model() -> str:
+    """The CPU's model name ('' where Linux does not say), for benchmark headers and logs."""
+    return _cpuinfo("model name")
+
+
+def cpu_vendor() -> str:
+    """GenuineIntel, AuthenticAMD, ... ('' where Linux does not say)."""
+    return _cpuinfo("vendor_id")
 
 
 def _onednn_isa_has_bf16(isa: str) -> bool:
@@ -119,6 +129,19 @@ def native_bf16() -> tuple[bool, str]:
     if not _onednn_isa_has_bf16(isa):
         return False, f"oneDNN is held to {isa} (ONEDNN_MAX_CPU_ISA)"
     return True, f"the CPU has {' and '.join(found)} (PyTorch's capability {capability})"
+
+
+@functools.cache
+def packing_pays() -> tuple[bool, str]:
+    """Whether prepacking fp32 linear layers for oneDNN (quantize.pack_linears) speeds decoding
+    up on this CPU, and why. PyTorch's F.linear calls MKL, whose fast paths are for Intel CPUs:
+    on an AMD EPYC it ran the decoder's products 10-40% slower than oneDNN's packed layers (beam
+    search +19% packed), while on an Intel Xeon packed layers were 0.66-1.05x F.linear, AVX-512 or
+    held to AVX2 (benchmarks/bench_cpu_paths.py, docs/guide/cpu.md)."""
+    vendor = cpu_vendor()
+    if vendor == "GenuineIntel":
+        return False, "an Intel CPU: MKL's own products (F.linear) are as fast as oneDNN's packed ones"
+    return True, f"{vendor or 'a CPU that is not Intel'}: oneDNN's packed products beat MKL's F.linear"
 
 
 def bf16_emulated(device_type: str) -> bool:

@@ -20,7 +20,8 @@ Attention weights (for the details, alignments, heatmaps) come from one teacher-
 the finished translations, which gives exactly the weights search saw, for any layer and head.
 
 On the CPU a Translator also prepacks the fp32 linear layers for oneDNN (`quantize.pack_linears`)
-and tells glibc's malloc to keep freed memory (`keep_freed_memory`).
+where that pays (not on Intel CPUs, whose MKL is as fast: `cpu.packing_pays`), and tells
+glibc's malloc to keep freed memory (`keep_freed_memory`).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from torch import Tensor
 from nmtkit.alignment import align, replace_unknown
 from nmtkit.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint
 from nmtkit.constraints import Constraints, boundary_pieces, phrase_alternatives
-from nmtkit.cpu import keep_freed_memory
+from nmtkit.cpu import keep_freed_memory, packing_pays
 from nmtkit.data import TokenBatchSampler, collate, collate_source
 from nmtkit.errors import NMTKitError, NMTKitWarning
 from nmtkit.quantize import pack_linears
@@ -133,11 +134,11 @@ class Translator:
         device: str | torch.device = "cpu",
         quantize: str | None = None,
         keep_memory: bool = True,
-        pack: bool = True,
+        pack: bool | None = None,
     ) -> None:
         """keep_memory: on the CPU, call keep_freed_memory() (see there; a process-wide
         setting). pack: on the CPU, without quantize, pack the linear layers for oneDNN (see
-        quantize.pack_linears)."""
+        quantize.pack_linears); None packs where it pays (cpu.packing_pays)."""
         ckpts = [checkpoints] if isinstance(checkpoints, Checkpoint) else list(checkpoints)
         if not ckpts:
             raise NMTKitError("no checkpoint given")
@@ -148,7 +149,7 @@ class Translator:
         models = [ckpt.model.to(self.device).eval() for ckpt in ckpts]
         if quantize is not None:
             models = [_quantized(m, quantize, self.device) for m in models]
-        elif pack and self.device.type == "cpu":
+        elif self.device.type == "cpu" and (packing_pays()[0] if pack is None else pack):
             for m in models:
                 pack_linears(m)
         self.ckpt = ckpts[0]
@@ -179,7 +180,7 @@ class Translator:
         device: str | torch.device = "cpu",
         quantize: str | None = None,
         keep_memory: bool = True,
-        pack: bool = True,
+        pack: bool | None = None,
     ) -> Translator:
         """One checkpoint folder (or a run folder: its best), or a list of them to decode as an
         ensemble."""

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from nmtkit import cpu
 from nmtkit.cpu import AVX2_SETTINGS
 
 PAGE_FAULTS = """
@@ -123,3 +124,39 @@ def test_the_avx2_settings_count_as_a_cpu_without_native_bf16() -> None:
     out = subprocess.run([sys.executable, "-c", "from nmtkit.cpu import native_bf16; print(native_bf16())"],
                          capture_output=True, text=True, check=True, env={**os.environ, **AVX2_SETTINGS})
     assert out.stdout.startswith("(False, ")
+
+
+def test_packing_pays_only_off_intel(monkeypatch) -> None:
+    """Prepacked oneDNN linears beat MKL's F.linear on AMD (MKL's fast paths are Intel's) and lose
+    to it on Intel, with AVX-512 or held to AVX2 (bench_cpu_paths.py): a Translator packs by
+    default only where they pay."""
+
+    def pays(vendor: str) -> tuple[bool, str]:
+        monkeypatch.setattr(cpu, "cpu_vendor", lambda: vendor)
+        cpu.packing_pays.cache_clear()
+        return cpu.packing_pays()
+
+    try:
+        native, why = pays("GenuineIntel")
+        assert not native and "Intel" in why
+        assert pays("AuthenticAMD") == (True, "AuthenticAMD: oneDNN's packed products beat MKL's F.linear")
+        assert pays("")[0]
+    finally:
+        cpu.packing_pays.cache_clear()
+
+
+@pytest.mark.avx2
+def test_a_translator_packs_by_default_only_where_packing_pays(numbers_checkpoint, monkeypatch) -> None:
+    from nmtkit.quantize import PackedLinear, can_pack
+    from nmtkit.translator import Translator
+
+    if not can_pack():
+        pytest.skip("this PyTorch build has no oneDNN")
+    for vendor in ("GenuineIntel", "AuthenticAMD"):
+        monkeypatch.setattr(cpu, "cpu_vendor", lambda vendor=vendor: vendor)
+        cpu.packing_pays.cache_clear()
+        t = Translator.load(numbers_checkpoint)
+        assert any(isinstance(m, PackedLinear) for m in t.model.modules()) == (vendor == "AuthenticAMD")
+    cpu.packing_pays.cache_clear()
+    assert not any(isinstance(m, PackedLinear) for m in Translator.load(numbers_checkpoint, pack=False).model.modules())
+    assert any(isinstance(m, PackedLinear) for m in Translator.load(numbers_checkpoint, pack=True).model.modules())
