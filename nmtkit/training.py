@@ -140,12 +140,12 @@ def resolve_device(choice: str) -> torch.device:
     return torch.device(choice)
 
 
-def resolve_precision(choice: str, device: torch.device) -> tuple[str, str]:
+def resolve_precision(choice: str, device: torch.device, rnn: bool = False) -> tuple[str, str]:
     """The precision to train in for training.precision `choice` on `device`, and a line for the
     log that says why. `auto` is bf16 where it is computed natively (a CPU with AVX512-BF16 or
     AMX, a GPU that supports it) and fp32 elsewhere: emulated bf16 is slower than fp32. An
     explicit bf16 is kept everywhere (it still saves memory), with a warning where it is
-    emulated."""
+    emulated. rnn: the model has LSTM/GRU cells (they then run in fp32, which the warning says)."""
     if device.type == "cuda":
         native = torch.cuda.is_bf16_supported()
         why = f"the GPU ({torch.cuda.get_device_name(device)}) " + \
@@ -158,9 +158,9 @@ def resolve_precision(choice: str, device: torch.device) -> tuple[str, str]:
         chosen = "bf16" if native else "fp32"
         return chosen, f"precision: {chosen} (training.precision auto: {why})"
     if choice == "bf16" and not native:
+        cells = " (the LSTM/GRU cells run in fp32 there)" if rnn else ""
         return "bf16", (f"warning: precision bf16 is emulated here ({why}): probably slower than "
-                        "fp32 (an RNN's LSTM/GRU cells run in fp32 there); training.precision: auto or "
-                        "fp32 picks the faster one")
+                        f"fp32{cells}; training.precision: auto or fp32 picks the faster one")
     return choice, f"precision: {choice}"
 
 
@@ -259,7 +259,8 @@ class Trainer:
         self.rank = int(os.environ.get("RANK", "0"))
         self.distributed = self.world > 1
         self.device = resolve_device(self.tcfg.device)
-        self.precision, self._precision_note = resolve_precision(self.tcfg.precision, self.device)
+        self.precision, self._precision_note = resolve_precision(self.tcfg.precision, self.device,
+                                                                    rnn=self.cfg.model.type == "rnn")
         self.run_dir = Path(self.tcfg.out_dir)
         self.state = TrainState()
         self._jsonl = None

@@ -515,6 +515,11 @@ class Translator:
             phrases = [[self.constraint_ids(p, f"constraint {j + 1} of sentence {i + 1}")
                         for p in phrase_alternatives(c, f"constraint {j + 1} of sentence {i + 1}")]
                        for j, c in enumerate(wanted)]
+            # a constraint given twice is met by one occurrence: keep it once (else the length
+            # check below would count its pieces twice and refuse what fits)
+            seen: set[tuple[tuple[int, ...], ...]] = set()
+            phrases = [c for c in phrases
+                       if (key := tuple(sorted(map(tuple, c)))) not in seen and not seen.add(key)]
             if phrases and blank[i]:  # its translation is empty: the constraints cannot appear
                 raise NMTKitError(f"sentence {i + 1}: it is empty, so its translation is empty and "
                                   "cannot hold its constraints")

@@ -287,3 +287,19 @@ def test_constraints_on_an_empty_sentence_are_an_error_not_dropped(numbers_check
     with TestClient(create_app(t, ServeSettings())) as client:
         r = client.post("/translate", json={"text": [""], "constraints": [["two"]]})
         assert r.status_code == 422 and r.json()["detail"][0]["field"] == "constraints[0]", r.text
+
+
+def test_a_constraint_given_twice_counts_once(numbers_checkpoint) -> None:
+    """One occurrence meets a constraint given twice (or an "any" with the same phrases in
+    another order), so its pieces count once against the output's length: before, a pair that
+    fits was refused as needing twice the pieces."""
+    t = Translator.load(numbers_checkpoint)
+    pieces = len(t.constraint_ids("two thousand"))
+    limit = {"max_len_a": 0, "max_len_b": pieces + 1}
+    (once,) = t.translate(NUMBERS[:1], beam=5, constraints=[["two thousand"]], **limit)
+    (twice,) = t.translate(NUMBERS[:1], beam=5, constraints=[["two thousand", "two thousand"]], **limit)
+    assert twice == once and "two thousand" in twice
+    either = [{"any": ["nine", "eight"]}, {"any": ["eight", "nine"]}]
+    (text,) = t.translate(NUMBERS[:1], beam=5, constraints=[either], max_len_a=0,
+                          max_len_b=len(t.constraint_ids("nine")) + 1)
+    assert {"nine", "eight"} & set(text.split())

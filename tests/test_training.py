@@ -526,6 +526,10 @@ def test_explicit_bf16_without_native_support_warns_once_and_trains(tiny_config,
     assert len(warnings) == 1
     assert warnings[0].startswith("warning: precision bf16 is emulated here (the CPU has neither")
     assert "training.precision: auto or fp32" in warnings[0]
+    assert ("LSTM/GRU cells run in fp32" in warnings[0]) == (tiny_config.model.type == "rnn")
+    # a model without recurrent cells is not told about them
+    _, line = training.resolve_precision("bf16", torch.device("cpu"), rnn=False)
+    assert "emulated" in line and "LSTM" not in line
 
 
 def test_budget_warns_when_max_minutes_ends_the_run_before_max_steps(tiny_config, tmp_path,
