@@ -66,18 +66,11 @@ AVX2_SETTINGS = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2",
 
 def cpu_flags() -> set[str]:
     """The CPU's feature flags as Linux lists them (/proc/cpuinfo); empty elsewhere."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    return set(_cpuinfo(("flags", "Features")).split())
 
 
-def _cpuinfo(key: str) -> str:
-    """The first value of a /proc/cpuinfo key ('' where Linux does not say)."""
+def _cpuinfo(key: str | tuple[str, ...]) -> str:
+    """The first value of a /proc/cpuinfo key (or of any of several) ('' where Linux does not say)."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             for line in f:

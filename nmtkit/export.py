@@ -26,7 +26,7 @@ from torch import nn
 
 from nmtkit.checkpoint import load_checkpoint, resolve_checkpoint
 from nmtkit.errors import NMTKitError
-from nmtkit.files import remove_stale, temp_folder
+from nmtkit.files import check_new_folder, remove_stale, temp_folder
 from nmtkit.vocabulary import BOS, BOS_ID, EOS, PAD_ID, UNK
 
 QUANTIZATIONS = ("int8", "int16", "float16")
@@ -132,8 +132,7 @@ def build_spec(ckpt):
 def export_ctranslate2(checkpoint: Path, out: Path, quantization: str | None = None) -> Path:
     """Write the checkpoint as a CTranslate2 model folder `out` (which must not exist)."""
     out = Path(out)
-    if out.exists():
-        raise NMTKitError(f"{out} already exists: choose a new folder for the export")
+    check_new_folder(out, "export")
     if quantization is not None and quantization not in QUANTIZATIONS:
         raise NMTKitError(f"--quantization {quantization}: choose one of {', '.join(QUANTIZATIONS)}")
     try:

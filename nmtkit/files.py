@@ -2,6 +2,7 @@
 and never a user's file or folder deleted or overwritten that nmtkit did not create.
 
     check_input_file      a readable file (not a folder, not missing), else one clear error
+    check_new_folder      a command's new output folder: not there yet, and below a folder
     temp_folder           a temp folder beside a final path, with the umask's permissions and a
                           name that tells which process made it (so a later run can clean it up)
     remove_stale          clean temp folders left by processes that were killed
@@ -70,6 +71,18 @@ def temp_folder(final: Path, kind: str = "tmp") -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{kind}-{os.getpid()}-", dir=final.parent))
     tmp.chmod(0o777 & ~_umask())
     return tmp
+
+
+def check_new_folder(out: Path, what: str) -> None:
+    """A command's new output folder `out` (`what` it will hold), before any work: it must not
+    exist, and the nearest existing path above it must be a folder (else mkdir would fail late,
+    naming the wrong path)."""
+    out = Path(out)
+    if out.exists() or out.is_symlink():
+        raise NMTKitError(f"{out} already exists: choose a new folder for the {what}")
+    above = next((p for p in out.parents if p.exists() or p.is_symlink()), Path("."))
+    if not above.is_dir():
+        raise NMTKitError(f"{out}: {above} is a file, not a folder: choose another place for the {what}")
 
 
 def remove_stale(final: Path) -> None:

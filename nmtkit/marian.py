@@ -47,7 +47,7 @@ from sentencepiece import sentencepiece_model_pb2 as spm_pb2
 from nmtkit.checkpoint import save_checkpoint
 from nmtkit.config import Config, DataConfig, TransformerConfig
 from nmtkit.errors import NMTKitError
-from nmtkit.files import remove_stale
+from nmtkit.files import check_new_folder, remove_stale
 from nmtkit.transformer import build_transformer
 from nmtkit.vocabulary import BOS, EOS, PAD, UNK, Tokenizer
 
@@ -540,21 +540,11 @@ def _load_hf_folder(src: Path) -> _Loaded:
                    "huggingface-marian")
 
 
-def _check_new_folder(out: Path) -> None:
-    """OUT must not exist, and the nearest existing folder above it must be a folder."""
-    if out.exists():
-        raise NMTKitError(f"{out} already exists: choose a new folder for the checkpoint")
-    above = next((p for p in out.parents if p.exists() or p.is_symlink()), Path("."))
-    if not above.is_dir():
-        raise NMTKitError(f"{out}: {above} is a file, not a folder: choose another place "
-                          "for the checkpoint")
-
-
 def import_marian(src: Path, out: Path) -> Path:
     """Read the Marian model in `src` (a Hugging Face folder, or the original release with an
     npz); write an nmtkit checkpoint folder `out`."""
     src, out = Path(src), Path(out)
-    _check_new_folder(out)
+    check_new_folder(out, "checkpoint")
     if not src.is_dir():
         raise NMTKitError(f"{src}: not a folder")
     if (src / "config.json").exists() or not any(src.glob("*.npz")):

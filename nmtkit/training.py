@@ -102,16 +102,16 @@ def time_left(seconds_per_update: float, step: int, max_steps: int, updates_left
     return min(ends)
 
 
-def machine_load() -> tuple[float, int] | None:
-    """(1-minute load average, cores this process may run on), or None where the OS does not
-    say. The load average counts every runnable process of the machine (of the host, in a
-    container), this one's busy threads included."""
+def machine_load(threads: int) -> tuple[float, int, float] | None:
+    """(1-minute load average, cores this process may run on, the other work in it), or None
+    where the OS does not say. The load average counts every runnable process of the machine (of
+    the host, in a container), this one's `threads` busy threads included: they are taken out."""
     try:
         load = os.getloadavg()[0]
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     except OSError:
         return None
-    return (load, cores) if cores else None
+    return (load, cores, load - min(threads, cores)) if cores else None
 
 
 def busy_machine(threads: int) -> tuple[float, int, float] | None:
@@ -119,11 +119,10 @@ def busy_machine(threads: int) -> tuple[float, int, float] | None:
     cores than torch's `threads`: then they oversubscribe the cores, and threads that wait for
     each other spin (one thread trained 1.5-2x faster than two on 2 busy cores). None when the
     machine is not that busy, or the OS does not say."""
-    measured = machine_load()
+    measured = machine_load(threads)
     if measured is None:
         return None
-    load, cores = measured
-    others = load - min(threads, cores)  # this process's busy threads are part of the load
+    load, cores, others = measured
     if threads > 1 and others >= 0.75 and threads + others > cores + 0.5:
         return load, cores, others
     return None
@@ -828,12 +827,11 @@ class Trainer:
         slow = tokens_per_s < SLOW_RATIO * early_tps if early_tps else \
             updates_per_min < SLOW_RATIO * early_upm
         self._slow_windows = self._slow_windows + 1 if slow else 0
-        measured = machine_load()
+        threads = torch.get_num_threads()
+        measured = machine_load(threads)
         if self._slow_windows < SLOW_WINDOWS or measured is None:
             return
-        load, cores = measured
-        threads = torch.get_num_threads()
-        others = load - min(threads, cores)
+        load, cores, others = measured
         if others < 0.75:  # slower, but not for other work (longer batches, memory, heat): quiet
             return
         self._advised_threads = True

@@ -692,10 +692,11 @@ class Translator:
         while rows:
             scores, state = model.step(prev, state)
             log_probs = F.log_softmax(scores, dim=-1)  # (rows, vocab)
+            # never a candidate nor a continuation: search does not emit them (no piece of a
+            # word starts with them, so the branching rows lose nothing)
+            log_probs[:, [PAD_ID, UNK_ID]] = float("-inf")
             if any(j >= 0 for _, j in rows):
-                greedy = log_probs.clone()
-                greedy[:, [PAD_ID, UNK_ID]] = float("-inf")
-                nxt = greedy.argmax(dim=-1).tolist()
+                nxt = log_probs.argmax(dim=-1).tolist()
             keep: list[int] = []
             tokens: list[int] = []
             new_rows: list[tuple[int, int]] = []
@@ -720,7 +721,7 @@ class Translator:
                     allowed = spelling_pieces(rest[r][j], self.tgt_pieces).to(device)
                     if not allowed.numel():
                         continue
-                    token = int(allowed[greedy[row, allowed].argmax()])
+                    token = int(allowed[log_probs[row, allowed].argmax()])
                 piece = self.tgt_pieces[token]
                 if not rest[r][j] and (token == EOS_ID or piece.startswith(WORD_START)):
                     continue  # the next piece starts another word: this one is whole

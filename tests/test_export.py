@@ -99,6 +99,10 @@ def test_export_errors(demo_transformer, tmp_path):
                          capture_output=True, text=True)
     assert run.returncode == 2 and run.stderr.startswith("nmtkit: error:") and "already exists" in run.stderr
     assert not (tmp_path / "rnn").exists() and not any((tmp_path / "taken").iterdir())
+    (tmp_path / "afile").write_text("mine")  # OUT below a file: the file is named, and kept
+    with pytest.raises(NMTKitError, match=r"afile is a file, not a folder"):
+        export_ctranslate2(demo_transformer["ckpt"], tmp_path / "afile" / "ct2")
+    assert (tmp_path / "afile").read_text() == "mine"
 
 
 def test_ctranslate2_target_prefix_matches_nmtkit_prefix(demo_transformer):
